@@ -1,0 +1,255 @@
+/*
+ * kvmdirty.h - the one public header of libkvmdirty, a dirty-page-tracking
+ * kernel-interface emulator.
+ *
+ * A kd_vm holds memslots and vCPUs like a KVM VM. Guest writes (kd_write) go
+ * through an emulated write-protection (or PML) model into one of several
+ * dirty-log backends; the user side collects the log (KVM_GET_DIRTY_LOG /
+ * KVM_CLEAR_DIRTY_LOG semantics, the dirty ring, or a sorted gfn list).
+ *
+ * Conventions:
+ *  - every function returning int returns 0 (or a count where documented) on
+ *    success and a negative errno on failure; a failed call changes nothing;
+ *  - no call aborts on bad input; NULL handles or buffers give -EINVAL
+ *    (-EFAULT where KVM would fail to copy a user buffer);
+ *  - kd_write may run concurrently with every collector call; one thread per
+ *    vCPU at a time (-EBUSY otherwise, as KVM serialises KVM_RUN per vCPU);
+ *    collector and memslot calls serialise on a per-VM lock; memslot changes
+ *    must not race with kd_write on the same VM (KVM uses SRCU for that).
+ */
+#ifndef KVMDIRTY_H
+#define KVMDIRTY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define KD_API
+#else
+#define KD_API __attribute__((visibility("default")))
+#endif
+
+#define KD_VERSION_MAJOR 0
+#define KD_VERSION_MINOR 1
+#define KD_VERSION_PATCH 0
+#define KD_VERSION_STRING "0.1.0"
+
+/* Geometry. */
+#define KD_PAGE_SHIFT 12
+#define KD_PAGE_SIZE 4096u
+#define KD_CHUNK_PAGES 512u          /* two-level: one summary bit per 2 MiB */
+#define KD_MAX_SLOT_PAGES 0x7fffffffull /* KVM_MEM_MAX_NR_PAGES */
+#define KD_USER_MEM_SLOTS 32764u     /* x86: KVM_MEM_SLOTS_NUM - 3 internal */
+#define KD_ADDRESS_SPACES 2u         /* x86: normal and SMM */
+
+/* Memslot flags, as KVM's. */
+#define KD_MEM_LOG_DIRTY_PAGES (1u << 0)
+#define KD_MEM_READONLY (1u << 1)
+
+/* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 flags. */
+#define KD_MANUAL_PROTECT_ENABLE (1ull << 0)
+#define KD_INITIALLY_SET (1ull << 1)
+
+/* Dirty ring, as KVM's. */
+#define KD_DIRTY_GFN_F_DIRTY (1u << 0)
+#define KD_DIRTY_GFN_F_RESET (1u << 1)
+#define KD_RING_RESERVED_ENTRIES 64u
+#define KD_RING_MAX_ENTRIES 65536u
+#define KD_PML_ENTRIES 512u
+
+/* Exit reasons reported by kd_write (KVM_EXIT_* numbers). */
+#define KD_EXIT_NONE 0u
+#define KD_EXIT_DIRTY_RING_FULL 31u
+
+/* QEMU 2010 byte-map client bits. */
+#define KD_CLIENT_VGA 0x01u
+#define KD_CLIENT_CODE 0x02u
+#define KD_CLIENT_MIGRATION 0x08u
+
+enum kd_backend {
+	KD_BACKEND_FLAT = 0,     /* 1 bit per page, KVM_GET_DIRTY_LOG */
+	KD_BACKEND_TWOLEVEL = 1, /* leaf bitmap + summary bit per 2 MiB */
+	KD_BACKEND_BYTEMAP = 2,  /* flat kernel log + QEMU 2010 byte map */
+	KD_BACKEND_RING = 3,     /* per-vCPU dirty rings */
+	KD_BACKEND_KVM = 4,      /* the real kernel through /dev/kvm */
+	KD_BACKEND_UFFD = 5,     /* userfaultfd WP_ASYNC + PAGEMAP_SCAN */
+};
+
+enum kd_tracking {
+	KD_TRACK_WRITE_PROTECT = 0, /* first write after protection faults */
+	KD_TRACK_PML = 1,           /* first write appends to a PML buffer */
+};
+
+/* kd_vm_config.flags */
+#define KD_VM_O1_PROTECT (1u << 0)   /* re-protect by generation bump */
+#define KD_VM_GUEST_MEMORY (1u << 1) /* back slots with memory; writes store */
+
+struct kd_vm_config {
+	uint32_t backend;      /* enum kd_backend */
+	uint32_t nvcpus;       /* 1..KD_MAX_VCPUS */
+	uint32_t ring_entries; /* ring backends: power of two, KVM bounds */
+	uint32_t tracking;     /* enum kd_tracking */
+	uint32_t flags;        /* KD_VM_* */
+	uint32_t reserved[3];  /* must be zero */
+};
+#define KD_MAX_VCPUS 256u
+
+/* struct kvm_dirty_gfn: 16 bytes, slot = as_id << 16 | id, offset = gfn - base. */
+struct kd_dirty_gfn {
+	uint32_t flags;
+	uint32_t slot;
+	uint64_t offset;
+};
+
+struct kd_write_result {
+	uint64_t applied;     /* gfns written, in order, before any exit */
+	uint32_t exit_reason; /* KD_EXIT_NONE or KD_EXIT_DIRTY_RING_FULL */
+	uint32_t pad;
+};
+
+struct kd_collect_result {
+	uint64_t count;       /* gfns stored */
+	uint64_t resume_page; /* slot-relative page to resume from; == end when done */
+	uint64_t sampled_ns;  /* CLOCK_MONOTONIC when the log was sampled */
+};
+
+struct kd_slot_info {
+	uint32_t slot; /* as_id << 16 | id */
+	uint32_t flags;
+	uint64_t base_gfn;
+	uint64_t npages;
+	void *memory; /* guest memory of the slot, or NULL */
+};
+
+/*
+ * Event counters: what the kernel (and the user side) paid. Writer-side
+ * counters are summed over vCPUs when read.
+ */
+struct kd_stats {
+	uint64_t writes;             /* gfns written by kd_write */
+	uint64_t untracked_writes;   /* writes to slots without a dirty log */
+	uint64_t write_faults;       /* first write after (re)protection */
+	uint64_t pml_entries;        /* PML buffer appends */
+	uint64_t pml_flushes;        /* PML buffer drains (full exit or kick) */
+	uint64_t ring_pushes;        /* dirty-ring entries produced */
+	uint64_t ring_full_exits;    /* KVM_EXIT_DIRTY_RING_FULL reported */
+	uint64_t pages_reprotected;  /* pages write-protected (or D bit cleared) again */
+	uint64_t protect_bumps;      /* O(1) re-protections (generation bumps) */
+	uint64_t tlb_flushes;        /* one per call that re-protected anything */
+	uint64_t words_scanned;      /* 64-bit log words read by get/clear/collect */
+	uint64_t summary_words_scanned; /* two-level summary words read */
+	uint64_t bytemap_bytes_scanned; /* byte-map bytes read */
+	uint64_t ring_harvested;     /* entries harvested (RESET set) */
+	uint64_t ring_reset;         /* entries recycled by reset */
+	uint64_t get_calls;
+	uint64_t clear_calls;
+	uint64_t collect_calls;
+	uint64_t pages_collected;    /* gfns returned by collect */
+	uint64_t reserved[13];
+};
+
+typedef struct kd_vm kd_vm;
+
+KD_API const char *kd_version(void);
+/* Short name of a backend ("flat", ...), or NULL. */
+KD_API const char *kd_backend_name(uint32_t backend);
+/* 0 if the backend can run here, else a negative errno; *why (may be NULL)
+ * gets a static sentence naming what is missing. */
+KD_API int kd_backend_available(uint32_t backend, const char **why);
+
+/* Create a VM. -EINVAL bad config; -E2BIG ring too large; -ENOMEM. */
+KD_API int kd_vm_create(const struct kd_vm_config *config, kd_vm **out);
+/* Destroy a VM; NULL is a no-op. No call may be running on it. */
+KD_API void kd_vm_destroy(kd_vm *vm);
+KD_API int kd_vm_config_get(const kd_vm *vm, struct kd_vm_config *out);
+
+/*
+ * KVM_SET_USER_MEMORY_REGION. slot = as_id << 16 | id. -EINVAL: unaligned
+ * address/size, id >= KD_USER_MEM_SLOTS, as_id >= KD_ADDRESS_SPACES, more than
+ * KD_MAX_SLOT_PAGES pages, unknown flags, a change of base or size of an
+ * existing slot; -EEXIST: overlap. size 0 deletes. Toggling
+ * KD_MEM_LOG_DIRTY_PAGES allocates a fresh log (zero, or all ones with
+ * KD_INITIALLY_SET) or frees it.
+ */
+KD_API int kd_set_user_memory_region(kd_vm *vm, uint32_t slot, uint32_t flags,
+				     uint64_t guest_phys_addr, uint64_t memory_size);
+KD_API int kd_slot_info(kd_vm *vm, uint32_t slot, struct kd_slot_info *out);
+/* Number of slots; fills up to cap entries sorted by (as_id, base_gfn). */
+KD_API int kd_slot_list(kd_vm *vm, struct kd_slot_info *out, uint32_t cap);
+
+/* KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2). -EINVAL unknown flags. */
+KD_API int kd_enable_manual_protect(kd_vm *vm, uint64_t flags);
+
+/*
+ * Guest writes by one vCPU to gfns in address space 0. With
+ * KD_VM_GUEST_MEMORY, value is stored in the first 8 bytes of each page.
+ * -EFAULT if any gfn is in no slot (nothing applied); -EINVAL bad vCPU;
+ * -EBUSY if another thread runs this vCPU. On a ring VM, stops after the
+ * push that fills the ring to its soft limit (exit_reason
+ * KD_EXIT_DIRTY_RING_FULL) and writes nothing until the ring is reset.
+ */
+KD_API int kd_write(kd_vm *vm, uint32_t vcpu, const uint64_t *gfns, uint64_t n,
+		    uint64_t value, struct kd_write_result *res);
+
+/*
+ * KVM_GET_DIRTY_LOG into bitmap (ALIGN(npages, 64) / 64 words). Classic: get
+ * and clear per word, re-protect the returned pages. Manual protect: copy.
+ * -ENXIO on a ring VM; -ENOENT no slot or no log; -EINVAL bad slot id.
+ */
+KD_API int kd_get_dirty_log(kd_vm *vm, uint32_t slot, uint64_t *bitmap, uint64_t nwords);
+
+/* KVM_CLEAR_DIRTY_LOG, with KVM's checks in KVM's order. bitmap holds
+ * ALIGN(num_pages, 64) / 64 words, bit i = page first_page + i. */
+KD_API int kd_clear_dirty_log(kd_vm *vm, uint32_t slot, uint64_t first_page,
+			      uint32_t num_pages, const uint64_t *bitmap);
+
+/*
+ * Collect and clear (re-protect) the dirty pages of [first_page, first_page +
+ * num_pages) of a slot, as sorted gfns. Stops when gfns is full at a 64-page
+ * boundary (cap must be >= 64 or >= num_pages); resume from resume_page.
+ * Works on every backend (ring: harvest + reset, other slots' entries kept).
+ */
+KD_API int kd_collect(kd_vm *vm, uint32_t slot, uint64_t first_page, uint64_t num_pages,
+		      uint64_t *gfns, uint64_t cap, struct kd_collect_result *res);
+
+/* Ring: copy the vCPU's DIRTY entries in order into out, marking each RESET. */
+KD_API int kd_ring_harvest(kd_vm *vm, uint32_t vcpu, struct kd_dirty_gfn *out,
+			   uint64_t cap, uint64_t *count);
+/* Ring memory of a vCPU (what KVM lets user space mmap). */
+KD_API int kd_ring_entries(kd_vm *vm, uint32_t vcpu, struct kd_dirty_gfn **entries,
+			   uint32_t *nentries);
+/* KVM_RESET_DIRTY_RINGS: recycle RESET entries; *count = entries reset. */
+KD_API int kd_reset_dirty_rings(kd_vm *vm, uint64_t *count);
+/* Entries in the vCPU's ring not yet reset, and the soft limit. */
+KD_API int kd_ring_usage(kd_vm *vm, uint32_t vcpu, uint32_t *used, uint32_t *soft_limit);
+
+KD_API int kd_stats_get(kd_vm *vm, struct kd_stats *out);
+KD_API int kd_stats_reset(kd_vm *vm);
+
+/*
+ * Writer threads: real pthreads acting as vCPUs, for concurrency tests and
+ * real-time workloads. Thread i runs vCPU i and writes gfns[i] (n[i] gfns)
+ * `loops` times, storing `value` (+ loop index). On a ring-full exit it waits
+ * until the ring is reset, then resumes. kd_writers_join waits for them and
+ * fills applied[i] (gfns written). A writer stops early on kd_writers_stop.
+ */
+typedef struct kd_writers kd_writers;
+KD_API int kd_writers_start(kd_vm *vm, uint32_t nthreads, const uint64_t *const *gfns,
+			    const uint64_t *n, uint64_t loops, uint64_t value, kd_writers **out);
+KD_API void kd_writers_stop(kd_writers *w);
+KD_API int kd_writers_join(kd_writers *w, uint64_t *applied);
+
+/* Scan a bitmap for set bits: stores base + index of each set bit (ascending)
+ * into out (cap entries); returns the number of set bits found (may exceed
+ * cap: only cap are stored). */
+KD_API int64_t kd_bitmap_to_gfns(const uint64_t *bitmap, uint64_t nbits, uint64_t base,
+				 uint64_t *out, uint64_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVMDIRTY_H */

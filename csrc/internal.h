@@ -1,0 +1,242 @@
+/*
+ * internal.h - structures shared by the C core's files; not installed.
+ *
+ * Ownership and concurrency, in one place:
+ *  - vm->lock serialises every "user side" call (memslots, get, clear,
+ *    collect, harvest, reset, stats reset). Writers (kd_write) never take it.
+ *  - A vCPU is run by one thread at a time (vcpu->busy). Its counters are
+ *    written only by that thread and read with relaxed loads.
+ *  - vcpu->lock guards what both a writer and a collector may touch for one
+ *    vCPU: its PML buffer and the producer side of its dirty ring. A writer
+ *    holds it per batch of KD_WRITE_BATCH gfns (a "guest entry"); a collector
+ *    takes it to drain the buffer (a "kick").
+ *  - Log words are plain uint64_t updated with __atomic builtins (seq_cst
+ *    read-modify-writes); readers that only need a snapshot use plain loads.
+ */
+#ifndef KD_INTERNAL_H
+#define KD_INTERNAL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kvmdirty.h"
+
+#define KD_HIDDEN __attribute__((visibility("hidden")))
+#define KD_WRITE_BATCH 256u
+#define KD_CHUNK_WORDS (KD_CHUNK_PAGES / 64u)
+
+/*
+ * Real-kernel backends (kvm_backend.c, uffd_backend.c); their own headers
+ * document them. Declared here so the core needs only this header.
+ */
+struct kd_kvm;
+struct kd_uffd;
+KD_HIDDEN const char *kd_kvm_unavailable_reason(void);
+KD_HIDDEN int kd_kvm_open(uint32_t nvcpus, uint32_t ring_entries, struct kd_kvm **out);
+KD_HIDDEN void kd_kvm_close(struct kd_kvm *k);
+KD_HIDDEN int kd_kvm_set_user_memory_region(struct kd_kvm *k, uint32_t slot, uint32_t flags,
+					    uint64_t gpa, uint64_t size);
+KD_HIDDEN int kd_kvm_slot_memory(struct kd_kvm *k, uint32_t slot, void **host, uint64_t *size);
+KD_HIDDEN int kd_kvm_enable_manual_protect(struct kd_kvm *k, uint64_t flags);
+KD_HIDDEN int kd_kvm_write(struct kd_kvm *k, uint32_t vcpu, const uint64_t *gfns, uint64_t n,
+			   uint64_t value, uint64_t *applied, uint32_t *exit_reason);
+KD_HIDDEN int kd_kvm_get_dirty_log(struct kd_kvm *k, uint32_t slot, uint64_t *bitmap);
+KD_HIDDEN int kd_kvm_clear_dirty_log(struct kd_kvm *k, uint32_t slot, uint64_t first_page,
+				     uint32_t num_pages, const uint64_t *bitmap);
+KD_HIDDEN int kd_kvm_ring_harvest(struct kd_kvm *k, uint32_t vcpu, struct kd_dirty_gfn *out,
+				  uint64_t cap, uint64_t *count);
+KD_HIDDEN int kd_kvm_ring_entries(struct kd_kvm *k, uint32_t vcpu,
+				  struct kd_dirty_gfn **entries, uint32_t *nentries);
+KD_HIDDEN int kd_kvm_reset_dirty_rings(struct kd_kvm *k, uint64_t *count);
+KD_HIDDEN int kd_uffd_probe(uint32_t mode, const char **why);
+KD_HIDDEN int kd_uffd_open(uint32_t mode, struct kd_uffd **out);
+KD_HIDDEN void kd_uffd_close(struct kd_uffd *u);
+KD_HIDDEN int kd_uffd_add_range(struct kd_uffd *u, uint32_t slot, void *mem, uint64_t size);
+KD_HIDDEN int kd_uffd_remove_range(struct kd_uffd *u, uint32_t slot);
+KD_HIDDEN int kd_uffd_collect(struct kd_uffd *u, uint32_t slot, uint64_t first_page,
+			      uint64_t num_pages, uint64_t *bitmap, uint64_t *reprotected);
+
+/* One memslot. base_gfn/npages never change while writers run. */
+struct kd_slot {
+	uint32_t id; /* as_id << 16 | slot id */
+	uint32_t flags;
+	uint64_t base_gfn;
+	uint64_t npages;
+	uint64_t nwords; /* ALIGN(npages, 64) / 64 */
+	bool logging;    /* KD_MEM_LOG_DIRTY_PAGES set */
+
+	/*
+	 * Kernel side. writable: bit set = the page's spte is writable (write
+	 * protect) or has its D bit set (PML); a write to such a page costs
+	 * nothing and logs nothing. Invariant: writable => the page's dirty
+	 * bit is set, is about to be set by the writer that set writable, or
+	 * was just taken by a collector that will clear writable next. Hence a
+	 * writer sets writable BEFORE the dirty bit, and a collector clears
+	 * writable only for bits it took from the log.
+	 */
+	uint64_t *writable;
+	uint64_t *dirty;   /* flat/two-level/byte-map leaf bitmap, KVM layout */
+	uint64_t *summary; /* two-level: bit c = chunk c (512 pages) may be dirty */
+	uint64_t nsummary; /* summary words */
+
+	/* User side. */
+	uint8_t *bytemap;  /* byte map backend: one byte per page, client bits */
+	uint64_t *scratch; /* byte map backend: GET_DIRTY_LOG target */
+	uint64_t *pending; /* ring backend: harvested, not yet collected */
+
+	void *memory; /* guest memory (KD_VM_GUEST_MEMORY), else NULL */
+	uint64_t memory_bytes;
+};
+
+/* Address space: slots by id, and sorted by base_gfn for gfn lookups. */
+struct kd_aspace {
+	struct kd_slot **by_id; /* KD_USER_MEM_SLOTS entries, lazily allocated */
+	struct kd_slot **sorted;
+	uint32_t nslots;
+	uint32_t cap;
+};
+
+/* Per-vCPU dirty ring (KVM dirty_ring.c's state machine, see dirty_ring.c). */
+struct kd_ring {
+	struct kd_dirty_gfn *entries;
+	uint32_t size;        /* entries, power of two */
+	uint32_t soft_limit;  /* size - reserved */
+	uint32_t dirty_index; /* producer: next entry to fill */
+	uint32_t reset_index; /* kernel reset: next entry to recycle */
+	uint32_t fetch_index; /* user side: next entry to harvest */
+};
+
+struct kd_vcpu_counters {
+	uint64_t writes, untracked_writes, write_faults, pml_entries, pml_flushes,
+		ring_pushes, ring_full_exits;
+};
+
+struct kd_vcpu {
+	uint32_t index;
+	int busy;           /* a thread is in kd_write on this vCPU */
+	int lock;           /* spinlock, see top of file */
+	uint32_t pml_count; /* entries in pml[] */
+	uint64_t pml[KD_PML_ENTRIES]; /* gfns (address space 0) */
+	struct kd_ring ring;
+	struct kd_vcpu_counters c;
+} __attribute__((aligned(64)));
+
+struct kd_vm {
+	struct kd_vm_config cfg;
+	uint64_t manual_protect; /* KD_MANUAL_PROTECT_ENABLE | KD_INITIALLY_SET */
+	struct kd_aspace as[KD_ADDRESS_SPACES];
+	struct kd_vcpu *vcpus;
+	struct kd_stats user; /* user-side counters, under lock */
+	struct kd_kvm *kvm;   /* KD_BACKEND_KVM */
+	struct kd_uffd *uffd; /* KD_BACKEND_UFFD */
+	int lock_initialised;
+	/* pthread mutex kept opaque here to avoid pulling pthread.h everywhere */
+	_Alignas(16) unsigned char lock_storage[64];
+};
+
+/* vm.c */
+KD_HIDDEN void kd_vm_lock(kd_vm *vm);
+KD_HIDDEN void kd_vm_unlock(kd_vm *vm);
+KD_HIDDEN uint64_t kd_now_ns(void);
+KD_HIDDEN void kd_spin_lock(int *lock);
+KD_HIDDEN void kd_spin_unlock(int *lock);
+/* Count pages write-protected again (or one generation bump with O(1)). */
+KD_HIDDEN void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable);
+
+/* memslot.c */
+KD_HIDDEN struct kd_slot *kd_slot_by_id(kd_vm *vm, uint32_t slot);
+KD_HIDDEN struct kd_slot *kd_slot_by_gfn(kd_vm *vm, uint32_t as_id, uint64_t gfn);
+KD_HIDDEN int kd_slot_id_check(uint32_t slot);
+KD_HIDDEN void kd_aspace_free(struct kd_aspace *as);
+KD_HIDDEN int kd_log_alloc(kd_vm *vm, struct kd_slot *s);
+KD_HIDDEN void kd_log_free(struct kd_slot *s);
+
+/* bitmap.c: allocation and scanning helpers */
+KD_HIDDEN uint64_t *kd_bitmap_alloc(uint64_t nwords, bool ones, uint64_t nbits);
+KD_HIDDEN void kd_bitmap_free(uint64_t *bm, uint64_t nwords);
+KD_HIDDEN void *kd_pages_alloc(uint64_t bytes, bool populate);
+KD_HIDDEN void kd_pages_free(void *p, uint64_t bytes);
+/* First index in [from, to) with w[i] != 0, or `to`. */
+KD_HIDDEN uint64_t kd_find_nonzero_word(const uint64_t *w, uint64_t from, uint64_t to);
+/* First index in [from, to) with b[i] & bit, or `to`. */
+KD_HIDDEN uint64_t kd_find_byte_with(const uint8_t *b, uint64_t from, uint64_t to, uint8_t bit);
+/* Take the set bits of pages [first, end) out of a user-side bitmap into
+ * gfns (stopping at a 64-page boundary when fewer than 64 places are left). */
+KD_HIDDEN uint64_t kd_bitmap_take(kd_vm *vm, struct kd_slot *s, uint64_t *bm, uint64_t first,
+				  uint64_t end, uint64_t *gfns, uint64_t cap, uint64_t *resume);
+static inline uint64_t kd_range_mask(uint64_t word, uint64_t first, uint64_t end)
+{
+	/* bits of `word` (64 pages from word*64) inside [first, end) */
+	uint64_t lo = word * 64, m = ~0ull;
+	if (first > lo)
+		m &= ~0ull << (first - lo);
+	if (end < lo + 64)
+		m &= (end - lo) ? ~0ull >> (64 - (end - lo)) : 0;
+	return m;
+}
+static inline uint64_t kd_emit_bits(uint64_t bits, uint64_t gfn0, uint64_t *out, uint64_t n)
+{
+	while (bits) {
+		out[n++] = gfn0 + (uint64_t)__builtin_ctzll(bits);
+		bits &= bits - 1;
+	}
+	return n;
+}
+
+/* write.c */
+KD_HIDDEN void kd_pml_flush(kd_vm *vm, struct kd_vcpu *v);
+KD_HIDDEN void kd_kick_all_vcpus(kd_vm *vm);
+/* Mark a page dirty in the slot's kernel log after a fault (or PML flush). */
+KD_HIDDEN void kd_log_mark(kd_vm *vm, struct kd_vcpu *v, struct kd_slot *s, uint64_t rel);
+
+/* log_flat.c */
+KD_HIDDEN int kd_flat_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap);
+KD_HIDDEN void kd_flat_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t num,
+			     const uint64_t *mask);
+KD_HIDDEN uint64_t kd_flat_collect(kd_vm *vm, struct kd_slot *s, uint64_t first,
+				   uint64_t end, uint64_t *gfns, uint64_t cap, uint64_t *resume);
+
+/* log_twolevel.c */
+static inline void kd_twolevel_mark(struct kd_slot *s, uint64_t rel)
+{
+	uint64_t chunk = rel / KD_CHUNK_PAGES, bit = 1ull << (chunk & 63);
+	__atomic_fetch_or(&s->dirty[rel >> 6], 1ull << (rel & 63), __ATOMIC_SEQ_CST);
+	/* test before set: a hot chunk does not bounce the summary line */
+	if (!(__atomic_load_n(&s->summary[chunk >> 6], __ATOMIC_SEQ_CST) & bit))
+		__atomic_fetch_or(&s->summary[chunk >> 6], bit, __ATOMIC_SEQ_CST);
+}
+KD_HIDDEN int kd_twolevel_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap);
+KD_HIDDEN void kd_twolevel_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t num,
+				 const uint64_t *mask);
+KD_HIDDEN uint64_t kd_twolevel_collect(kd_vm *vm, struct kd_slot *s, uint64_t first,
+				       uint64_t end, uint64_t *gfns, uint64_t cap,
+				       uint64_t *resume);
+
+/* log_bytemap.c */
+KD_HIDDEN uint64_t kd_bytemap_collect(kd_vm *vm, struct kd_slot *s, uint64_t first,
+				      uint64_t end, uint64_t *gfns, uint64_t cap,
+				      uint64_t *resume);
+
+/* dirty_ring.c */
+KD_HIDDEN int kd_ring_check_size(uint32_t entries, bool pml);
+KD_HIDDEN int kd_ring_init(struct kd_ring *r, uint32_t entries, bool pml);
+KD_HIDDEN void kd_ring_destroy(struct kd_ring *r);
+KD_HIDDEN bool kd_ring_soft_full(const struct kd_ring *r);
+KD_HIDDEN void kd_ring_push(struct kd_ring *r, uint32_t slot, uint64_t offset);
+KD_HIDDEN uint64_t kd_ring_harvest_one(struct kd_ring *r, struct kd_dirty_gfn *out, uint64_t cap);
+KD_HIDDEN uint64_t kd_ring_reset_one(kd_vm *vm, struct kd_ring *r);
+KD_HIDDEN int kd_ring_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
+			      uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume);
+
+/* Re-protect (clear writable) the pages in `bits` of word w; returns count. */
+static inline uint64_t kd_reprotect_word(struct kd_slot *s, uint64_t w, uint64_t bits)
+{
+	if (!bits)
+		return 0;
+	__atomic_fetch_and(&s->writable[w], ~bits, __ATOMIC_SEQ_CST);
+	return (uint64_t)__builtin_popcountll(bits);
+}
+
+#endif /* KD_INTERNAL_H */

@@ -1,0 +1,27 @@
+"""pykvmdirty: a dirty-page-tracking kernel-interface emulator.
+
+C core (libkvmdirty, through cffi): memslots, guest writes through a
+write-protection or PML model, and dirty logs with KVM semantics (flat
+KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG, the two-level log proposed in 2010,
+QEMU's 2010 byte map, per-vCPU dirty rings, the real /dev/kvm). Python wires
+them into benchmarks and a live-migration scan-and-send loop.
+"""
+from ._native import lib as _lib, ffi as _ffi
+from .errors import KvmDirtyError
+from .vm import (
+    BACKENDS, CHUNK_PAGES, DIRTY_GFN_DTYPE, DIRTY_GFN_F_DIRTY, DIRTY_GFN_F_RESET,
+    EMULATED_BACKENDS, EXIT_DIRTY_RING_FULL, EXIT_NONE, INITIALLY_SET,
+    MANUAL_PROTECT_ENABLE, MEM_LOG_DIRTY_PAGES, MEM_READONLY, PAGE_SHIFT, PAGE_SIZE,
+    USER_MEM_SLOTS, VM, SlotInfo, WriteResult, as_gfn_array, backend_available,
+)
+from .writers import Writers
+
+__version__ = _ffi.string(_lib.kd_version()).decode()
+
+__all__ = [
+    "VM", "Writers", "KvmDirtyError", "WriteResult", "SlotInfo", "backend_available",
+    "as_gfn_array", "BACKENDS", "EMULATED_BACKENDS", "CHUNK_PAGES", "DIRTY_GFN_DTYPE",
+    "DIRTY_GFN_F_DIRTY", "DIRTY_GFN_F_RESET", "EXIT_DIRTY_RING_FULL", "EXIT_NONE",
+    "INITIALLY_SET", "MANUAL_PROTECT_ENABLE", "MEM_LOG_DIRTY_PAGES", "MEM_READONLY",
+    "PAGE_SHIFT", "PAGE_SIZE", "USER_MEM_SLOTS",
+]
