@@ -77,6 +77,15 @@ struct kd_slot {
 	 * writable only for bits it took from the log.
 	 */
 	uint64_t *writable;
+	/*
+	 * With write protection and a kernel bitmap (flat, two-level, byte map)
+	 * writable == dirty: in every KVM bitmap mode a page is writable exactly
+	 * when its dirty bit is set (a fault sets both; GET, CLEAR and collect
+	 * protect exactly the bits they take; INITIALLY_SET sets both), so one
+	 * word and one atomic serve both and taking a bit re-protects its page.
+	 * PML (D bit set before the log is) and the ring (no bitmap) keep a
+	 * separate writable bitmap.
+	 */
 	uint64_t *dirty;   /* flat/two-level/byte-map leaf bitmap, KVM layout */
 	uint64_t *summary; /* two-level: bit c = chunk c (512 pages) may be dirty */
 	uint64_t nsummary; /* summary words */
@@ -199,13 +208,18 @@ KD_HIDDEN uint64_t kd_flat_collect(kd_vm *vm, struct kd_slot *s, uint64_t first,
 				   uint64_t end, uint64_t *gfns, uint64_t cap, uint64_t *resume);
 
 /* log_twolevel.c */
-static inline void kd_twolevel_mark(struct kd_slot *s, uint64_t rel)
+/* Writer side, after the leaf bit is set (see log_twolevel.c). */
+static inline void kd_twolevel_mark_summary(struct kd_slot *s, uint64_t rel)
 {
 	uint64_t chunk = rel / KD_CHUNK_PAGES, bit = 1ull << (chunk & 63);
-	__atomic_fetch_or(&s->dirty[rel >> 6], 1ull << (rel & 63), __ATOMIC_SEQ_CST);
 	/* test before set: a hot chunk does not bounce the summary line */
 	if (!(__atomic_load_n(&s->summary[chunk >> 6], __ATOMIC_SEQ_CST) & bit))
 		__atomic_fetch_or(&s->summary[chunk >> 6], bit, __ATOMIC_SEQ_CST);
+}
+static inline void kd_twolevel_mark(struct kd_slot *s, uint64_t rel)
+{
+	__atomic_fetch_or(&s->dirty[rel >> 6], 1ull << (rel & 63), __ATOMIC_SEQ_CST);
+	kd_twolevel_mark_summary(s, rel);
 }
 KD_HIDDEN int kd_twolevel_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap);
 KD_HIDDEN void kd_twolevel_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t num,
@@ -235,7 +249,8 @@ static inline uint64_t kd_reprotect_word(struct kd_slot *s, uint64_t w, uint64_t
 {
 	if (!bits)
 		return 0;
-	__atomic_fetch_and(&s->writable[w], ~bits, __ATOMIC_SEQ_CST);
+	if (s->writable != s->dirty) /* else taking the bits protected them */
+		__atomic_fetch_and(&s->writable[w], ~bits, __ATOMIC_SEQ_CST);
 	return (uint64_t)__builtin_popcountll(bits);
 }
 

@@ -38,10 +38,19 @@ static unsigned set_chunks(struct kd_slot *s, uint64_t sw, uint64_t c0, uint64_t
 	return n;
 }
 
-static void prefetch_chunk(const struct kd_slot *s, uint64_t c)
+/* Touch a batch of chunks' lines with independent loads: unlike a prefetch,
+ * a load that misses the TLB is never dropped, and the out-of-order core
+ * overlaps them all before the first locked instruction waits. */
+static uint64_t touch_chunks(const struct kd_slot *s, const uint64_t *chunks, unsigned n)
 {
-	__builtin_prefetch(&s->dirty[c * KD_CHUNK_WORDS], 1, 3);
-	__builtin_prefetch(&s->writable[c * KD_CHUNK_WORDS], 1, 3);
+	uint64_t acc = 0;
+	for (unsigned k = 0; k < n; k++)
+		acc += __atomic_load_n(&s->dirty[chunks[k] * KD_CHUNK_WORDS], __ATOMIC_RELAXED) +
+		       (s->writable == s->dirty
+				? 0
+				: __atomic_load_n(&s->writable[chunks[k] * KD_CHUNK_WORDS],
+						  __ATOMIC_RELAXED));
+	return acc;
 }
 
 static bool chunk_has_bits(const struct kd_slot *s, uint64_t c)
@@ -77,8 +86,7 @@ int kd_twolevel_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap)
 			      s->nsummary;
 	     sw++) {
 		unsigned n = set_chunks(s, sw, 0, nchunks, chunks);
-		for (unsigned k = 0; k < n; k++)
-			prefetch_chunk(s, chunks[k]);
+		touch_chunks(s, chunks, n);
 		for (unsigned k = 0; k < n; k++) {
 			uint64_t c = chunks[k], w0 = c * KD_CHUNK_WORDS, w1 = w0 + KD_CHUNK_WORDS;
 			if (w1 > s->nwords)
@@ -129,48 +137,78 @@ void kd_twolevel_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t nu
 	kd_count_reprotect(vm, reprotected, false);
 }
 
+/*
+ * Collect takes the summary bits of a whole summary word with one RMW, then
+ * visits the chunks in batches of up to PREFETCH_CHUNKS, touching every
+ * batch's leaf lines first so their misses overlap. A chunk that lies wholly
+ * in the range and is taken word by word needs no summary re-set (a writer
+ * racing with the take sets the summary bit itself, see above); a partial
+ * chunk, or chunks left over when `gfns` fills, get the re-set check.
+ */
 uint64_t kd_twolevel_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
 			     uint64_t *gfns, uint64_t cap, uint64_t *resume)
 {
 	uint64_t c0 = first / KD_CHUNK_PAGES, c1 = (end + KD_CHUNK_PAGES - 1) / KD_CHUNK_PAGES;
 	uint64_t sw = c0 / 64, swend = (c1 + 63) / 64, scanned = 0;
-	uint64_t chunks[PREFETCH_CHUNKS], n = 0, reprotected = 0;
+	uint64_t chunks[PREFETCH_CHUNKS + 64], n = 0, reprotected = 0, touched = 0;
+	const uint64_t wfirst = first / 64, wlast = (end + 63) / 64;
 	const bool bounded = cap < end - first;
 
 	*resume = end;
 	if (first == end)
 		return 0;
-	for (; (sw = kd_find_nonzero_word(s->summary, sw, swend)) < swend; sw++) {
-		unsigned nc = set_chunks(s, sw, c0, c1, chunks);
-		for (unsigned k = 0; k < nc; k++)
-			prefetch_chunk(s, chunks[k]);
+	while (sw < swend) {
+		unsigned nc = 0;
+		while (nc < PREFETCH_CHUNKS &&
+		       (sw = kd_find_nonzero_word(s->summary, sw, swend)) < swend) {
+			uint64_t m = kd_range_mask(sw, c0, c1), bits;
+			bits = __atomic_load_n(&s->summary[sw], __ATOMIC_RELAXED) & m;
+			if (bits)
+				bits &= __atomic_fetch_and(&s->summary[sw], ~bits, __ATOMIC_SEQ_CST);
+			while (bits) {
+				chunks[nc++] = sw * 64 + (uint64_t)__builtin_ctzll(bits);
+				bits &= bits - 1;
+			}
+			sw++;
+		}
+		touched += touch_chunks(s, chunks, nc);
 		for (unsigned k = 0; k < nc; k++) {
 			uint64_t c = chunks[k], w0 = c * KD_CHUNK_WORDS, w1 = w0 + KD_CHUNK_WORDS;
-			if (w0 < first / 64)
-				w0 = first / 64;
-			if (w1 > (end + 63) / 64)
-				w1 = (end + 63) / 64;
-			summary_clear(s, c);
+			bool partial = false;
+			if (w0 < wfirst || w0 * 64 < first) {
+				w0 = wfirst;
+				partial = true;
+			}
+			if (w1 > wlast || w1 * 64 > end) {
+				w1 = wlast;
+				partial = partial || w1 * 64 != end || end != s->npages;
+			}
 			for (uint64_t w = w0; w < w1; w++) {
-				uint64_t m = kd_range_mask(w, first, end), bits;
+				uint64_t m = ~0ull, bits;
+				if (partial)
+					m = kd_range_mask(w, first, end);
 				scanned++;
 				if (!(__atomic_load_n(&s->dirty[w], __ATOMIC_RELAXED) & m))
 					continue;
 				if (bounded && cap - n < 64) {
 					*resume = w * 64 > first ? w * 64 : first;
-					summary_reset_if_needed(s, c);
+					for (; k < nc; k++) /* give back what was not taken */
+						summary_reset_if_needed(s, chunks[k]);
 					goto done;
 				}
-				bits = __atomic_fetch_and(&s->dirty[w], ~m, __ATOMIC_SEQ_CST) & m;
+				bits = m == ~0ull
+					       ? __atomic_exchange_n(&s->dirty[w], 0, __ATOMIC_SEQ_CST)
+					       : __atomic_fetch_and(&s->dirty[w], ~m, __ATOMIC_SEQ_CST) & m;
 				reprotected += kd_reprotect_word(s, w, bits);
 				n = kd_emit_bits(bits, s->base_gfn + w * 64, gfns, n);
 			}
-			summary_reset_if_needed(s, c);
+			if (partial)
+				summary_reset_if_needed(s, c);
 		}
 	}
-	sw = swend;
 done:
-	vm->user.summary_words_scanned += sw - c0 / 64 + (sw < swend);
+	__asm__ volatile("" : : "r"(touched)); /* keep the touches */
+	vm->user.summary_words_scanned += (sw < swend ? sw + 1 : swend) - c0 / 64;
 	vm->user.words_scanned += scanned;
 	kd_count_reprotect(vm, reprotected, false);
 	return n;

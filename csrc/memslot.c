@@ -125,9 +125,6 @@ int kd_log_alloc(kd_vm *vm, struct kd_slot *s)
 
 	/* With INITIALLY_SET, x86 KVM leaves 4K sptes writable until a CLEAR
 	 * reaches them; otherwise enabling the log protects every page. */
-	s->writable = kd_bitmap_alloc(s->nwords, ones && b != KD_BACKEND_RING, s->npages);
-	if (!s->writable)
-		goto nomem;
 	if (b == KD_BACKEND_RING) {
 		s->pending = kd_bitmap_alloc(s->nwords, false, 0);
 		if (!s->pending)
@@ -137,6 +134,12 @@ int kd_log_alloc(kd_vm *vm, struct kd_slot *s)
 		if (!s->dirty)
 			goto nomem;
 	}
+	if (b != KD_BACKEND_RING && vm->cfg.tracking == KD_TRACK_WRITE_PROTECT)
+		s->writable = s->dirty; /* see struct kd_slot */
+	else
+		s->writable = kd_bitmap_alloc(s->nwords, ones && b != KD_BACKEND_RING, s->npages);
+	if (!s->writable)
+		goto nomem;
 	if (b == KD_BACKEND_TWOLEVEL) {
 		uint64_t nchunks = (s->npages + KD_CHUNK_PAGES - 1) / KD_CHUNK_PAGES;
 		s->nsummary = (nchunks + 63) / 64;
@@ -160,7 +163,8 @@ nomem:
 
 void kd_log_free(struct kd_slot *s)
 {
-	kd_bitmap_free(s->writable, s->nwords);
+	if (s->writable != s->dirty)
+		kd_bitmap_free(s->writable, s->nwords);
 	kd_bitmap_free(s->dirty, s->nwords);
 	kd_bitmap_free(s->pending, s->nwords);
 	kd_bitmap_free(s->scratch, s->nwords);

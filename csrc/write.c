@@ -7,6 +7,9 @@
  * spte's D bit and appends the gfn to the vCPU's 512-entry PML buffer, which
  * drains into the log when full and whenever a collector kicks the vCPU.
  *
+ * With a kernel bitmap and write protection, writable is the dirty bitmap
+ * itself (struct kd_slot): the fault's fetch_or is the log mark.
+ *
  * Ordering (why no write is lost; see also struct kd_slot in internal.h):
  *  writer:    [store value]; fetch_or(writable, bit) -> was clear: mark log
  *  collector: take bits from the log (xchg / fetch_and); fetch_and(writable,
@@ -122,6 +125,13 @@ static uint64_t write_emulated(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfn
 				continue;
 			if (__atomic_fetch_or(&s->writable[w], bit, __ATOMIC_SEQ_CST) & bit)
 				continue;
+			if (s->writable == s->dirty) {
+				/* the fault's RMW set the dirty bit too */
+				c->write_faults++;
+				if (s->summary)
+					kd_twolevel_mark_summary(s, rel);
+				continue;
+			}
 			if (pml) {
 				c->pml_entries++;
 				v->pml[v->pml_count++] = gfn;

@@ -1,0 +1,1 @@
+"""Subcommands of the pykvmdirty CLI; each module defines register(subparsers)."""

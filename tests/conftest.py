@@ -1,0 +1,43 @@
+"""Shared fixtures: backend lists, and skips with a reason where a real backend is missing."""
+import numpy as np
+import pytest
+
+import pykvmdirty as kd
+
+GIB = 1 << 30
+MIB = 1 << 20
+LOG = kd.MEM_LOG_DIRTY_PAGES
+
+#: every emulated (backend, dirty_tracking) combination
+EMULATED = [(b, t) for b in kd.EMULATED_BACKENDS for t in ("write_protect", "pml")]
+
+
+def make_vm(backend, tracking="write_protect", **kw):
+    if backend in ("kvm", "uffd"):
+        ok, why = kd.backend_available(backend)
+        if not ok:
+            pytest.skip("%s backend unavailable here: %s" % (backend, why))
+    if backend == "ring" and "ring_entries" not in kw:
+        kw["ring_entries"] = 65536
+    return kd.VM(backend=backend, dirty_tracking=tracking, **kw)
+
+
+def bits_to_set(bitmap, base=0):
+    """Set of base + i for each set bit i of a KVM-layout bitmap."""
+    bits = np.unpackbits(np.asarray(bitmap, dtype="<u8").view(np.uint8), bitorder="little")
+    return set((np.flatnonzero(bits) + base).tolist())
+
+
+def set_to_bits(pages, npages):
+    bm = np.zeros((npages + 63) // 64, dtype=np.uint64)
+    for p in pages:
+        bm[p // 64] |= np.uint64(1 << (p % 64))
+    return bm
+
+
+@pytest.fixture(params=EMULATED, ids=lambda p: "%s-%s" % p)
+def emulated_vm(request):
+    backend, tracking = request.param
+    vm = make_vm(backend, tracking, vcpus=2)
+    yield vm
+    vm.close()
