@@ -125,7 +125,7 @@ struct kd_vcpu_counters {
 struct kd_vcpu {
 	uint32_t index;
 	int busy;           /* a thread is in kd_write on this vCPU */
-	int lock;           /* spinlock, see top of file */
+	unsigned lock[2];   /* ticket lock, see top of file */
 	uint32_t pml_count; /* entries in pml[] */
 	uint64_t pml[KD_PML_ENTRIES]; /* gfns (address space 0) */
 	struct kd_ring ring;
@@ -149,8 +149,8 @@ struct kd_vm {
 KD_HIDDEN void kd_vm_lock(kd_vm *vm);
 KD_HIDDEN void kd_vm_unlock(kd_vm *vm);
 KD_HIDDEN uint64_t kd_now_ns(void);
-KD_HIDDEN void kd_spin_lock(int *lock);
-KD_HIDDEN void kd_spin_unlock(int *lock);
+KD_HIDDEN void kd_spin_lock(unsigned *lock);
+KD_HIDDEN void kd_spin_unlock(unsigned *lock);
 /* Count pages write-protected again (or one generation bump with O(1)). */
 KD_HIDDEN void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable);
 

@@ -64,21 +64,26 @@ void kd_vm_unlock(kd_vm *vm)
 	pthread_mutex_unlock((pthread_mutex_t *)vm->lock_storage);
 }
 
-void kd_spin_lock(int *lock)
+/*
+ * Ticket lock: FIFO, so a collector kicking a vCPU is not starved by a writer
+ * that re-takes the lock for its next batch at once. lock[0] = next ticket,
+ * lock[1] = ticket being served.
+ */
+void kd_spin_lock(unsigned *lock)
 {
-	while (__atomic_exchange_n(lock, 1, __ATOMIC_ACQUIRE)) {
-		while (__atomic_load_n(lock, __ATOMIC_RELAXED))
+	unsigned ticket = __atomic_fetch_add(&lock[0], 1, __ATOMIC_RELAXED);
+
+	while (__atomic_load_n(&lock[1], __ATOMIC_ACQUIRE) != ticket)
 #if defined(__x86_64__) || defined(__i386__)
-			__builtin_ia32_pause();
+		__builtin_ia32_pause();
 #else
-			sched_yield();
+		sched_yield();
 #endif
-	}
 }
 
-void kd_spin_unlock(int *lock)
+void kd_spin_unlock(unsigned *lock)
 {
-	__atomic_store_n(lock, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&lock[1], lock[1] + 1, __ATOMIC_RELEASE);
 }
 
 void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable)
@@ -479,9 +484,9 @@ KD_API int kd_ring_harvest(kd_vm *vm, uint32_t vcpu, struct kd_dirty_gfn *out, u
 		r = kd_kvm_ring_harvest(vm->kvm, vcpu, out, cap, count);
 	} else if (!r) {
 		struct kd_vcpu *v = &vm->vcpus[vcpu];
-		kd_spin_lock(&v->lock); /* kick: drain PML into the ring first */
+		kd_spin_lock(v->lock); /* kick: drain PML into the ring first */
 		kd_pml_flush(vm, v);
-		kd_spin_unlock(&v->lock);
+		kd_spin_unlock(v->lock);
 		*count = kd_ring_harvest_one(&v->ring, out, cap);
 	}
 	if (!r)

@@ -70,9 +70,9 @@ void kd_kick_all_vcpus(kd_vm *vm)
 		return;
 	for (uint32_t i = 0; i < vm->cfg.nvcpus; i++) {
 		struct kd_vcpu *v = &vm->vcpus[i];
-		kd_spin_lock(&v->lock);
+		kd_spin_lock(v->lock);
 		kd_pml_flush(vm, v);
-		kd_spin_unlock(&v->lock);
+		kd_spin_unlock(v->lock);
 	}
 }
 
@@ -108,7 +108,7 @@ static uint64_t write_emulated(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfn
 	while (i < n) {
 		uint64_t stop = n - i > KD_WRITE_BATCH ? i + KD_WRITE_BATCH : n;
 		if (locked)
-			kd_spin_lock(&v->lock); /* guest entry */
+			kd_spin_lock(v->lock); /* guest entry */
 		for (; i < stop; i++) {
 			uint64_t gfn = gfns[i], rel, w, bit;
 			s = lookup(vm, s, gfn);
@@ -157,7 +157,7 @@ static uint64_t write_emulated(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfn
 			}
 		}
 		if (locked)
-			kd_spin_unlock(&v->lock);
+			kd_spin_unlock(v->lock);
 		if (*exit_reason)
 			break;
 	}

@@ -17,7 +17,7 @@ import pykvmdirty as kd
 from conftest import EMULATED, LOG
 
 SLOTS = [(0, 0x100000, 16384), (5, 0x200000, 4096)]  # (id, base_gfn, npages)
-LOOPS = 30
+LOOPS = 120
 PER_THREAD = 20000
 
 
