@@ -1,5 +1,68 @@
-"""pykvmdirty: a dirty-page-tracking kernel-interface emulator (C core via cffi)."""
+"""pykvmdirty: a dirty-page-tracking kernel-interface emulator (C core via cffi).
+
+Besides the cffi extension, the build installs libkvmdirty for C programs:
+pykvmdirty/lib/libkvmdirty.so and .a, pykvmdirty/include/kvmdirty.h and
+pykvmdirty/lib/pkgconfig/kvmdirty.pc, compiled from the same source list
+(csrc/sources.mk) as the extension. `pykvmdirty-config --cflags --libs` finds them.
+"""
+import os
+import shutil
+import sys
+
 from setuptools import find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+PC_TEMPLATE = """prefix=${pcfiledir}/../..
+includedir=${prefix}/include
+libdir=${prefix}/lib
+
+Name: kvmdirty
+Description: dirty-page-tracking KVM interface emulator (libkvmdirty)
+Version: %s
+Cflags: -I${includedir}
+Libs: -L${libdir} -Wl,-rpath,${libdir} -lkvmdirty
+Libs.private: -pthread
+"""
+
+
+def build_module():
+    sys.path.insert(0, os.path.join(ROOT, "pykvmdirty"))
+    try:
+        import _build
+    finally:
+        sys.path.pop(0)
+    return _build
+
+
+class BuildExtAndLibrary(build_ext):
+    """build_ext, then libkvmdirty (.so, .a, header, .pc) into the package."""
+
+    def run(self):
+        super().run()
+        b = build_module()
+        pkg = os.path.join(ROOT if self.inplace else self.build_lib, "pykvmdirty")
+        libdir = os.path.join(pkg, "lib")
+        incdir = os.path.join(pkg, "include")
+        os.makedirs(os.path.join(libdir, "pkgconfig"), exist_ok=True)
+        os.makedirs(incdir, exist_ok=True)
+        cc = self.compiler
+        objs = cc.compile([os.path.join("csrc", s) for s in b.SOURCES],
+                          output_dir=os.path.join(self.build_temp, "libkvmdirty"),
+                          include_dirs=["csrc/include", "csrc"],
+                          extra_postargs=b.CFLAGS + ["-fPIC"] + b.sanitize_flags())
+        cc.link_shared_object(objs, "libkvmdirty.so", output_dir=libdir,
+                              extra_postargs=["-pthread"]
+                              + b.sanitize_flags())
+        cc.create_static_lib(objs, "kvmdirty", output_dir=libdir)
+        shutil.copy(os.path.join(ROOT, "csrc", "include", "kvmdirty.h"), incdir)
+        with open(os.path.join(libdir, "ldflags.txt"), "w") as f:
+            f.write(" ".join(b.sanitize_flags()))  # what a program linking us needs too
+        version = self.distribution.get_version()
+        with open(os.path.join(libdir, "pkgconfig", "kvmdirty.pc"), "w") as f:
+            f.write(PC_TEMPLATE % version)
+
 
 setup(
     name="pykvmdirty",
@@ -10,10 +73,14 @@ setup(
     python_requires=">=3.9",
     setup_requires=["cffi>=1.15"],
     cffi_modules=["pykvmdirty/_build.py:ffibuilder"],
+    cmdclass={"build_ext": BuildExtAndLibrary},
     install_requires=["cffi>=1.15", "numpy>=1.22"],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"],
     },
-    entry_points={"console_scripts": ["pykvmdirty=pykvmdirty.cli:main"]},
+    entry_points={"console_scripts": [
+        "pykvmdirty=pykvmdirty.cli:main",
+        "pykvmdirty-config=pykvmdirty.config:main",
+    ]},
     zip_safe=False,
 )

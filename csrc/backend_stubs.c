@@ -16,9 +16,3 @@ int kd_kvm_clear_dirty_log(struct kd_kvm *k, uint32_t a, uint64_t b, uint32_t c,
 int kd_kvm_ring_harvest(struct kd_kvm *k, uint32_t a, struct kd_dirty_gfn *b, uint64_t c, uint64_t *d) { (void)k; (void)a; (void)b; (void)c; (void)d; return -ENOSYS; }
 int kd_kvm_ring_entries(struct kd_kvm *k, uint32_t a, struct kd_dirty_gfn **b, uint32_t *c) { (void)k; (void)a; (void)b; (void)c; return -ENOSYS; }
 int kd_kvm_reset_dirty_rings(struct kd_kvm *k, uint64_t *a) { (void)k; (void)a; return -ENOSYS; }
-int kd_uffd_probe(uint32_t a, const char **why) { (void)a; if (why) *why = "uffd backend not built"; return -ENOSYS; }
-int kd_uffd_open(uint32_t a, struct kd_uffd **o) { (void)a; (void)o; return -ENOSYS; }
-void kd_uffd_close(struct kd_uffd *u) { (void)u; }
-int kd_uffd_add_range(struct kd_uffd *u, uint32_t a, void *b, uint64_t c) { (void)u; (void)a; (void)b; (void)c; return -ENOSYS; }
-int kd_uffd_remove_range(struct kd_uffd *u, uint32_t a) { (void)u; (void)a; return -ENOSYS; }
-int kd_uffd_collect(struct kd_uffd *u, uint32_t a, uint64_t b, uint64_t c, uint64_t *d, uint64_t *e) { (void)u; (void)a; (void)b; (void)c; (void)d; (void)e; return -ENOSYS; }

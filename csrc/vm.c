@@ -97,6 +97,12 @@ void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable)
 	vm->user.tlb_flushes++;
 }
 
+/* kd_tracking -> enum kd_uffd_mode (uffd_backend.h) */
+static uint32_t uffd_mode(uint32_t tracking)
+{
+	return tracking == KD_TRACK_UFFD_SYNC ? 1 : tracking == KD_TRACK_MPROTECT ? 2 : 0;
+}
+
 static bool emulated(uint32_t backend)
 {
 	return backend <= KD_BACKEND_RING;
@@ -110,7 +116,9 @@ static int check_config(const struct kd_vm_config *c)
 		return -EINVAL;
 	if (!kd_backend_name(c->backend) || c->nvcpus < 1 || c->nvcpus > KD_MAX_VCPUS)
 		return -EINVAL;
-	if (c->tracking > KD_TRACK_PML || c->flags & ~(KD_VM_O1_PROTECT | KD_VM_GUEST_MEMORY))
+	if (c->tracking > KD_TRACK_MPROTECT || c->flags & ~(KD_VM_O1_PROTECT | KD_VM_GUEST_MEMORY))
+		return -EINVAL;
+	if (c->tracking >= KD_TRACK_UFFD_SYNC && c->backend != KD_BACKEND_UFFD)
 		return -EINVAL;
 	if (!emulated(c->backend) && (pml || (c->flags & KD_VM_O1_PROTECT)))
 		return -EINVAL; /* the real kernel decides how it tracks */
@@ -155,7 +163,7 @@ KD_API int kd_vm_create(const struct kd_vm_config *config, kd_vm **out)
 	if (config->backend == KD_BACKEND_KVM)
 		r = kd_kvm_open(config->nvcpus, config->ring_entries, &vm->kvm);
 	else if (config->backend == KD_BACKEND_UFFD)
-		r = kd_uffd_open(0, &vm->uffd);
+		r = kd_uffd_open(uffd_mode(config->tracking), &vm->uffd);
 	if (r)
 		goto fail;
 	*out = vm;
@@ -426,6 +434,10 @@ KD_API int kd_collect(kd_vm *vm, uint32_t slot, uint64_t first_page, uint64_t nu
 	}
 	end = first_page + num_pages;
 	res->sampled_ns = kd_now_ns();
+	if (!num_pages) {
+		resume = end;
+		goto done;
+	}
 	switch (vm->cfg.backend) {
 	case KD_BACKEND_FLAT:
 		kd_kick_all_vcpus(vm);
@@ -455,6 +467,7 @@ KD_API int kd_collect(kd_vm *vm, uint32_t slot, uint64_t first_page, uint64_t nu
 	}
 	if (r)
 		goto out;
+done:
 	res->count = n;
 	res->resume_page = resume;
 	vm->user.collect_calls++;

@@ -15,19 +15,15 @@ ROOT = os.path.dirname(HERE)
 CSRC = os.path.join(ROOT, "csrc")
 HEADER = os.path.join(CSRC, "include", "kvmdirty.h")
 
-# One source list for the extension and the shared library (see csrc/Makefile).
-SOURCES = [
-    "bitmap.c",
-    "memslot.c",
-    "vm.c",
-    "write.c",
-    "log_flat.c",
-    "log_twolevel.c",
-    "log_bytemap.c",
-    "dirty_ring.c",
-    "writers.c",
-    "backend_stubs.c",
-]
+
+def read_sources(path=os.path.join(CSRC, "sources.mk")):
+    """KD_SOURCES from csrc/sources.mk: the one list the Makefile uses too."""
+    text = open(path).read().replace("\\\n", " ")
+    m = re.search(r"^KD_SOURCES\s*=\s*(.*)$", text, flags=re.M)
+    return m.group(1).split()
+
+
+SOURCES = read_sources()
 
 CFLAGS = ["-O2", "-std=gnu11", "-pthread", "-fvisibility=hidden", "-Wall", "-Wextra"]
 if platform.machine() in ("x86_64", "AMD64"):
@@ -57,9 +53,15 @@ def cdef_from_header(path=HEADER):
     return text
 
 
+def sanitizing():
+    return os.environ.get("KVMDIRTY_SANITIZE", "") in ("1", "yes", "true")
+
+
 def sanitize_flags():
-    if os.environ.get("KVMDIRTY_SANITIZE") in ("1", "yes", "true"):
-        return ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    """KVMDIRTY_SANITIZE=1: build the C core with ASan and UBSan (any report aborts)."""
+    if sanitizing():
+        return ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                "-fno-omit-frame-pointer", "-g"]
     return []
 
 

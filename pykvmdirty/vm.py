@@ -22,7 +22,8 @@ BACKENDS = {
     "uffd": lib.KD_BACKEND_UFFD,
 }
 EMULATED_BACKENDS = ("flat", "twolevel", "bytemap", "ring")
-TRACKING = {"write_protect": lib.KD_TRACK_WRITE_PROTECT, "pml": lib.KD_TRACK_PML}
+TRACKING = {"write_protect": lib.KD_TRACK_WRITE_PROTECT, "pml": lib.KD_TRACK_PML,
+            "uffd_sync": lib.KD_TRACK_UFFD_SYNC, "mprotect": lib.KD_TRACK_MPROTECT}
 
 MEM_LOG_DIRTY_PAGES = lib.KD_MEM_LOG_DIRTY_PAGES
 MEM_READONLY = lib.KD_MEM_READONLY
@@ -102,7 +103,9 @@ class VM:
     backend: "flat" (KVM_GET_DIRTY_LOG), "twolevel" (summary bit per 2 MiB),
     "bytemap" (QEMU 2010), "ring" (per-vCPU dirty rings), "kvm" (the real
     kernel) or "uffd" (userfaultfd write-protect on real memory).
-    dirty_tracking: "write_protect" or "pml" (emulated backends).
+    dirty_tracking: "write_protect" or "pml" (emulated backends); on "uffd",
+    "write_protect" is userfaultfd WP_ASYNC + PAGEMAP_SCAN and the fallbacks
+    "uffd_sync" (a fault-handler thread) and "mprotect" (SIGSEGV) compare with it.
     o1_protect: count re-protection of enable/classic GET as one generation bump.
     guest_memory: back slots with memory; writes store their value into the page.
     """

@@ -80,8 +80,11 @@ enum kd_backend {
 };
 
 enum kd_tracking {
-	KD_TRACK_WRITE_PROTECT = 0, /* first write after protection faults */
+	KD_TRACK_WRITE_PROTECT = 0, /* first write after protection faults
+				       (uffd: userfaultfd WP_ASYNC + PAGEMAP_SCAN) */
 	KD_TRACK_PML = 1,           /* first write appends to a PML buffer */
+	KD_TRACK_UFFD_SYNC = 2,     /* uffd only: uffd-wp with a fault-handler thread */
+	KD_TRACK_MPROTECT = 3,      /* uffd only: mprotect + SIGSEGV handler */
 };
 
 /* kd_vm_config.flags */

@@ -1,0 +1,131 @@
+"""libkvmdirty for C programs: the installed library, header and flags work
+from C and C++, export only the public API, and agree with the Python API."""
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import pykvmdirty as kd
+from pykvmdirty import config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+EXAMPLE = os.path.join(ROOT, "examples", "two_writers.c")
+LIB = os.path.join(config.lib_dir(), "libkvmdirty.so")
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(LIB),
+    reason="libkvmdirty is built by `pip install .` (not by an in-place cffi build): "
+    "%s is missing" % LIB)
+
+
+def compiler(cxx=False):
+    name = "c++" if cxx else "cc"
+    path = shutil.which(name) or shutil.which("g++" if cxx else "gcc")
+    if not path:
+        pytest.skip("no %s compiler on PATH" % name)
+    return path
+
+
+def build(src, out, cxx=False, extra=()):
+    cmd = [compiler(cxx)] + (["-x", "c++"] if cxx else ["-std=gnu11"]) + [
+        "-O2", "-Wall", "-Wextra", "-Werror", src, "-o", out] + list(extra) + \
+        config.cflags().split() + config.libs().split()
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def run_config(*args):
+    return subprocess.run(["pykvmdirty-config", *args], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def splitmix64(state, n):
+    """The example's generator, vectorised: n values from `state`."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(state) + np.arange(1, n + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+@pytest.mark.parametrize("cxx", [False, True], ids=["c", "c++"])
+def test_example_matches_python(tmp_path, cxx):
+    exe = str(tmp_path / "two_writers")
+    build(EXAMPLE, exe, cxx=cxx)
+    npages, per_thread, seed = 65536, 20000, 7
+    out = subprocess.run([exe, str(npages), str(per_thread), str(seed)], check=True,
+                         capture_output=True, text=True).stdout
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+            if not line.startswith("#")}
+    # the same gfns through the Python API
+    gfns = np.concatenate([splitmix64(seed, per_thread), splitmix64(seed + 1, per_thread)])
+    gfns %= np.uint64(npages)
+    vm = kd.VM("flat")
+    vm.set_user_memory_region(0, 0, npages << 12, kd.MEM_LOG_DIRTY_PAGES)
+    vm.write(gfns)
+    got = vm.collect(0)
+    assert set(rows) == {"flat", "twolevel"}
+    for name, (found, total, collects, _us) in rows.items():
+        assert int(found) == got.size, name
+        assert int(total) == int(got.sum()), name
+        assert int(collects) == 51
+
+
+def test_config_flags_and_pkgconfig(tmp_path):
+    assert run_config("--cflags") == [config.cflags()]
+    assert "-lkvmdirty" in run_config("--libs")
+    pc = os.path.join(config.pkgconfig_dir(), "kvmdirty.pc")
+    text = open(pc).read()
+    assert "Version: %s" % kd.__version__ in text and "-lkvmdirty" in text
+    if shutil.which("pkg-config"):
+        env = dict(os.environ, PKG_CONFIG_PATH=config.pkgconfig_dir())
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "kvmdirty"], env=env,
+                               capture_output=True, text=True, check=True).stdout
+        assert "-lkvmdirty" in flags
+    # python -m pykvmdirty.config gives the same answer
+    import sys
+    out = subprocess.run([sys.executable, "-m", "pykvmdirty.config", "--cflags"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [config.cflags()]
+
+
+def public_functions():
+    header = open(os.path.join(config.include_dir(), "kvmdirty.h")).read()
+    return set(re.findall(r"KD_API\s+[^;(]*?\b(kd_\w+)\s*\(", header))
+
+
+def test_exports_only_the_public_api():
+    nm = shutil.which("nm")
+    if not nm:
+        pytest.skip("nm (binutils) not on PATH")
+    out = subprocess.run([nm, "-D", "--defined-only", LIB], capture_output=True, text=True,
+                         check=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines()
+                if line.split() and line.split()[1] in "TDBRW" and not line.split()[-1].startswith("_")}
+    public = public_functions()
+    assert public, "no KD_API functions found in the header"
+    assert exported == public, (exported - public, public - exported)
+
+
+def test_static_library_links(tmp_path):
+    exe = str(tmp_path / "bad_input_static")
+    src = os.path.join(HERE, "c", "test_bad_input.c")
+    cmd = [compiler(), "-std=gnu11", "-O1", src, "-o", exe] + config.cflags().split() + \
+        config.libs(static=True).split()
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    r = subprocess.run([exe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+    assert re.search(r"^\d+ passed, 0 failed$", r.stdout, flags=re.M)
+
+
+def test_c_bad_input_table(tmp_path):
+    """The C-level bad-input table; CI runs it again against the sanitizer build."""
+    exe = str(tmp_path / "bad_input")
+    build(os.path.join(HERE, "c", "test_bad_input.c"), exe)
+    r = subprocess.run([exe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"^(\d+) passed, 0 failed$", r.stdout, flags=re.M)
+    assert m and int(m.group(1)) > 40
