@@ -183,13 +183,19 @@ uint64_t kd_twolevel_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint6
 				w1 = wlast;
 				partial = partial || w1 * 64 != end || end != s->npages;
 			}
+			/* which words of the chunk have bits: branch-free, so a
+			 * random dirty word costs no mispredicted branches */
+			unsigned nz = 0;
 			for (uint64_t w = w0; w < w1; w++) {
-				uint64_t m = ~0ull, bits;
-				if (partial)
-					m = kd_range_mask(w, first, end);
-				scanned++;
-				if (!(__atomic_load_n(&s->dirty[w], __ATOMIC_RELAXED) & m))
-					continue;
+				uint64_t m = partial ? kd_range_mask(w, first, end) : ~0ull;
+				nz |= (unsigned)((__atomic_load_n(&s->dirty[w], __ATOMIC_RELAXED) & m) != 0)
+				      << (w - w0);
+			}
+			scanned += w1 - w0;
+			while (nz) {
+				uint64_t w = w0 + (uint64_t)__builtin_ctz(nz), bits;
+				uint64_t m = partial ? kd_range_mask(w, first, end) : ~0ull;
+				nz &= nz - 1;
 				if (bounded && cap - n < 64) {
 					*resume = w * 64 > first ? w * 64 : first;
 					for (; k < nc; k++) /* give back what was not taken */
