@@ -50,6 +50,7 @@ KD_HIDDEN int kd_kvm_ring_harvest(struct kd_kvm *k, uint32_t vcpu, struct kd_dir
 KD_HIDDEN int kd_kvm_ring_entries(struct kd_kvm *k, uint32_t vcpu,
 				  struct kd_dirty_gfn **entries, uint32_t *nentries);
 KD_HIDDEN int kd_kvm_reset_dirty_rings(struct kd_kvm *k, uint64_t *count);
+KD_HIDDEN uint32_t kd_kvm_address_spaces(const struct kd_kvm *k);
 KD_HIDDEN int kd_uffd_probe(uint32_t mode, const char **why);
 KD_HIDDEN int kd_uffd_open(uint32_t mode, struct kd_uffd **out);
 KD_HIDDEN void kd_uffd_close(struct kd_uffd *u);
@@ -157,7 +158,7 @@ KD_HIDDEN void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable);
 /* memslot.c */
 KD_HIDDEN struct kd_slot *kd_slot_by_id(kd_vm *vm, uint32_t slot);
 KD_HIDDEN struct kd_slot *kd_slot_by_gfn(kd_vm *vm, uint32_t as_id, uint64_t gfn);
-KD_HIDDEN int kd_slot_id_check(uint32_t slot);
+KD_HIDDEN int kd_slot_id_check(const kd_vm *vm, uint32_t slot);
 KD_HIDDEN void kd_aspace_free(struct kd_aspace *as);
 KD_HIDDEN int kd_log_alloc(kd_vm *vm, struct kd_slot *s);
 KD_HIDDEN void kd_log_free(struct kd_slot *s);

@@ -15,9 +15,9 @@
 
 #include "internal.h"
 
-int kd_slot_id_check(uint32_t slot)
+int kd_slot_id_check(const kd_vm *vm, uint32_t slot)
 {
-	if ((slot >> 16) >= KD_ADDRESS_SPACES || (slot & 0xffff) >= KD_USER_MEM_SLOTS)
+	if ((slot >> 16) >= vm->cfg.address_spaces || (slot & 0xffff) >= KD_USER_MEM_SLOTS)
 		return -EINVAL;
 	return 0;
 }
@@ -26,7 +26,7 @@ struct kd_slot *kd_slot_by_id(kd_vm *vm, uint32_t slot)
 {
 	struct kd_aspace *as;
 
-	if (kd_slot_id_check(slot))
+	if (kd_slot_id_check(vm, slot))
 		return NULL;
 	as = &vm->as[slot >> 16];
 	return as->by_id ? as->by_id[slot & 0xffff] : NULL;
@@ -205,7 +205,7 @@ static int check_region(kd_vm *vm, uint32_t slot, uint32_t flags, uint64_t gpa, 
 		return -EINVAL;
 	if ((size & (KD_PAGE_SIZE - 1)) || (gpa & (KD_PAGE_SIZE - 1)))
 		return -EINVAL;
-	if (as_id >= KD_ADDRESS_SPACES)
+	if (as_id >= vm->cfg.address_spaces)
 		return -EINVAL;
 	if (gpa + size < gpa)
 		return -EINVAL;
@@ -341,7 +341,7 @@ KD_API int kd_slot_info(kd_vm *vm, uint32_t slot, struct kd_slot_info *out)
 
 	if (!vm || !out)
 		return -EINVAL;
-	if (kd_slot_id_check(slot))
+	if (kd_slot_id_check(vm, slot))
 		return -EINVAL;
 	kd_vm_lock(vm);
 	s = kd_slot_by_id(vm, slot);
@@ -360,7 +360,7 @@ KD_API int kd_slot_list(kd_vm *vm, struct kd_slot_info *out, uint32_t cap)
 	if (!vm || (!out && cap))
 		return -EINVAL;
 	kd_vm_lock(vm);
-	for (uint32_t a = 0; a < KD_ADDRESS_SPACES; a++)
+	for (uint32_t a = 0; a < vm->cfg.address_spaces; a++)
 		for (uint32_t i = 0; i < vm->as[a].nslots; i++, n++)
 			if (n < cap)
 				fill_info(vm->as[a].sorted[i], &out[n]);

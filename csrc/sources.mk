@@ -12,4 +12,5 @@ KD_SOURCES = \
 	dirty_ring.c \
 	writers.c \
 	uffd_backend.c \
-	backend_stubs.c
+	kvm_backend.c \
+	kvm_guest.c

@@ -112,7 +112,7 @@ static int check_config(const struct kd_vm_config *c)
 {
 	bool pml = c->tracking == KD_TRACK_PML;
 
-	if (c->reserved[0] || c->reserved[1] || c->reserved[2])
+	if (c->reserved[0] || c->reserved[1] || c->address_spaces > KD_ADDRESS_SPACES)
 		return -EINVAL;
 	if (!kd_backend_name(c->backend) || c->nvcpus < 1 || c->nvcpus > KD_MAX_VCPUS)
 		return -EINVAL;
@@ -143,6 +143,8 @@ KD_API int kd_vm_create(const struct kd_vm_config *config, kd_vm **out)
 	if (!vm)
 		return -ENOMEM;
 	vm->cfg = *config;
+	if (!vm->cfg.address_spaces)
+		vm->cfg.address_spaces = KD_ADDRESS_SPACES;
 	vm->vcpus = aligned_alloc(64, sizeof(*vm->vcpus) * config->nvcpus);
 	if (!vm->vcpus) {
 		free(vm);
@@ -160,8 +162,11 @@ KD_API int kd_vm_create(const struct kd_vm_config *config, kd_vm **out)
 				goto fail;
 		}
 	}
-	if (config->backend == KD_BACKEND_KVM)
+	if (config->backend == KD_BACKEND_KVM) {
 		r = kd_kvm_open(config->nvcpus, config->ring_entries, &vm->kvm);
+		if (!r && !config->address_spaces)
+			vm->cfg.address_spaces = kd_kvm_address_spaces(vm->kvm);
+	}
 	else if (config->backend == KD_BACKEND_UFFD)
 		r = kd_uffd_open(uffd_mode(config->tracking), &vm->uffd);
 	if (r)
@@ -234,7 +239,7 @@ static int lookup_log(kd_vm *vm, uint32_t slot, struct kd_slot **out)
 {
 	if (uses_ring(vm))
 		return -ENXIO;
-	if (kd_slot_id_check(slot))
+	if (kd_slot_id_check(vm, slot))
 		return -EINVAL;
 	*out = kd_slot_by_id(vm, slot);
 	if (!*out || !(*out)->logging)
@@ -303,7 +308,7 @@ KD_API int kd_clear_dirty_log(kd_vm *vm, uint32_t slot, uint64_t first_page,
 		r = -ENXIO;
 		goto out;
 	}
-	if (kd_slot_id_check(slot) || (first_page & 63)) {
+	if (kd_slot_id_check(vm, slot) || (first_page & 63)) {
 		r = -EINVAL;
 		goto out;
 	}
@@ -415,7 +420,7 @@ KD_API int kd_collect(kd_vm *vm, uint32_t slot, uint64_t first_page, uint64_t nu
 
 	if (!vm || !res)
 		return -EINVAL;
-	if (kd_slot_id_check(slot))
+	if (kd_slot_id_check(vm, slot))
 		return -EINVAL;
 	kd_vm_lock(vm);
 	s = kd_slot_by_id(vm, slot);

@@ -108,10 +108,12 @@ class VM:
     "uffd_sync" (a fault-handler thread) and "mprotect" (SIGSEGV) compare with it.
     o1_protect: count re-protection of enable/classic GET as one generation bump.
     guest_memory: back slots with memory; writes store their value into the page.
+    address_spaces: 1 or 2 (x86 with SMM, the default); on "kvm" the kernel decides.
     """
 
     def __init__(self, backend="flat", vcpus=1, ring_entries=None,
-                 dirty_tracking="write_protect", o1_protect=False, guest_memory=False):
+                 dirty_tracking="write_protect", o1_protect=False, guest_memory=False,
+                 address_spaces=None):
         if backend not in BACKENDS:
             raise ValueError("unknown backend %r; choose from %s" % (backend, ", ".join(BACKENDS)))
         if dirty_tracking not in TRACKING:
@@ -125,8 +127,14 @@ class VM:
         ring_entries = _uint(ring_entries, "ring_entries", 32)
         if backend not in ("ring", "kvm") and ring_entries:
             raise ValueError("ring_entries applies to the ring and kvm backends, not %r" % backend)
+        if address_spaces is not None:
+            address_spaces = _uint(address_spaces, "address_spaces", 32)
+            if not 1 <= address_spaces <= lib.KD_ADDRESS_SPACES:
+                raise ValueError("address_spaces must be in [1, %d], got %d"
+                                 % (lib.KD_ADDRESS_SPACES, address_spaces))
         self._handle = ffi.NULL
         cfg = ffi.new("struct kd_vm_config *")
+        cfg.address_spaces = address_spaces or 0
         cfg.backend = BACKENDS[backend]
         cfg.nvcpus = vcpus
         cfg.ring_entries = ring_entries
@@ -144,6 +152,9 @@ class VM:
               "kd_vm_create(backend=%r, vcpus=%d, ring_entries=%d, dirty_tracking=%r)"
               % (backend, vcpus, ring_entries, dirty_tracking))
         self._handle = out[0]
+        check(lib.kd_vm_config_get(self._handle, cfg), "kd_vm_config_get")
+        #: address spaces (slot bits 16-31); 2 on emulated x86, the kernel's on kvm
+        self.address_spaces = cfg.address_spaces
         self.backend = backend
         self.vcpus = vcpus
         self.ring_entries = ring_entries

@@ -97,7 +97,9 @@ struct kd_vm_config {
 	uint32_t ring_entries; /* ring backends: power of two, KVM bounds */
 	uint32_t tracking;     /* enum kd_tracking */
 	uint32_t flags;        /* KD_VM_* */
-	uint32_t reserved[3];  /* must be zero */
+	uint32_t address_spaces; /* 1..KD_ADDRESS_SPACES; 0 = default (2, x86 with
+				    SMM; on kvm, what the kernel reports) */
+	uint32_t reserved[2];  /* must be zero */
 };
 #define KD_MAX_VCPUS 256u
 
@@ -168,6 +170,7 @@ KD_API int kd_backend_available(uint32_t backend, const char **why);
 KD_API int kd_vm_create(const struct kd_vm_config *config, kd_vm **out);
 /* Destroy a VM; NULL is a no-op. No call may be running on it. */
 KD_API void kd_vm_destroy(kd_vm *vm);
+/* The VM's configuration, with defaults resolved (address_spaces). */
 KD_API int kd_vm_config_get(const kd_vm *vm, struct kd_vm_config *out);
 
 /*

@@ -49,6 +49,9 @@ int main(void)
 		bad = cfg;
 		bad.reserved[1] = 1;
 		EXPECT(kd_vm_create(&bad, &vm), -EINVAL);
+		bad = cfg;
+		bad.address_spaces = 3;
+		EXPECT(kd_vm_create(&bad, &vm), -EINVAL);
 		bad = ring;
 		bad.ring_entries = 3000;
 		EXPECT(kd_vm_create(&bad, &vm), -EINVAL);
