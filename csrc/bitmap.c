@@ -175,31 +175,6 @@ uint64_t kd_find_byte_with(const uint8_t *b, uint64_t from, uint64_t to, uint8_t
 	return to;
 }
 
-/* Take the set bits of [first, end) out of a user-side bitmap (no atomics:
- * only the collector, under vm->lock, touches it). */
-uint64_t kd_bitmap_take(kd_vm *vm, struct kd_slot *s, uint64_t *bm, uint64_t first,
-			  uint64_t end, uint64_t *gfns, uint64_t cap, uint64_t *resume)
-{
-	uint64_t n = 0, w = first / 64, wend = (end + 63) / 64;
-	bool bounded = cap < end - first;
-
-	while ((w = kd_find_nonzero_word(bm, w, wend)) < wend) {
-		uint64_t bits = bm[w] & kd_range_mask(w, first, end);
-		if (bits) {
-			if (bounded && cap - n < 64) {
-				*resume = w * 64 > first ? w * 64 : first;
-				return n;
-			}
-			bm[w] &= ~bits;
-			n = kd_emit_bits(bits, s->base_gfn + w * 64, gfns, n);
-		}
-		w++;
-	}
-	vm->user.words_scanned += wend - first / 64;
-	*resume = end;
-	return n;
-}
-
 KD_API int64_t kd_bitmap_to_gfns(const uint64_t *bitmap, uint64_t nbits, uint64_t base,
 				 uint64_t *out, uint64_t cap)
 {

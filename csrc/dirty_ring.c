@@ -158,7 +158,8 @@ static int harvest_all(kd_vm *vm)
 			for (uint64_t k = 0; k < n; k++) {
 				struct kd_slot *s = kd_slot_by_id(vm, buf[k].slot);
 				if (s && s->pending && buf[k].offset < s->npages)
-					s->pending[buf[k].offset / 64] |= 1ull << (buf[k].offset % 64);
+					kd_pending_or(s, buf[k].offset / 64,
+						      1ull << (buf[k].offset % 64));
 			}
 			if (n < 256)
 				break;
@@ -183,6 +184,6 @@ int kd_ring_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
 
 	if (r)
 		return r;
-	*count = kd_bitmap_take(vm, s, s->pending, first, end, gfns, cap, resume);
+	*count = kd_pending_take(vm, s, first, end, gfns, cap, resume);
 	return 0;
 }

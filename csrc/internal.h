@@ -94,7 +94,9 @@ struct kd_slot {
 	/* User side. */
 	uint8_t *bytemap;  /* byte map backend: one byte per page, client bits */
 	uint64_t *scratch; /* byte map backend: GET_DIRTY_LOG target */
-	uint64_t *pending; /* ring backend: harvested, not yet collected */
+	uint64_t *pending; /* kernel-reported, not yet collected (pending.c) */
+	uint64_t *pending_summary;
+	uint64_t npending_summary;
 
 	void *memory; /* guest memory (KD_VM_GUEST_MEMORY), else NULL */
 	uint64_t memory_bytes;
@@ -172,10 +174,15 @@ KD_HIDDEN void kd_pages_free(void *p, uint64_t bytes);
 KD_HIDDEN uint64_t kd_find_nonzero_word(const uint64_t *w, uint64_t from, uint64_t to);
 /* First index in [from, to) with b[i] & bit, or `to`. */
 KD_HIDDEN uint64_t kd_find_byte_with(const uint8_t *b, uint64_t from, uint64_t to, uint8_t bit);
-/* Take the set bits of pages [first, end) out of a user-side bitmap into
- * gfns (stopping at a 64-page boundary when fewer than 64 places are left). */
-KD_HIDDEN uint64_t kd_bitmap_take(kd_vm *vm, struct kd_slot *s, uint64_t *bm, uint64_t first,
-				  uint64_t end, uint64_t *gfns, uint64_t cap, uint64_t *resume);
+/* pending.c: pages reported by the kernel but not yet collected */
+KD_HIDDEN int kd_pending_alloc(struct kd_slot *s);
+KD_HIDDEN void kd_pending_free(struct kd_slot *s);
+KD_HIDDEN void kd_pending_or(struct kd_slot *s, uint64_t w, uint64_t bits);
+KD_HIDDEN void kd_pending_or_bitmap(struct kd_slot *s, const uint64_t *bm);
+/* Take the pending pages of [first, end) into gfns (sorted), stopping at a
+ * 64-page boundary when fewer than 64 places are left. */
+KD_HIDDEN uint64_t kd_pending_take(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
+				   uint64_t *gfns, uint64_t cap, uint64_t *resume);
 static inline uint64_t kd_range_mask(uint64_t word, uint64_t first, uint64_t end)
 {
 	/* bits of `word` (64 pages from word*64) inside [first, end) */

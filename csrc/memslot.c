@@ -112,10 +112,9 @@ int kd_log_alloc(kd_vm *vm, struct kd_slot *s)
 	if (b == KD_BACKEND_KVM || b == KD_BACKEND_UFFD) {
 		/* the kernel owns the log; pending parks what a collect of
 		 * another range or slot brought in */
-		int r = 0;
-		s->pending = kd_bitmap_alloc(s->nwords, false, 0);
-		if (!s->pending)
-			return -ENOMEM;
+		int r = kd_pending_alloc(s);
+		if (r)
+			return r;
 		if (b == KD_BACKEND_UFFD)
 			r = kd_uffd_add_range(vm->uffd, s->id, s->memory, s->memory_bytes);
 		if (r)
@@ -126,8 +125,7 @@ int kd_log_alloc(kd_vm *vm, struct kd_slot *s)
 	/* With INITIALLY_SET, x86 KVM leaves 4K sptes writable until a CLEAR
 	 * reaches them; otherwise enabling the log protects every page. */
 	if (b == KD_BACKEND_RING) {
-		s->pending = kd_bitmap_alloc(s->nwords, false, 0);
-		if (!s->pending)
+		if (kd_pending_alloc(s))
 			goto nomem;
 	} else {
 		s->dirty = kd_bitmap_alloc(s->nwords, ones, s->npages);
@@ -166,11 +164,11 @@ void kd_log_free(struct kd_slot *s)
 	if (s->writable != s->dirty)
 		kd_bitmap_free(s->writable, s->nwords);
 	kd_bitmap_free(s->dirty, s->nwords);
-	kd_bitmap_free(s->pending, s->nwords);
+	kd_pending_free(s);
 	kd_bitmap_free(s->scratch, s->nwords);
 	kd_bitmap_free(s->summary, s->nsummary);
 	kd_pages_free(s->bytemap, s->npages);
-	s->writable = s->dirty = s->pending = s->scratch = s->summary = NULL;
+	s->writable = s->dirty = s->scratch = s->summary = NULL;
 	s->bytemap = NULL;
 	s->nsummary = 0;
 }

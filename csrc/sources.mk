@@ -11,6 +11,7 @@ KD_SOURCES = \
 	log_bytemap.c \
 	dirty_ring.c \
 	writers.c \
+	pending.c \
 	uffd_backend.c \
 	kvm_backend.c \
 	kvm_guest.c

@@ -353,8 +353,7 @@ static int kvm_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t en
 			return -ENOMEM;
 		r = kd_kvm_get_dirty_log(vm->kvm, s->id, tmp);
 		if (!r)
-			for (uint64_t i = 0; i < s->nwords; i++)
-				s->pending[i] |= tmp[i];
+			kd_pending_or_bitmap(s, tmp);
 		kd_bitmap_free(tmp, s->nwords);
 	} else {
 		/* GET copies; CLEAR exactly the range's dirty bits, then take
@@ -374,12 +373,12 @@ static int kvm_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t en
 		}
 		if (!r)
 			for (uint64_t w = a / 64; w < (end + 63) / 64; w++)
-				s->pending[w] |= tmp[w];
+				kd_pending_or(s, w, tmp[w]);
 		kd_bitmap_free(tmp, s->nwords);
 	}
 	if (r)
 		return r;
-	*count = kd_bitmap_take(vm, s, s->pending, first, end, gfns, cap, resume);
+	*count = kd_pending_take(vm, s, first, end, gfns, cap, resume);
 	return 0;
 }
 
@@ -399,15 +398,15 @@ static int uffd_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t e
 		for (uint64_t i = 0; i < words; i++) {
 			if (!tmp[i])
 				continue;
-			s->pending[w0 + i] |= tmp[i] << shift;
+			kd_pending_or(s, w0 + i, tmp[i] << shift);
 			if (shift && w0 + i + 1 < s->nwords)
-				s->pending[w0 + i + 1] |= tmp[i] >> (64 - shift);
+				kd_pending_or(s, w0 + i + 1, tmp[i] >> (64 - shift));
 		}
 	}
 	kd_bitmap_free(tmp, words);
 	if (r)
 		return r;
-	*count = kd_bitmap_take(vm, s, s->pending, first, end, gfns, cap, resume);
+	*count = kd_pending_take(vm, s, first, end, gfns, cap, resume);
 	return 0;
 }
 
