@@ -27,37 +27,9 @@
 #define KD_WRITE_BATCH 256u
 #define KD_CHUNK_WORDS (KD_CHUNK_PAGES / 64u)
 
-/*
- * Real-kernel backends (kvm_backend.c, uffd_backend.c); their own headers
- * document them. Declared here so the core needs only this header.
- */
-struct kd_kvm;
-struct kd_uffd;
-KD_HIDDEN const char *kd_kvm_unavailable_reason(void);
-KD_HIDDEN int kd_kvm_open(uint32_t nvcpus, uint32_t ring_entries, struct kd_kvm **out);
-KD_HIDDEN void kd_kvm_close(struct kd_kvm *k);
-KD_HIDDEN int kd_kvm_set_user_memory_region(struct kd_kvm *k, uint32_t slot, uint32_t flags,
-					    uint64_t gpa, uint64_t size);
-KD_HIDDEN int kd_kvm_slot_memory(struct kd_kvm *k, uint32_t slot, void **host, uint64_t *size);
-KD_HIDDEN int kd_kvm_enable_manual_protect(struct kd_kvm *k, uint64_t flags);
-KD_HIDDEN int kd_kvm_write(struct kd_kvm *k, uint32_t vcpu, const uint64_t *gfns, uint64_t n,
-			   uint64_t value, uint64_t *applied, uint32_t *exit_reason);
-KD_HIDDEN int kd_kvm_get_dirty_log(struct kd_kvm *k, uint32_t slot, uint64_t *bitmap);
-KD_HIDDEN int kd_kvm_clear_dirty_log(struct kd_kvm *k, uint32_t slot, uint64_t first_page,
-				     uint32_t num_pages, const uint64_t *bitmap);
-KD_HIDDEN int kd_kvm_ring_harvest(struct kd_kvm *k, uint32_t vcpu, struct kd_dirty_gfn *out,
-				  uint64_t cap, uint64_t *count);
-KD_HIDDEN int kd_kvm_ring_entries(struct kd_kvm *k, uint32_t vcpu,
-				  struct kd_dirty_gfn **entries, uint32_t *nentries);
-KD_HIDDEN int kd_kvm_reset_dirty_rings(struct kd_kvm *k, uint64_t *count);
-KD_HIDDEN uint32_t kd_kvm_address_spaces(const struct kd_kvm *k);
-KD_HIDDEN int kd_uffd_probe(uint32_t mode, const char **why);
-KD_HIDDEN int kd_uffd_open(uint32_t mode, struct kd_uffd **out);
-KD_HIDDEN void kd_uffd_close(struct kd_uffd *u);
-KD_HIDDEN int kd_uffd_add_range(struct kd_uffd *u, uint32_t slot, void *mem, uint64_t size);
-KD_HIDDEN int kd_uffd_remove_range(struct kd_uffd *u, uint32_t slot);
-KD_HIDDEN int kd_uffd_collect(struct kd_uffd *u, uint32_t slot, uint64_t first_page,
-			      uint64_t num_pages, uint64_t *bitmap, uint64_t *reprotected);
+/* Real-kernel backends: each header documents its module. */
+#include "kvm_backend.h"
+#include "uffd_backend.h"
 
 /* One memslot. base_gfn/npages never change while writers run. */
 struct kd_slot {
