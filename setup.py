@@ -74,9 +74,15 @@ setup(
     setup_requires=["cffi>=1.15"],
     cffi_modules=["pykvmdirty/_build.py:ffibuilder"],
     cmdclass={"build_ext": BuildExtAndLibrary},
-    install_requires=["cffi>=1.15", "numpy>=1.22"],
+    install_requires=["cffi>=1.15", "numpy>=1.22", "tqdm>=4.60"],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"],
+        # `pykvmdirty compare/sweep --plot`
+        "plot": ["matplotlib>=3.5"],
+        # `pykvmdirty sweep --dask tcp://HOST:PORT`
+        "dask": ["dask[distributed]>=2022.1"],
+        # tests/test_compare.py (plot) and tests/test_sweep.py (Dask LocalCluster)
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib>=3.5",
+                 "dask[distributed]>=2022.1"],
     },
     entry_points={"console_scripts": [
         "pykvmdirty=pykvmdirty.cli:main",

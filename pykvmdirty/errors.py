@@ -11,10 +11,15 @@ class RingFullError(KvmDirtyError):
     """Raised only by helpers that cannot report a partial write (see VM.write)."""
 
 
-def check(rc, what):
-    """Raise KvmDirtyError if a C call returned a negative errno; else return rc."""
+def check(rc, what, args=None):
+    """Raise KvmDirtyError if a C call returned a negative errno; else return rc.
+
+    ``what`` names the call; with ``args`` it is a format string filled in
+    only on failure (hot paths pay nothing for the message)."""
     if rc < 0:
         code = -rc
         name = _errno.errorcode.get(code, str(code))
+        if args is not None:
+            what = what % args
         raise KvmDirtyError(code, "%s: %s (%s)" % (what, os.strerror(code), name))
     return rc

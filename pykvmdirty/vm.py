@@ -161,6 +161,8 @@ class VM:
         self.dirty_tracking = dirty_tracking
         self.guest_memory = bool(guest_memory) or backend in ("kvm", "uffd")
         self.last_collect_ns = None
+        self._last_collect_count = 0
+        self._npages = {}  # slot -> npages, kept by set_user_memory_region
         self._res = ffi.new("struct kd_collect_result *")
         self._wres = ffi.new("struct kd_write_result *")
 
@@ -198,6 +200,10 @@ class VM:
         check(lib.kd_set_user_memory_region(self.handle, slot, flags, gpa, size),
               "set_user_memory_region(slot=%#x, guest_phys_addr=%#x, memory_size=%#x, "
               "flags=%#x)" % (slot, gpa, size, flags))
+        if size:
+            self._npages[slot] = size >> PAGE_SHIFT
+        else:
+            self._npages.pop(slot, None)
 
     def slot_info(self, slot):
         slot = _uint(slot, "slot", 32)
@@ -246,7 +252,7 @@ class VM:
             raise ValueError("vcpu must be below %d, got %d" % (self.vcpus, vcpu))
         value = _uint(value, "value")
         check(lib.kd_write(self.handle, vcpu, _u64_ptr(arr), arr.size, value, self._wres),
-              "write(%d gfns, vcpu=%d)" % (arr.size, vcpu))
+              "write(%d gfns, vcpu=%d)", (arr.size, vcpu))
         return WriteResult(self._wres.applied, self._wres.exit_reason)
 
     # -- KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG ----------------------------
@@ -292,32 +298,40 @@ class VM:
         slot = _uint(slot, "slot", 32)
         first_page = _uint(first_page, "first_page")
         if num_pages is None:
-            info = ffi.new("struct kd_slot_info *")
-            check(lib.kd_slot_info(self.handle, slot, info), "collect(slot=%#x)" % slot)
-            if info.npages < first_page:
+            npages = self._npages.get(slot)
+            if npages is None:  # no such slot: let C name the errno
+                npages = first_page
+            if npages < first_page:
                 raise ValueError("first_page %d is past the end of slot %#x (%d pages)"
-                                 % (first_page, slot, info.npages))
-            num_pages = info.npages - first_page
+                                 % (first_page, slot, npages))
+            num_pages = npages - first_page
         num_pages = _uint(num_pages, "num_pages")
         end = first_page + num_pages
-        buf = np.empty(min(max(num_pages, 64), 1 << 16), dtype=np.uint64)
+        # Size the output from the last result: small collects stay cheap,
+        # large ones grow (C resumes where the buffer filled).
+        size = min(max(num_pages, 64), max(1024, 2 * self._last_collect_count))
+        buf = np.empty(size, dtype=np.uint64)
+        ptr = ffi.from_buffer("uint64_t[]", buf)
         n = 0
         res = self._res
         start = first_page
         while True:
-            check(lib.kd_collect(self.handle, slot, start, end - start,
-                                 _u64_ptr(buf[n:]), buf.size - n, res),
-                  "collect(slot=%#x, first_page=%d, num_pages=%d)"
-                  % (slot, first_page, num_pages))
+            check(lib.kd_collect(self._handle, slot, start, end - start, ptr + n, size - n, res),
+                  "collect(slot=%#x, first_page=%d, num_pages=%d)",
+                  (slot, first_page, num_pages))
             if start == first_page:
                 self.last_collect_ns = res.sampled_ns
             n += res.count
             if res.resume_page >= end:
-                return buf[:n]
+                break
             start = res.resume_page
-            grown = np.empty(buf.size * 2, dtype=np.uint64)
+            size *= 2
+            grown = np.empty(size, dtype=np.uint64)
             grown[:n] = buf[:n]
             buf = grown
+            ptr = ffi.from_buffer("uint64_t[]", buf)
+        self._last_collect_count = n
+        return buf[:n]
 
     # -- dirty ring ---------------------------------------------------------
     def harvest(self, vcpu=0, gfns=False):

@@ -1,0 +1,216 @@
+"""``pykvmdirty compare``: how do the dirty-log interfaces compare for my guest
+size and dirty rate? Runs with no arguments: 1, 64 and 512 GiB x 0, 1,000 and
+100,000 scattered dirty pages x every backend that runs here, plus the numpy
+flatnonzero and plain-read baselines on the same bitmap."""
+import argparse
+import json
+import sys
+
+from .. import compare as cmp
+from ..costmodel import CostModel
+
+
+def _list(conv, what):
+    def parse(text):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("empty %s list %r" % (what, text))
+        out = []
+        for t in items:
+            try:
+                v = conv(t)
+            except ValueError as e:
+                why = str(e)
+                detail = (": " + why) if why and why != t and "literal" not in why else ""
+                raise argparse.ArgumentTypeError("bad %s %r in %r%s" % (what, t, text, detail)) \
+                    from None
+            out.append(v)
+        return out
+    return parse
+
+
+def _size(t):
+    v = float(t)
+    if v.is_integer():
+        v = int(v)
+    cmp.gib_to_pages(v)  # ValueError names the bad size
+    return v
+
+
+def _nonneg_int(t):
+    v = int(t)
+    if v < 0:
+        raise ValueError(t)
+    return v
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an integer: %r" % text) from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be >= 1, got %d" % v)
+    return v
+
+
+def _seed(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an integer: %r" % text) from None
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be >= 0, got %d" % v)
+    return v
+
+
+def _backend(t):
+    if t == "all":
+        return t
+    if t not in cmp.ALL_BACKENDS:
+        raise ValueError(t)
+    return t
+
+
+def _slot_gib(text):
+    try:
+        v = _size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a positive size in GiB (a whole number "
+                                          "of 4 KiB pages), got %r" % text) from None
+    return v
+
+
+def add_scenario_options(p, layouts_plural=False):
+    """Options shared by compare and sweep."""
+    p.add_argument("--sizes", type=_list(_size, "guest size (GiB)"),
+                   default=list(cmp.DEFAULT_SIZES), metavar="GIB,...",
+                   help="guest sizes in GiB (default 1,64,512; fractions like 0.25 work)")
+    p.add_argument("--dirty", type=_list(_nonneg_int, "dirty page count"),
+                   default=list(cmp.DEFAULT_DIRTY), metavar="N,...",
+                   help="scattered dirty pages per cell (default 0,1000,100000)")
+    p.add_argument("--backends", type=_list(_backend, "backend"), default=["all"],
+                   metavar="NAME,...",
+                   help="backends and baselines: %s, or all (default: all; kvm and "
+                   "uffd are skipped with the reason where they cannot run)"
+                   % ",".join(cmp.ALL_BACKENDS))
+    p.add_argument("--repeats", type=_positive_int, default=cmp.DEFAULT_REPEATS,
+                   help="timed collects per cell; the median is reported (default %d)"
+                   % cmp.DEFAULT_REPEATS)
+    if layouts_plural:
+        p.add_argument("--layouts", type=_list(str, "layout"), default=["one"],
+                       metavar="one,many", help="slot layouts to sweep (default one)")
+    else:
+        p.add_argument("--layout", choices=cmp.LAYOUTS, default="one",
+                       help="one big slot, or many slots of --slot-gib GiB (default one)")
+    p.add_argument("--slot-gib", type=_slot_gib, default=1, metavar="GIB",
+                   help="slot size for layout 'many' (default 1)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the dirty pages (default 0)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="no clocks: report counters and modelled kernel time only, "
+                   "identical on every machine and executor")
+    p.add_argument("--cost-model", metavar="FILE",
+                   help="JSON calibration file overriding the cost model's ns per event")
+    p.add_argument("--json", metavar="FILE", help="write the full result as JSON")
+    p.add_argument("--plot", metavar="FILE",
+                   help="write a PNG: cost vs guest size and vs dirty pages (needs "
+                   "matplotlib: pip install 'pykvmdirty[plot]')")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(sub):
+    p = sub.add_parser("compare", help="compare dirty-log interfaces: collect+scan time, "
+                       "modelled kernel time, log memory (the main command)",
+                       description=__doc__)
+    add_scenario_options(p)
+    p.set_defaults(func=run)
+
+
+def expand_backends(names):
+    if "all" in names:
+        if len(names) != 1:
+            raise ValueError("--backends all cannot be combined with other names: %s"
+                             % ",".join(names))
+        return list(cmp.ALL_BACKENDS)
+    return names
+
+
+def load_cost_model(path):
+    return CostModel.load(path) if path else CostModel()
+
+
+def check_plot_available(path):
+    if path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install 'pykvmdirty[plot]'") from None
+
+
+class Progress:
+    """tqdm on stderr when it is installed (and stderr a terminal); else a
+    simple one-line bar, also only on a terminal."""
+
+    def __init__(self, total, desc, enabled=True):
+        self.total, self.n, self.desc = total, 0, desc
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, desc=desc, unit="cell", file=sys.stderr,
+                                leave=False)
+            except ImportError:
+                self.bar = None
+
+    def __call__(self, cell):
+        self.n += 1
+        if not self.enabled:
+            return
+        label = "%g GiB %d dirty %s" % (cell["size_gib"], cell["dirty"], cell["backend"])
+        if self.bar is not None:
+            self.bar.set_postfix_str(label, refresh=False)
+            self.bar.update(1)
+        else:
+            width = 30
+            done = width * self.n // max(self.total, 1)
+            sys.stderr.write("\r%s [%s%s] %d/%d %-30s" % (self.desc, "#" * done,
+                                                          "." * (width - done), self.n,
+                                                          self.total, label))
+            sys.stderr.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            sys.stderr.write("\r" + " " * 90 + "\r")
+            sys.stderr.flush()
+
+
+def write_json(path, result):
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def run(args):
+    model = load_cost_model(args.cost_model)
+    check_plot_available(args.plot)
+    scenario = cmp.Scenario(sizes_gib=args.sizes, dirty=args.dirty,
+                            backends=expand_backends(args.backends), repeats=args.repeats,
+                            layout=args.layout, slot_gib=args.slot_gib, seed=args.seed,
+                            deterministic=args.deterministic)
+    progress = Progress(len(scenario.cells()), "compare", not args.no_progress)
+    try:
+        result = cmp.run_compare(scenario, cost_model=model, progress=progress)
+    finally:
+        progress.close()
+    print(cmp.format_table(result))
+    if args.json:
+        write_json(args.json, result)
+        print("wrote %s" % args.json)
+    if args.plot:
+        cmp.plot(result, args.plot)
+        print("wrote %s" % args.plot)
+    bad = [c for c in result["cells"] if c["status"] == "error"]
+    return 1 if any("differ" in (c["reason"] or "") for c in bad) else 0

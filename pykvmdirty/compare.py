@@ -1,0 +1,599 @@
+"""Scenario runner behind ``pykvmdirty compare`` and ``pykvmdirty sweep``.
+
+A scenario is a grid: guest sizes (GiB) x dirty page counts x backends, one
+slot layout ("one" big slot, or "many" slots of ``slot_gib`` GiB each). For
+every cell it
+
+  * creates a VM with the backend, adds the slot(s) with dirty logging on,
+  * repeats: dirty the same scattered pages (``vm.write``, untimed), then time
+    ``vm.collect`` over every slot (collect + scan: sorted gfns, log cleared
+    and pages re-protected),
+  * checks the gfns found are exactly the pages written,
+  * reports the median time, the kernel time a :class:`CostModel` gives for
+    the counted events of one pass (write faults + collect), the bytes of
+    log memory the backend keeps, and ratios to flat and to the real kernel
+    (the kvm cell where /dev/kvm works, else the modelled kernel GET).
+
+Two baselines run on the same bitmap, built from the same pages:
+"flatnonzero" (numpy: ``np.flatnonzero`` over the words, then the set bits
+of the non-zero words: what a Python user would write) and "read" (a plain
+read-only C pass over the bitmap, ``kd_bitmap_to_gfns``: the floor any
+bitmap scan pays for reading 16 MiB at 512 GiB).
+
+Deterministic mode leaves out everything measured with a clock, and prices
+cells with the cost model only, so the same grid gives byte-identical results
+on any executor (local processes, Dask workers).
+"""
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from ._native import ffi, lib
+from .costmodel import CostModel
+from .vm import BACKENDS, MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, VM, backend_available
+
+GIB = 1 << 30
+PAGES_PER_GIB = GIB >> PAGE_SHIFT
+BASELINES = ("flatnonzero", "read")
+ALL_BACKENDS = tuple(BACKENDS) + BASELINES  # flat twolevel bytemap ring kvm uffd + baselines
+LAYOUTS = ("one", "many")
+RING_ENTRIES = 65536  # KVM's maximum; vCPUs are added until the dirty pages fit
+RING_RESERVED = int(lib.KD_RING_RESERVED_ENTRIES)
+CHUNK_PAGES = int(lib.KD_CHUNK_PAGES)
+MAX_SLOT_PAGES = int(lib.KD_MAX_SLOT_PAGES)
+MAX_SLOTS = int(lib.KD_USER_MEM_SLOTS)
+DEFAULT_SIZES = (1, 64, 512)
+DEFAULT_DIRTY = (0, 1000, 100000)
+DEFAULT_REPEATS = 5
+
+
+# --------------------------------------------------------------------------
+# scenario and validation
+# --------------------------------------------------------------------------
+def gib_to_pages(size_gib):
+    """Pages of a guest of size_gib GiB; ValueError unless a positive whole
+    number of 4 KiB pages."""
+    if isinstance(size_gib, bool) or not isinstance(size_gib, (int, float)):
+        raise ValueError("guest size must be a number of GiB, got %r" % (size_gib,))
+    if not math.isfinite(size_gib) or size_gib <= 0:
+        raise ValueError("guest size must be > 0 GiB, got %r" % (size_gib,))
+    pages = size_gib * PAGES_PER_GIB
+    if pages != int(pages):
+        raise ValueError("guest size %r GiB is not a whole number of 4 KiB pages" % (size_gib,))
+    return int(pages)
+
+
+def slot_layout(npages, layout, slot_gib):
+    """[(slot id, first page, npages)] for a guest of npages pages."""
+    if layout not in LAYOUTS:
+        raise ValueError("unknown layout %r; choose from %s" % (layout, ", ".join(LAYOUTS)))
+    if layout == "one":
+        if npages > MAX_SLOT_PAGES:
+            raise ValueError("one slot of %d pages exceeds KVM's %d pages per slot; "
+                             "use layout 'many'" % (npages, MAX_SLOT_PAGES))
+        return [(0, 0, npages)]
+    per = gib_to_pages(slot_gib)
+    if per > MAX_SLOT_PAGES:
+        raise ValueError("slot size %r GiB exceeds KVM's %d pages per slot"
+                         % (slot_gib, MAX_SLOT_PAGES))
+    n = -(-npages // per)
+    if n > MAX_SLOTS:
+        raise ValueError("%d slots of %r GiB exceed KVM's %d slots; use larger --slot-gib"
+                         % (n, slot_gib, MAX_SLOTS))
+    return [(i, i * per, min(per, npages - i * per)) for i in range(n)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A compare grid. Validated on creation (ValueError naming the bad value)."""
+
+    sizes_gib: tuple = DEFAULT_SIZES
+    dirty: tuple = DEFAULT_DIRTY
+    backends: tuple = ALL_BACKENDS
+    repeats: int = DEFAULT_REPEATS
+    layout: str = "one"
+    slot_gib: float = 1
+    seed: int = 0
+    deterministic: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "sizes_gib", tuple(self.sizes_gib))
+        object.__setattr__(self, "dirty", tuple(self.dirty))
+        object.__setattr__(self, "backends", tuple(self.backends))
+        if not self.sizes_gib:
+            raise ValueError("at least one guest size is needed")
+        if not self.dirty:
+            raise ValueError("at least one dirty page count is needed")
+        if not self.backends:
+            raise ValueError("at least one backend is needed")
+        for b in self.backends:
+            if b not in ALL_BACKENDS:
+                raise ValueError("unknown backend %r; choose from %s"
+                                 % (b, ", ".join(ALL_BACKENDS)))
+        if len(set(self.backends)) != len(self.backends):
+            raise ValueError("backend listed twice in %s" % ",".join(self.backends))
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) \
+                or self.repeats < 1:
+            raise ValueError("repeats must be an integer >= 1, got %r" % (self.repeats,))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError("seed must be an integer >= 0, got %r" % (self.seed,))
+        pages = [gib_to_pages(s) for s in self.sizes_gib]
+        for d in self.dirty:
+            if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0:
+                raise ValueError("dirty page count must be an integer >= 0, got %r" % (d,))
+            if d > min(pages):
+                raise ValueError("%d dirty pages do not fit in a %r GiB guest (%d pages)"
+                                 % (d, self.sizes_gib[pages.index(min(pages))], min(pages)))
+        for p in pages:
+            slot_layout(p, self.layout, self.slot_gib)
+
+    def cells(self):
+        """The grid as run_cell keyword dicts, in table order."""
+        return [dict(size_gib=s, dirty=int(d), backend=b, layout=self.layout,
+                     slot_gib=self.slot_gib, repeats=self.repeats, seed=self.seed,
+                     deterministic=self.deterministic)
+                for s in self.sizes_gib for d in self.dirty for b in self.backends]
+
+
+def dirty_pages(npages, dirty, seed):
+    """`dirty` distinct scattered pages of [0, npages), the same for every
+    backend of a (size, dirty, seed) cell. Sorted uint64."""
+    rng = np.random.default_rng([seed, npages, dirty])
+    pages = rng.choice(npages, size=dirty, replace=False) if dirty else np.empty(0, np.int64)
+    return np.sort(pages).astype(np.uint64)
+
+
+def pages_to_bitmap(pages, npages):
+    """KVM-layout bitmap (uint64 words) with the bits of `pages` set. Every
+    page of it is written (populated), like a kernel log: np.zeros would map
+    untouched pages to the shared zero page and flatter every scan."""
+    bm = np.empty(-(-npages // 64), dtype=np.uint64)
+    bm.fill(0)
+    np.bitwise_or.at(bm, (pages >> np.uint64(6)).astype(np.intp),
+                     np.left_shift(np.uint64(1), pages & np.uint64(63)))
+    return bm
+
+
+def log_bytes(backend, slots, vcpus=1, ring_entries=RING_ENTRIES):
+    """Bytes of dirty-log memory a backend keeps for these slots.
+
+    flat/uffd/baselines: 1 bit per page (64-bit words per slot); two-level:
+    plus 1 summary bit per 2 MiB chunk; byte map: the kernel bitmap plus a
+    byte per page; ring: 16-byte entries per vCPU (no bitmap); kvm: KVM
+    allocates two bitmaps per slot (the live one and the GET buffer).
+    """
+    words = sum(-(-n // 64) for _, _, n in slots)
+    bitmap = 8 * words
+    if backend == "twolevel":
+        return bitmap + 8 * sum(-(-(-(-n // CHUNK_PAGES)) // 64) for _, _, n in slots)
+    if backend == "bytemap":
+        return bitmap + sum(n for _, _, n in slots)
+    if backend == "ring":
+        return vcpus * ring_entries * 16
+    if backend == "kvm":
+        return 2 * bitmap
+    return bitmap
+
+
+def ring_vcpus(dirty):
+    """vCPUs needed so `dirty` pages fit under each ring's soft limit."""
+    return max(1, -(-dirty // (RING_ENTRIES - RING_RESERVED)))
+
+
+# --------------------------------------------------------------------------
+# one cell
+# --------------------------------------------------------------------------
+def _cell_base(size_gib, dirty, backend, layout, slot_gib, repeats, seed, deterministic,
+               slots):
+    return {"size_gib": size_gib, "dirty": dirty, "backend": backend, "layout": layout,
+            "slot_gib": slot_gib if layout == "many" else None, "slots": len(slots),
+            "repeats": repeats, "seed": seed, "deterministic": deterministic,
+            "status": "ok", "reason": None, "found": None, "collect_ns": None,
+            "collect_ns_min": None, "modelled_ns": None, "modelled_collect_ns": None,
+            "log_bytes": None,
+            "vcpus": None, "stats": None}
+
+
+def _write_all(vm, pages, vcpus):
+    """Dirty `pages` (split over vcpus); returns gfns applied."""
+    applied = 0
+    for i, part in enumerate(np.array_split(pages, vcpus)):
+        res = vm.write(part, vcpu=i)
+        applied += res.applied
+    return applied
+
+
+def _run_backend(cell, pages, slots, model):
+    backend = cell["backend"]
+    vcpus = ring_vcpus(cell["dirty"]) if backend == "ring" else 1
+    cell["vcpus"] = vcpus
+    cell["log_bytes"] = log_bytes(backend, slots, vcpus)
+    kw = {"ring_entries": RING_ENTRIES} if backend == "ring" else {}
+    with VM(backend, vcpus=vcpus, **kw) as vm:
+        for sid, first, n in slots:
+            vm.set_user_memory_region(sid, first << PAGE_SHIFT, n << PAGE_SHIFT,
+                                      MEM_LOG_DIRTY_PAGES)
+        times = []
+        stats = None
+        found = None
+        for _ in range(cell["repeats"]):
+            vm.reset_stats()
+            applied = _write_all(vm, pages, vcpus)
+            if applied != pages.size:
+                raise RuntimeError("%s: only %d of %d dirty pages written"
+                                   % (backend, applied, pages.size))
+            elapsed = 0
+            parts = []
+            for sid, _, _ in slots:
+                t0 = time.perf_counter_ns()
+                got = vm.collect(sid)
+                elapsed += time.perf_counter_ns() - t0
+                parts.append(got)
+            times.append(elapsed)
+            found = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            stats = vm.stats
+    if not np.array_equal(found, pages):
+        cell["status"] = "error"
+        cell["reason"] = ("collect found %d pages, %d written; they differ"
+                          % (found.size, pages.size))
+    cell["found"] = int(found.size)
+    cell["stats"] = stats
+    priced = kernel_events(backend, stats, len(slots))
+    cell["modelled_ns"] = model.modelled_ns(priced, backend=backend)
+    cell["modelled_collect_ns"] = model.collect_side_ns(priced, backend=backend)
+    if not cell["deterministic"]:
+        cell["collect_ns"] = float(np.median(times))
+        cell["collect_ns_min"] = float(min(times))
+
+
+def kernel_events(backend, stats, nslots):
+    """The counters to price. The real kvm and uffd backends cannot see the
+    kernel's own events (faults, re-protection, flushes), so those are taken
+    as a classic GET of the same pages would have them: one fault and one
+    re-protection per distinct page collected, one flush per slot."""
+    if backend not in ("kvm", "uffd"):
+        return stats
+    st = dict(stats)
+    pages = st.get("pages_collected", 0)
+    st["write_faults"] = max(st.get("write_faults", 0), pages)
+    st["pages_reprotected"] = max(st.get("pages_reprotected", 0), pages)
+    st["tlb_flushes"] = max(st.get("tlb_flushes", 0), min(pages, nslots))
+    return st
+
+
+def _flatnonzero_gfns(bm):
+    """What a Python user would write: non-zero words, then their set bits."""
+    words = np.flatnonzero(bm)
+    bits = np.unpackbits(bm[words].view(np.uint8), bitorder="little").reshape(-1, 64)
+    rows, cols = np.nonzero(bits)
+    return words[rows].astype(np.uint64) * np.uint64(64) + cols.astype(np.uint64)
+
+
+def _c_read_gfns(bm, npages, out):
+    n = lib.kd_bitmap_to_gfns(ffi.from_buffer("uint64_t[]", bm), npages, 0,
+                              ffi.from_buffer("uint64_t[]", out), out.size)
+    return out[:n]
+
+
+def _run_baseline(cell, pages, npages, slots):
+    backend = cell["backend"]
+    bm = pages_to_bitmap(pages, npages)
+    cell["log_bytes"] = log_bytes("flat", slots)
+    out = np.empty(max(pages.size, 1), dtype=np.uint64)
+    fn = ((lambda: _flatnonzero_gfns(bm)) if backend == "flatnonzero"
+          else (lambda: _c_read_gfns(bm, npages, out)))
+    times = []
+    found = None
+    for _ in range(cell["repeats"]):
+        t0 = time.perf_counter_ns()
+        found = fn()
+        times.append(time.perf_counter_ns() - t0)
+    if not np.array_equal(found, pages):
+        cell["status"] = "error"
+        cell["reason"] = "%s found %d pages, %d set; they differ" % (backend, found.size,
+                                                                     pages.size)
+    cell["found"] = int(found.size)
+    if not cell["deterministic"]:
+        cell["collect_ns"] = float(np.median(times))
+        cell["collect_ns_min"] = float(min(times))
+
+
+def run_cell(size_gib, dirty, backend, layout="one", slot_gib=1, repeats=DEFAULT_REPEATS,
+             seed=0, deterministic=False, cost_model=None):
+    """Run one cell; returns its result dict (status "ok", "skipped" with the
+    reason a backend cannot run here, or "error" with what went wrong)."""
+    if backend not in ALL_BACKENDS:
+        raise ValueError("unknown backend %r; choose from %s" % (backend, ", ".join(ALL_BACKENDS)))
+    npages = gib_to_pages(size_gib)
+    slots = slot_layout(npages, layout, slot_gib)
+    model = cost_model if cost_model is not None else CostModel()
+    if isinstance(model, dict):
+        model = CostModel.from_dict(model)
+    cell = _cell_base(size_gib, dirty, backend, layout, slot_gib, repeats, seed,
+                      deterministic, slots)
+    if backend in BACKENDS:
+        ok, why = backend_available(backend)
+        if not ok:
+            cell["status"] = "skipped"
+            cell["reason"] = why or "unavailable"
+            return cell
+    pages = dirty_pages(npages, dirty, seed)
+    try:
+        if backend in BASELINES:
+            _run_baseline(cell, pages, npages, slots)
+        else:
+            _run_backend(cell, pages, slots, model)
+    except (OSError, MemoryError, RuntimeError) as e:
+        # a backend that cannot hold this guest (e.g. uffd needs real memory)
+        cell.update(status="error", reason="%s: %s" % (type(e).__name__, e), found=None,
+                    collect_ns=None, collect_ns_min=None, modelled_ns=None,
+                    modelled_collect_ns=None, stats=None)
+    return cell
+
+
+# --------------------------------------------------------------------------
+# the grid
+# --------------------------------------------------------------------------
+def cost_of(cell):
+    """The number a cell is ranked by: median wall time, or the modelled
+    kernel time of collection in deterministic mode (None for baselines)."""
+    return cell["modelled_collect_ns"] if cell["deterministic"] else cell["collect_ns"]
+
+
+def add_ratios(cells, cost_model=None):
+    """Fill ratio_flat, ratio_kvm and kvm_ref_ns/kvm_ref in place.
+
+    ratio_x = cell cost / x cost, same size, dirty count and layout (below 1
+    is faster). The kvm reference is the measured kvm cell where it ran, else
+    the cost model's classic KVM_GET_DIRTY_LOG (kvm_ref "model")."""
+    model = cost_model or CostModel()
+    if isinstance(model, dict):
+        model = CostModel.from_dict(model)
+    key = lambda c: (c["size_gib"], c["dirty"], c["layout"], c["slot_gib"])  # noqa: E731
+    by = {}
+    for c in cells:
+        by[key(c) + (c["backend"],)] = c
+    for c in cells:
+        cost = cost_of(c)
+        flat = by.get(key(c) + ("flat",))
+        kvm = by.get(key(c) + ("kvm",))
+        fcost = cost_of(flat) if flat and flat["status"] == "ok" else None
+        if kvm and kvm["status"] == "ok" and cost_of(kvm):
+            c["kvm_ref"], c["kvm_ref_ns"] = "measured", float(cost_of(kvm))
+        else:
+            npages = gib_to_pages(c["size_gib"])
+            c["kvm_ref"] = "model"
+            c["kvm_ref_ns"] = model.kernel_get_ns(npages, c["dirty"], c["slots"])
+        ok = c["status"] == "ok" and cost is not None
+        c["ratio_flat"] = float(cost / fcost) if ok and fcost else None
+        c["ratio_kvm"] = float(cost / c["kvm_ref_ns"]) if ok and c["kvm_ref_ns"] else None
+    return cells
+
+
+def run_compare(scenario, cost_model=None, progress=None, executor=None):
+    """Run every cell of a Scenario. progress(cell) is called after each.
+    executor: any concurrent.futures.Executor (cells run as separate tasks),
+    or None to run them here in order. Returns the result dict."""
+    model = cost_model or CostModel()
+    tasks = scenario.cells()
+    if executor is None:
+        cells = []
+        for t in tasks:
+            cells.append(run_cell(cost_model=model, **t))
+            if progress:
+                progress(cells[-1])
+    else:
+        futures = [executor.submit(run_cell_task, dict(t, cost_model=model.to_dict()))
+                   for t in tasks]
+        cells = []
+        for f in futures:
+            cells.append(f.result())
+            if progress:
+                progress(cells[-1])
+    add_ratios(cells, model)
+    return {"scenario": scenario_dict(scenario), "cost_model": model.to_dict(),
+            "cells": cells, "goals": goals(cells)}
+
+
+def run_cell_task(kwargs):
+    """Picklable entry point for executors (one dict argument)."""
+    return run_cell(**kwargs)
+
+
+def scenario_dict(s):
+    d = dataclasses.asdict(s)
+    for k in ("sizes_gib", "dirty", "backends"):
+        d[k] = list(d[k])
+    return d
+
+
+# --------------------------------------------------------------------------
+# goals of issue 6, checked from the cells
+# --------------------------------------------------------------------------
+def _find(cells, size, dirty, backend, layout="one"):
+    for c in cells:
+        if (c["size_gib"] == size and c["dirty"] == dirty and c["backend"] == backend
+                and c["layout"] == layout and c["status"] == "ok" and cost_of(c)):
+            return c
+    return None
+
+
+def goals(cells, size=512, dirty=1000):
+    """The issue's goals at (size GiB, dirty), where the cells exist:
+    [{goal, value, target, met, detail}]."""
+    out = []
+    if not cells or cells[0]["deterministic"]:
+        return out
+    flat = _find(cells, size, dirty, "flat")
+    two = _find(cells, size, dirty, "twolevel")
+    read = _find(cells, size, dirty, "read")
+    fnz = _find(cells, size, dirty, "flatnonzero")
+    where = "%s GiB, %d dirty" % (size, dirty)
+    if flat and two:
+        v = flat["collect_ns"] / two["collect_ns"]
+        out.append({"goal": "twolevel faster than flat (%s)" % where, "value": v,
+                    "target": ">= 25x", "met": v >= 25,
+                    "detail": "flat %.1f us / twolevel %.1f us"
+                    % (flat["collect_ns"] / 1e3, two["collect_ns"] / 1e3)})
+    if two:
+        ref = two["kvm_ref_ns"]
+        v = ref / two["collect_ns"]
+        out.append({"goal": "twolevel vs real kernel GET (%s)" % where, "value": v,
+                    "target": ">= 300x (<= 1/300)", "met": v >= 300,
+                    "detail": "kernel GET %.1f us (%s) / twolevel %.1f us"
+                    % (ref / 1e3, two["kvm_ref"], two["collect_ns"] / 1e3)})
+    if flat and read:
+        v = flat["collect_ns"] / read["collect_ns"]
+        out.append({"goal": "flat vs plain read of its bitmap (%s)" % where, "value": v,
+                    "target": "<= 1.3x", "met": v <= 1.3,
+                    "detail": "flat %.1f us / read %.1f us"
+                    % (flat["collect_ns"] / 1e3, read["collect_ns"] / 1e3)})
+    if flat and fnz:
+        v = fnz["collect_ns"] / flat["collect_ns"]
+        out.append({"goal": "flat faster than numpy flatnonzero (%s)" % where, "value": v,
+                    "target": ">= 3x", "met": v >= 3,
+                    "detail": "flatnonzero %.1f us / flat %.1f us"
+                    % (fnz["collect_ns"] / 1e3, flat["collect_ns"] / 1e3)})
+    return out
+
+
+# --------------------------------------------------------------------------
+# output: table, CSV rows, plot
+# --------------------------------------------------------------------------
+def _fmt_bytes(n):
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.4g %s" % (n, unit))
+        n /= 1024.0
+
+
+def _fmt_us(ns):
+    return "-" if ns is None else ("%.1f" % (ns / 1e3) if ns < 1e7 else "%.0f" % (ns / 1e3))
+
+
+def _fmt_ratio(r):
+    if r is None:
+        return "-"
+    return "%.3g" % r
+
+
+def format_table(result):
+    """A readable terminal table of a compare result."""
+    cells = result["cells"]
+    det = bool(cells and cells[0]["deterministic"])
+    cost_head = "model µs" if det else "collect µs"
+    head = ("%-8s %-7s %-11s %12s %9s %10s %12s %11s %-s"
+            % ("GiB", "dirty", "backend", cost_head, "× flat", "× kernel", "kernel µs*",
+               "log mem", "found / note"))
+    lines = [head, "-" * len(head)]
+    prev = None
+    for c in cells:
+        group = (c["size_gib"], c["dirty"], c["layout"])
+        if prev is not None and group != prev:
+            lines.append("")
+        prev = group
+        size = "%g" % c["size_gib"]
+        if c["layout"] == "many":
+            size += "/%d" % c["slots"]
+        if c["status"] == "ok":
+            note = "%d" % c["found"]
+        else:
+            note = "%s: %s" % (c["status"], c["reason"])
+        lines.append("%-8s %-7d %-11s %12s %9s %10s %12s %11s %s" % (
+            size, c["dirty"], c["backend"], _fmt_us(cost_of(c)), _fmt_ratio(c.get("ratio_flat")),
+            _fmt_ratio(c.get("ratio_kvm")), _fmt_us(c["modelled_collect_ns"]),
+            _fmt_bytes(c["log_bytes"]), note))
+    refs = {c.get("kvm_ref") for c in cells}
+    foot = [""]
+    if det:
+        foot.append("model µs: cost-model kernel time of the collection (deterministic "
+                    "mode, no clocks);")
+    else:
+        foot.append("collect µs: median over %d repeats of vm.collect on every slot "
+                    "(collect + scan);" % result["scenario"]["repeats"])
+    foot += ["× flat / × kernel: cell cost over flat's / over the kernel GET (%s); below 1 "
+             "is faster;" % ("the kvm cell" if refs == {"measured"} else
+                             "modelled classic KVM_GET_DIRTY_LOG where no kvm cell ran"),
+             "kernel µs*: cost-model kernel time of the collection (log words, "
+             "re-protection, flushes, ring harvest/reset; JSON modelled_ns adds the write "
+             "faults);",
+             "log mem: bytes of dirty-log memory; read / flatnonzero: baselines on the same "
+             "bitmap (C read-only scan / numpy)."]
+    lines.extend(foot)
+    if result.get("goals"):
+        lines.append("")
+        lines.append("goals (issue 6):")
+        for g in result["goals"]:
+            lines.append("  [%s] %s: %.3gx (target %s) — %s"
+                         % ("met" if g["met"] else "MISSED", g["goal"], g["value"], g["target"],
+                            g["detail"]))
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ("size_gib", "dirty", "backend", "layout", "slot_gib", "slots", "repeats",
+              "seed", "deterministic", "status", "reason", "found", "collect_ns",
+              "collect_ns_min", "modelled_ns", "modelled_collect_ns", "log_bytes", "vcpus",
+              "ratio_flat", "ratio_kvm",
+              "kvm_ref", "kvm_ref_ns")
+
+
+def csv_rows(cells):
+    """Flat rows (dicts) for CSV: the scalar fields, then stat_<counter>."""
+    stat_names = sorted({k for c in cells if c.get("stats") for k in c["stats"]})
+    header = list(CSV_FIELDS) + ["stat_" + s for s in stat_names]
+    rows = []
+    for c in cells:
+        row = {k: c.get(k) for k in CSV_FIELDS}
+        for s in stat_names:
+            row["stat_" + s] = (c.get("stats") or {}).get(s)
+        rows.append(row)
+    return header, rows
+
+
+def plot(result, path):
+    """PNG: cost vs guest size (log-log, one line per backend) at the dirty
+    count nearest 1000, and cost vs dirty pages at the largest size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in result["cells"] if c["status"] == "ok" and cost_of(c)]
+    det = bool(result["cells"] and result["cells"][0]["deterministic"])
+    ylabel = "modelled kernel time (µs)" if det else "collect + scan time (µs, median)"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    dirty_counts = sorted({c["dirty"] for c in result["cells"]})
+    sizes = sorted({c["size_gib"] for c in result["cells"]})
+    d_pick = min(dirty_counts, key=lambda d: abs(d - 1000)) if dirty_counts else 0
+    s_pick = max(sizes) if sizes else 0
+    backends = [b for b in result["scenario"]["backends"]]
+    for b in backends:
+        pts = sorted((c["size_gib"], cost_of(c) / 1e3) for c in cells
+                     if c["backend"] == b and c["dirty"] == d_pick)
+        if pts:
+            ax1.plot(*zip(*pts), marker="o", label=b)
+        pts = sorted((c["dirty"], cost_of(c) / 1e3) for c in cells
+                     if c["backend"] == b and c["size_gib"] == s_pick)
+        if pts:
+            ax2.plot(*zip(*pts), marker="o", label=b)
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("guest size (GiB)")
+    ax1.set_ylabel(ylabel)
+    ax1.set_title("cost vs guest size, %d dirty pages" % d_pick)
+    ax2.set_xscale("symlog", linthresh=1)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("dirty pages")
+    ax2.set_ylabel(ylabel)
+    ax2.set_title("cost vs dirty pages, %g GiB guest" % s_pick)
+    for ax in (ax1, ax2):
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+    return path

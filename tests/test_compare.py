@@ -1,0 +1,203 @@
+"""pykvmdirty compare: every cell present, correct pages found, ratios, the
+JSON/PNG outputs, the many-slot layout, and clear errors for bad options.
+Tiny guests (16-32 MiB) so the whole file runs in seconds; no timing asserts."""
+import json
+
+import numpy as np
+import pytest
+
+import pykvmdirty as kd
+from pykvmdirty import compare as cmp
+from pykvmdirty.cli import main
+from pykvmdirty.costmodel import CostModel
+
+SIZES = [0.015625, 0.03125]  # 16 and 32 MiB
+DIRTY = [0, 100]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def available(b):
+    return b in cmp.BASELINES or kd.backend_available(b)[0]
+
+
+def run_cli(capsys, *argv):
+    rc = main(["compare", "--no-progress", *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_json_has_every_cell(tmp_path, capsys):
+    js = tmp_path / "out.json"
+    rc, out, _ = run_cli(capsys, "--sizes", ",".join(map(str, SIZES)), "--dirty", "0,100",
+                         "--repeats", "2", "--json", str(js))
+    assert rc == 0
+    result = json.loads(js.read_text())
+    cells = result["cells"]
+    want = {(s, d, b) for s in SIZES for d in DIRTY for b in cmp.ALL_BACKENDS}
+    got = {(c["size_gib"], c["dirty"], c["backend"]) for c in cells}
+    assert got == want and len(cells) == len(want)
+    for c in cells:
+        if not available(c["backend"]):
+            assert c["status"] == "skipped" and c["reason"]
+            continue
+        if c["backend"] == "uffd" and c["status"] == "error":
+            continue  # real memory may be refused; the reason is reported
+        assert c["status"] == "ok", c
+        assert c["found"] == c["dirty"]
+        assert c["collect_ns"] > 0 and c["collect_ns_min"] <= c["collect_ns"]
+        assert c["log_bytes"] > 0
+        assert c["ratio_kvm"] is not None
+        if c["backend"] == "flat":
+            assert c["ratio_flat"] == 1.0
+        if c["backend"] not in cmp.BASELINES:
+            assert c["modelled_ns"] >= c["modelled_collect_ns"] > 0 or c["dirty"] == 0
+            assert set(c["stats"]) >= {"write_faults", "pages_collected"}
+    # the table names every backend that ran
+    for b in cmp.ALL_BACKENDS:
+        assert b in out
+
+
+def test_cells_find_exactly_the_written_pages():
+    for b in ("flat", "twolevel", "bytemap", "ring", "flatnonzero", "read"):
+        c = cmp.run_cell(0.015625, 300, b, repeats=2, seed=3)
+        assert c["status"] == "ok" and c["found"] == 300, c
+    # counters of the pass: one fault and one re-protection per dirty page
+    c = cmp.run_cell(0.015625, 300, "flat", repeats=2)
+    assert c["stats"]["write_faults"] == 300
+    assert c["stats"]["pages_reprotected"] == 300
+    assert c["stats"]["pages_collected"] == 300
+
+
+def test_dirty_pages_are_distinct_sorted_and_seeded():
+    a = cmp.dirty_pages(1 << 20, 5000, seed=1)
+    assert a.dtype == np.uint64 and np.all(np.diff(a) > 0) and a[-1] < (1 << 20)
+    assert np.array_equal(a, cmp.dirty_pages(1 << 20, 5000, seed=1))
+    assert not np.array_equal(a, cmp.dirty_pages(1 << 20, 5000, seed=2))
+    bm = cmp.pages_to_bitmap(a, 1 << 20)
+    assert int(np.unpackbits(bm.view(np.uint8)).sum()) == 5000
+    assert np.array_equal(cmp._flatnonzero_gfns(bm), a)
+
+
+def test_ring_spreads_over_vcpus_when_dirty_exceeds_one_ring():
+    n = cmp.RING_ENTRIES  # more than one ring's soft limit
+    c = cmp.run_cell(0.25, n, "ring", repeats=1)
+    assert c["status"] == "ok" and c["found"] == n
+    assert c["vcpus"] == 2 and c["log_bytes"] == 2 * cmp.RING_ENTRIES * 16
+
+
+def test_many_slot_layout():
+    c = cmp.run_cell(0.0625, 200, "twolevel", layout="many", slot_gib=0.015625, repeats=2)
+    assert c["status"] == "ok" and c["slots"] == 4 and c["found"] == 200
+    assert c["stats"]["collect_calls"] == 4
+    slots = cmp.slot_layout(10 << 18, "many", 4)
+    assert [s[2] for s in slots] == [4 << 18, 4 << 18, 2 << 18]
+
+
+def test_log_bytes():
+    one = cmp.slot_layout(512 << 18, "one", 1)
+    assert cmp.log_bytes("flat", one) == 16 << 20
+    assert cmp.log_bytes("twolevel", one) == (16 << 20) + (32 << 10)
+    assert cmp.log_bytes("bytemap", one) == (16 << 20) + (512 << 18)
+    assert cmp.log_bytes("kvm", one) == 32 << 20
+    assert cmp.log_bytes("ring", one, vcpus=2) == 2 * 65536 * 16
+
+
+def test_deterministic_is_repeatable_and_has_no_clock():
+    s = cmp.Scenario(sizes_gib=[0.015625], dirty=[0, 50], backends=["flat", "twolevel", "ring"],
+                     repeats=2, deterministic=True)
+    a = cmp.run_compare(s)
+    b = cmp.run_compare(s)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    for c in a["cells"]:
+        assert c["collect_ns"] is None and c["modelled_collect_ns"] is not None
+    flat = [c for c in a["cells"] if c["backend"] == "flat" and c["dirty"] == 50][0]
+    assert flat["ratio_flat"] == 1.0
+
+
+def test_ratios_against_kvm_reference():
+    m = CostModel()
+    cells = [dict(size_gib=1, dirty=0, backend=b, layout="one", slot_gib=None, slots=1,
+                  deterministic=False, status="ok", collect_ns=t, modelled_collect_ns=None)
+             for b, t in (("flat", 100.0), ("twolevel", 10.0))]
+    cmp.add_ratios(cells, m)
+    assert cells[1]["ratio_flat"] == pytest.approx(0.1)
+    assert cells[0]["kvm_ref"] == "model"
+    assert cells[0]["kvm_ref_ns"] == pytest.approx(m.kernel_get_ns(1 << 18, 0))
+    cells.append(dict(cells[0], backend="kvm", collect_ns=1000.0))
+    cmp.add_ratios(cells, m)
+    assert cells[1]["kvm_ref"] == "measured" and cells[1]["ratio_kvm"] == pytest.approx(0.01)
+
+
+def test_goals_are_reported_where_cells_exist():
+    base = dict(size_gib=512, dirty=1000, layout="one", slot_gib=None, slots=1,
+                deterministic=False, status="ok", modelled_collect_ns=None)
+    cells = [dict(base, backend=b, collect_ns=t) for b, t in
+             (("flat", 1400e3), ("twolevel", 50e3), ("read", 1300e3),
+              ("flatnonzero", 7000e3))]
+    cmp.add_ratios(cells)
+    g = {x["goal"].split(" (")[0]: x for x in cmp.goals(cells)}
+    assert g["twolevel faster than flat"]["value"] == pytest.approx(28.0)
+    assert g["twolevel faster than flat"]["met"]
+    assert g["flat vs plain read of its bitmap"]["met"]
+    assert g["flat faster than numpy flatnonzero"]["value"] == pytest.approx(5.0)
+    assert not g["twolevel vs real kernel GET"]["met"]  # ~14 ms / 50 us < 300
+
+
+def test_plot_is_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib is the 'plot' extra")
+    png = tmp_path / "c.png"
+    rc, out, _ = run_cli(capsys, "--sizes", "0.015625,0.03125", "--dirty", "0,20",
+                         "--backends", "flat,twolevel,read", "--repeats", "1",
+                         "--plot", str(png))
+    assert rc == 0
+    data = png.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+
+
+def test_unavailable_backend_is_skipped_with_reason(monkeypatch):
+    monkeypatch.setattr(cmp, "backend_available", lambda b: (False, "no /dev/kvm here"))
+    c = cmp.run_cell(0.015625, 10, "kvm", repeats=1)
+    assert c["status"] == "skipped" and c["reason"] == "no /dev/kvm here"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--sizes", "-1"], "-1"),
+    (["--sizes", "abc"], "abc"),
+    (["--sizes", "0.0000001"], "whole number of 4 KiB pages"),
+    (["--dirty", "-5"], "-5"),
+    (["--dirty", "100000", "--sizes", "0.015625"], "100000 dirty pages do not fit"),
+    (["--backends", "flat,bogus"], "bogus"),
+    (["--backends", "all,flat"], "all"),
+    (["--backends", "flat,flat"], "twice"),
+    (["--repeats", "0"], "must be >= 1"),
+    (["--layout", "some"], "some"),
+    (["--seed", "-1"], "must be >= 0"),
+    (["--slot-gib", "0"], "slot-gib"),
+    (["--layout", "many", "--slot-gib", "0.000001", "--sizes", "1"], "whole number"),
+])
+def test_bad_options_give_clear_errors(capsys, argv, words):
+    try:
+        rc = main(["compare", "--no-progress", "--repeats", "1", *argv])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert words in err, err
+
+
+def test_bad_cost_model_file(tmp_path, capsys):
+    p = tmp_path / "cal.json"
+    p.write_text('{"nope_ns": 3}')
+    rc = main(["compare", "--no-progress", "--sizes", "0.015625", "--cost-model", str(p)])
+    assert rc == 2 and "nope_ns" in capsys.readouterr().err
+
+
+def test_scenario_validation():
+    with pytest.raises(ValueError, match="layout"):
+        cmp.Scenario(layout="few")
+    with pytest.raises(ValueError, match="repeats"):
+        cmp.Scenario(repeats=0)
+    with pytest.raises(ValueError, match="exceed"):
+        cmp.Scenario(sizes_gib=[512], layout="many", slot_gib=0.015625)
+    with pytest.raises(ValueError, match="pages per slot"):
+        cmp.Scenario(sizes_gib=[8192], layout="one")
