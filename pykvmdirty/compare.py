@@ -216,11 +216,14 @@ def _run_backend(cell, pages, slots, model):
             vm.set_user_memory_region(sid, first << PAGE_SHIFT, n << PAGE_SHIFT,
                                       MEM_LOG_DIRTY_PAGES)
         times = []
+        write_times = []
         stats = None
         found = None
         for _ in range(cell["repeats"]):
             vm.reset_stats()
+            t0 = time.perf_counter_ns()
             applied = _write_all(vm, pages, vcpus)
+            write_times.append(time.perf_counter_ns() - t0)
             if applied != pages.size:
                 raise RuntimeError("%s: only %d of %d dirty pages written"
                                    % (backend, applied, pages.size))
@@ -246,6 +249,10 @@ def _run_backend(cell, pages, slots, model):
     if not cell["deterministic"]:
         cell["collect_ns"] = float(np.median(times))
         cell["collect_ns_min"] = float(min(times))
+        # guest side: dirtying the pages again after a collect (first writes
+        # after re-protection: an emulated fault, a real uffd or KVM fault)
+        if pages.size:
+            cell["write_ns_per_page"] = float(np.median(write_times)) / pages.size
 
 
 def kernel_events(backend, stats, nslots):
@@ -486,9 +493,9 @@ def format_table(result):
     cells = result["cells"]
     det = bool(cells and cells[0]["deterministic"])
     cost_head = "model µs" if det else "collect µs"
-    head = ("%-8s %-7s %-11s %12s %9s %10s %12s %11s %-s"
+    head = ("%-8s %-7s %-11s %12s %9s %10s %12s %11s %10s %-s"
             % ("GiB", "dirty", "backend", cost_head, "× flat", "× kernel", "kernel µs*",
-               "log mem", "found / note"))
+               "log mem", "write ns/p", "found / note"))
     lines = [head, "-" * len(head)]
     prev = None
     for c in cells:
@@ -503,10 +510,11 @@ def format_table(result):
             note = "%d" % c["found"]
         else:
             note = "%s: %s" % (c["status"], c["reason"])
-        lines.append("%-8s %-7d %-11s %12s %9s %10s %12s %11s %s" % (
+        wns = c.get("write_ns_per_page")
+        lines.append("%-8s %-7d %-11s %12s %9s %10s %12s %11s %10s %s" % (
             size, c["dirty"], c["backend"], _fmt_us(cost_of(c)), _fmt_ratio(c.get("ratio_flat")),
             _fmt_ratio(c.get("ratio_kvm")), _fmt_us(c["modelled_collect_ns"]),
-            _fmt_bytes(c["log_bytes"]), note))
+            _fmt_bytes(c["log_bytes"]), "-" if wns is None else "%.0f" % wns, note))
     refs = {c.get("kvm_ref") for c in cells}
     foot = [""]
     if det:
@@ -522,7 +530,9 @@ def format_table(result):
              "re-protection, flushes, ring harvest/reset; JSON modelled_ns adds the write "
              "faults);",
              "log mem: bytes of dirty-log memory; read / flatnonzero: baselines on the same "
-             "bitmap (C read-only scan / numpy)."]
+             "bitmap (C read-only scan / numpy);",
+             "write ns/p: guest re-dirty of the pages after a collect, per page (the first "
+             "write after re-protection: emulated fault, or a real uffd / KVM fault)."]
     lines.extend(foot)
     if result.get("goals"):
         lines.append("")
@@ -536,7 +546,7 @@ def format_table(result):
 
 CSV_FIELDS = ("size_gib", "dirty", "backend", "layout", "slot_gib", "slots", "repeats",
               "seed", "deterministic", "status", "reason", "found", "collect_ns",
-              "collect_ns_min", "modelled_ns", "modelled_collect_ns", "log_bytes", "vcpus",
+              "collect_ns_min", "write_ns_per_page", "modelled_ns", "modelled_collect_ns", "log_bytes", "vcpus",
               "ratio_flat", "ratio_kvm",
               "kvm_ref", "kvm_ref_ns")
 
