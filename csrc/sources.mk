@@ -14,4 +14,7 @@ KD_SOURCES = \
 	pending.c \
 	uffd_backend.c \
 	kvm_backend.c \
-	kvm_guest.c
+	kvm_guest.c \
+	sendpath.c \
+	wire.c \
+	workload.c

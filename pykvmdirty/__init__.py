@@ -15,11 +15,12 @@ from .vm import (
     USER_MEM_SLOTS, VM, SlotInfo, WriteResult, as_gfn_array, backend_available,
 )
 from .writers import Writers
+from .migrate import migrate  # noqa: E402  (the function; the module stays importable)
 
 __version__ = _ffi.string(_lib.kd_version()).decode()
 
 __all__ = [
-    "VM", "Writers", "KvmDirtyError", "WriteResult", "SlotInfo", "backend_available",
+    "VM", "Writers", "migrate", "KvmDirtyError", "WriteResult", "SlotInfo", "backend_available",
     "as_gfn_array", "BACKENDS", "EMULATED_BACKENDS", "CHUNK_PAGES", "DIRTY_GFN_DTYPE",
     "DIRTY_GFN_F_DIRTY", "DIRTY_GFN_F_RESET", "EXIT_DIRTY_RING_FULL", "EXIT_NONE",
     "INITIALLY_SET", "MANUAL_PROTECT_ENABLE", "MEM_LOG_DIRTY_PAGES", "MEM_READONLY",

@@ -1,0 +1,606 @@
+/*
+ * sendpath.c - the scan-and-send inner loop of pre-copy live migration.
+ *
+ * A kd_sender walks a list of dirty pages (a gfn array, or a range of a slot),
+ * and for each page: reads it from guest memory, detects a zero page (AVX2
+ * where the CPU has it, else 64-bit words), encodes a wire record (wire.c)
+ * into the caller's batch buffer, charges the bandwidth limiter, and keeps
+ * per-page bookkeeping (first 8 bytes when last sent -> redundant sends;
+ * age of the dirty information -> sample-to-send latency histogram).
+ *
+ * Like QEMU's ram_save_iterate:
+ *  - rate limit: a budget of rate_limit / 10 bytes per 100 ms window
+ *    (BUFFER_DELAY); a record that would take the window past its budget
+ *    waits for the next window, so no window ever exceeds the budget;
+ *    zero pages are charged their 9 wire bytes, or a full page with
+ *    KD_SEND_ZERO_AS_FULL (the 2010 proposal);
+ *  - time cap: every 64 pages, if more than max_wait_ns passed since
+ *    kd_sender_iteration_begin, leave (KD_SEND_TIME_CAP);
+ *  - chunked clear (QEMU clear_bmap): with a region's clear_shift set, the
+ *    2^shift-page chunk holding a page is KVM_CLEAR_DIRTY_LOG'd (with the GET
+ *    snapshot as mask) just before the first page of the chunk is read.
+ *
+ * Two clocks. Real: CLOCK_MONOTONIC, waits sleep. Virtual
+ * (KD_SEND_VIRTUAL_CLOCK): a deterministic clock the sender advances by
+ * page_cost_ns per page, record bytes / link_bandwidth per record, the chunk
+ * clear cost model, and waits; with a deadline the call returns
+ * KD_SEND_DEADLINE when the clock reaches it, so the caller can run the
+ * workload for the elapsed interval and call again.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "kvmdirty.h"
+
+#define PAGE KD_PAGE_SIZE
+#define ZERO_REC 9u
+#define PAGE_REC (8u + KD_PAGE_SIZE)
+
+/* ---- zero detection ---- */
+
+static int zero_scalar(const void *buf, uint64_t len)
+{
+	const uint8_t *p = buf;
+	uint64_t i = 0;
+
+	for (; i + 64 <= len; i += 64) {
+		uint64_t w[8];
+		memcpy(w, p + i, 64);
+		if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7])
+			return 0;
+	}
+	for (; i < len; i++)
+		if (p[i])
+			return 0;
+	return 1;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static int zero_avx2(const void *buf, uint64_t len)
+{
+	const uint8_t *p = buf;
+	uint64_t i = 0;
+
+	/* the first 32 bytes alone: a written page usually fails here */
+	if (len >= 32) {
+		__m256i v = _mm256_loadu_si256((const __m256i *)p);
+		if (!_mm256_testz_si256(v, v))
+			return 0;
+	}
+	for (; i + 256 <= len; i += 256) {
+		const __m256i *q = (const __m256i *)(p + i);
+		__m256i a = _mm256_or_si256(_mm256_loadu_si256(q), _mm256_loadu_si256(q + 1));
+		__m256i b = _mm256_or_si256(_mm256_loadu_si256(q + 2), _mm256_loadu_si256(q + 3));
+		__m256i c = _mm256_or_si256(_mm256_loadu_si256(q + 4), _mm256_loadu_si256(q + 5));
+		__m256i d = _mm256_or_si256(_mm256_loadu_si256(q + 6), _mm256_loadu_si256(q + 7));
+		a = _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d));
+		if (!_mm256_testz_si256(a, a))
+			return 0;
+	}
+	return zero_scalar(p + i, len - i);
+}
+#endif
+
+static int (*zero_impl)(const void *, uint64_t);
+static int zero_level = -1;
+
+static void zero_select(int level)
+{
+#if defined(__x86_64__)
+	__builtin_cpu_init();
+	if (level != 0 && __builtin_cpu_supports("avx2")) {
+		zero_impl = zero_avx2;
+		zero_level = 1;
+		return;
+	}
+#endif
+	(void)level;
+	zero_impl = zero_scalar;
+	zero_level = 0;
+}
+
+KD_API int kd_buffer_is_zero(const void *buf, uint64_t len)
+{
+	if (!zero_impl)
+		zero_select(1);
+	if (!buf)
+		return len ? -EINVAL : 1;
+	return zero_impl(buf, len);
+}
+
+KD_API int kd_simd_select(int level)
+{
+	if (level < -1 || level > 1)
+		return -EINVAL;
+	if (level >= 0) {
+		zero_select(level);
+		kd_crc32c_force_software(level == 0);
+	} else if (!zero_impl) {
+		zero_select(1);
+	}
+	return zero_level;
+}
+
+KD_API int64_t kd_count_zero_pages(const void *memory, uint64_t npages)
+{
+	const uint8_t *m = memory;
+	int64_t n = 0;
+
+	if (!memory && npages)
+		return -EINVAL;
+	if (!zero_impl)
+		zero_select(1);
+	for (uint64_t i = 0; i < npages; i++)
+		n += zero_impl(m + i * PAGE, PAGE);
+	return n;
+}
+
+KD_API int64_t kd_read_bandwidth_probe(const void *memory, uint64_t len)
+{
+	/* sum of 64-bit words (what a plain streaming read costs); the result
+	 * keeps the compiler from dropping the loop */
+	const uint64_t *w = memory;
+	uint64_t a = 0, b = 0, c = 0, d = 0;
+
+	if (!memory && len)
+		return -EINVAL;
+	for (uint64_t i = 0; i + 4 <= len / 8; i += 4) {
+		a += w[i];
+		b += w[i + 1];
+		c += w[i + 2];
+		d += w[i + 3];
+	}
+	return (int64_t)((a ^ b ^ c ^ d) & 0x7fffffffffffffffull);
+}
+
+/* ---- the sender ---- */
+
+struct kd_sender {
+	struct kd_send_config cfg;
+	int virt;
+	uint64_t now;       /* virtual clock, ns */
+	uint64_t epoch;     /* real: CLOCK_MONOTONIC at creation */
+	uint64_t window;    /* index of the current 100 ms window */
+	uint64_t window_bytes;
+	uint64_t waited_window; /* window + 1 whose wait was counted */
+	uint64_t xfer_rem;  /* remainder of bytes * 1e9 / link_bandwidth */
+	uint64_t iter_start, iter_pages;
+	uint8_t *buf;
+	uint64_t cap, used; /* payload bytes after the batch header */
+	uint32_t nrec;
+	uint64_t seq;
+	uint64_t *wlog, wlog_cap;
+	struct kd_send_stats st;
+	uint64_t hist[KD_LAT_BUCKETS];
+};
+
+KD_API uint64_t kd_clock_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t now_ns(const kd_sender *s)
+{
+	return s->virt ? s->now : kd_clock_ns();
+}
+
+static int check_cfg(const struct kd_send_config *c)
+{
+	if (c->flags & ~(KD_SEND_VIRTUAL_CLOCK | KD_SEND_ZERO_AS_FULL))
+		return -EINVAL;
+	if (c->reserved[0] || c->reserved[1] || c->reserved[2])
+		return -EINVAL;
+	/* a window's budget must hold at least one full page record */
+	if (c->rate_limit && c->rate_limit / 10 < PAGE_REC)
+		return -EINVAL;
+	if (!(c->flags & KD_SEND_VIRTUAL_CLOCK) && (c->link_bandwidth || c->page_cost_ns ||
+						    c->clear_call_ns || c->reprotect_ns))
+		return -EINVAL; /* cost model only means something on the virtual clock */
+	return 0;
+}
+
+KD_API int kd_sender_create(const struct kd_send_config *cfg, kd_sender **out)
+{
+	kd_sender *s;
+	int r;
+
+	if (!cfg || !out)
+		return -EINVAL;
+	r = check_cfg(cfg);
+	if (r)
+		return r;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->cfg = *cfg;
+	s->virt = !!(cfg->flags & KD_SEND_VIRTUAL_CLOCK);
+	s->epoch = s->virt ? 0 : kd_clock_ns();
+	s->iter_start = now_ns(s);
+	if (!zero_impl)
+		zero_select(1);
+	*out = s;
+	return 0;
+}
+
+KD_API void kd_sender_destroy(kd_sender *s)
+{
+	free(s);
+}
+
+KD_API int kd_sender_set_rate_limit(kd_sender *s, uint64_t rate_limit)
+{
+	if (!s || (rate_limit && rate_limit / 10 < PAGE_REC))
+		return -EINVAL;
+	s->cfg.rate_limit = rate_limit;
+	return 0;
+}
+
+KD_API int kd_sender_set_buffer(kd_sender *s, void *buf, uint64_t cap)
+{
+	if (!s || (buf && cap < KD_WIRE_BATCH_HEADER + PAGE_REC) ||
+	    (buf && cap - KD_WIRE_BATCH_HEADER > KD_WIRE_MAX_PAYLOAD))
+		return -EINVAL;
+	if (s->nrec)
+		return -EBUSY; /* flush the open batch first */
+	s->buf = buf;
+	s->cap = buf ? cap - KD_WIRE_BATCH_HEADER : 0;
+	s->used = 0;
+	return 0;
+}
+
+KD_API int kd_sender_set_window_log(kd_sender *s, uint64_t *log, uint64_t cap)
+{
+	if (!s || (!log && cap))
+		return -EINVAL;
+	s->wlog = log;
+	s->wlog_cap = cap;
+	return 0;
+}
+
+KD_API int kd_sender_flush(kd_sender *s, uint64_t *len)
+{
+	int r;
+
+	if (!s || !len)
+		return -EINVAL;
+	*len = 0;
+	if (!s->buf || !s->nrec)
+		return 0;
+	r = kd_wire_seal_batch(s->buf, s->used, s->nrec, s->seq);
+	if (r)
+		return r;
+	*len = KD_WIRE_BATCH_HEADER + s->used;
+	s->st.header_bytes += KD_WIRE_BATCH_HEADER;
+	s->st.batches++;
+	s->seq++;
+	s->used = 0;
+	s->nrec = 0;
+	return 0;
+}
+
+/* Control records (MEM_SIZE, EOS): counted, never rate limited. */
+static int put_control(kd_sender *s, int64_t n)
+{
+	if (n < 0)
+		return n == -ENOSPC ? KD_SEND_FULL : (int)n;
+	s->used += (uint64_t)n;
+	s->nrec++;
+	s->st.wire_bytes += (uint64_t)n;
+	return KD_SEND_DONE;
+}
+
+KD_API int kd_sender_put_mem_size(kd_sender *s, const uint64_t *gpas, const uint64_t *sizes,
+				  uint32_t nregions)
+{
+	if (!s)
+		return -EINVAL;
+	if (!s->buf) { /* counting only */
+		if (!gpas || !sizes || !nregions || nregions > KD_WIRE_MAX_REGIONS)
+			return -EINVAL;
+		s->st.wire_bytes += 12 + 16ull * nregions;
+		return KD_SEND_DONE;
+	}
+	return put_control(s, kd_wire_put_mem_size(s->buf + KD_WIRE_BATCH_HEADER + s->used,
+						   s->cap - s->used, gpas, sizes, nregions));
+}
+
+KD_API int kd_sender_put_eos(kd_sender *s)
+{
+	if (!s)
+		return -EINVAL;
+	if (!s->buf) {
+		s->st.wire_bytes += 8;
+		return KD_SEND_DONE;
+	}
+	return put_control(s, kd_wire_put_eos(s->buf + KD_WIRE_BATCH_HEADER + s->used,
+					      s->cap - s->used));
+}
+
+KD_API uint64_t kd_sender_now(const kd_sender *s)
+{
+	return s ? now_ns(s) : 0;
+}
+
+KD_API int kd_sender_advance(kd_sender *s, uint64_t ns)
+{
+	if (!s || !s->virt)
+		return -EINVAL;
+	s->now += ns;
+	return 0;
+}
+
+KD_API int kd_sender_iteration_begin(kd_sender *s)
+{
+	if (!s)
+		return -EINVAL;
+	s->iter_start = now_ns(s);
+	s->iter_pages = 0;
+	return 0;
+}
+
+KD_API int kd_sender_stats(const kd_sender *s, struct kd_send_stats *out)
+{
+	if (!s || !out)
+		return -EINVAL;
+	*out = s->st;
+	return 0;
+}
+
+KD_API int kd_sender_latency_histogram(kd_sender *s, uint64_t *out, uint32_t nbuckets, int reset)
+{
+	if (!s || (!out && nbuckets) || (nbuckets && nbuckets != KD_LAT_BUCKETS))
+		return -EINVAL;
+	if (out)
+		memcpy(out, s->hist, sizeof(s->hist));
+	if (reset)
+		memset(s->hist, 0, sizeof(s->hist));
+	return 0;
+}
+
+/* HDR-style bucket: 16 sub-buckets per power of two (<= 6.25% error). */
+static inline uint32_t lat_bucket(uint64_t v)
+{
+	int e;
+	if (v < 16)
+		return (uint32_t)v;
+	e = 63 - __builtin_clzll(v);
+	return (uint32_t)((e - 3) * 16 + ((v >> (e - 4)) & 15));
+}
+
+KD_API uint64_t kd_latency_bucket_floor(uint32_t bucket)
+{
+	uint32_t e, sub;
+	if (bucket < 16)
+		return bucket;
+	e = bucket / 16 + 3;
+	sub = bucket % 16;
+	if (e > 63)
+		return UINT64_MAX;
+	return (uint64_t)(16 + sub) << (e - 4);
+}
+
+/* Close windows the clock has left; start the one it is in. */
+static void roll_window(kd_sender *s, uint64_t now)
+{
+	uint64_t w = (now - s->epoch) / KD_SEND_WINDOW_NS;
+
+	if (w == s->window)
+		return;
+	if (s->window_bytes) {
+		if (s->wlog && s->st.windows < s->wlog_cap)
+			s->wlog[s->st.windows] = s->window_bytes;
+		s->st.windows++;
+		if (s->window_bytes > s->st.max_window_bytes)
+			s->st.max_window_bytes = s->window_bytes;
+	}
+	s->window = w;
+	s->window_bytes = 0;
+}
+
+KD_API int kd_sender_close_window(kd_sender *s)
+{
+	/* log the current window now (end of a run) */
+	if (!s)
+		return -EINVAL;
+	if (s->window_bytes) {
+		if (s->wlog && s->st.windows < s->wlog_cap)
+			s->wlog[s->st.windows] = s->window_bytes;
+		s->st.windows++;
+		if (s->window_bytes > s->st.max_window_bytes)
+			s->st.max_window_bytes = s->window_bytes;
+		s->window_bytes = 0;
+	}
+	return 0;
+}
+
+/* Wait until `acc` more bytes fit the window's budget. Returns 0 when they
+ * fit, KD_SEND_DEADLINE if the virtual clock reached the deadline first. */
+static int rate_wait(kd_sender *s, uint64_t acc, uint64_t deadline)
+{
+	uint64_t budget = s->cfg.rate_limit / 10;
+
+	for (;;) {
+		uint64_t now = now_ns(s), end;
+		roll_window(s, now);
+		if (s->window_bytes + acc <= budget)
+			return 0;
+		end = s->epoch + (s->window + 1) * KD_SEND_WINDOW_NS;
+		if (s->waited_window != s->window + 1) {
+			s->waited_window = s->window + 1;
+			s->st.rate_waits++;
+		}
+		if (s->virt) {
+			uint64_t target = deadline && deadline < end ? deadline : end;
+			if (target <= now)
+				return KD_SEND_DEADLINE;
+			s->st.wait_ns += target - now;
+			s->now = target;
+			if (target < end)
+				return KD_SEND_DEADLINE;
+		} else {
+			struct timespec ts = {(time_t)(end / 1000000000ull),
+					      (long)(end % 1000000000ull)};
+			clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+			s->st.wait_ns += kd_clock_ns() - now;
+		}
+	}
+}
+
+static inline void put_be64(uint8_t *p, uint64_t v)
+{
+	v = __builtin_bswap64(v);
+	memcpy(p, &v, 8);
+}
+
+/* CLEAR the page's chunk if not yet done; returns 0 or negative errno. */
+static int chunk_clear(kd_sender *s, const struct kd_send_region *r, uint64_t rel)
+{
+	uint64_t chunk = rel >> r->clear_shift, first = chunk << r->clear_shift;
+	uint64_t num = (uint64_t)1 << r->clear_shift, bits = 0;
+	int err;
+
+	if (r->chunk_cleared_ns[chunk])
+		return 0;
+	if (num > r->npages - first)
+		num = r->npages - first;
+	err = kd_clear_dirty_log(r->vm, r->slot, first, (uint32_t)num,
+				 r->clear_mask + first / 64);
+	if (err)
+		return err;
+	if (s->virt) {
+		for (uint64_t w = 0; w < (num + 63) / 64; w++)
+			bits += (uint64_t)__builtin_popcountll(r->clear_mask[first / 64 + w]);
+		s->now += s->cfg.clear_call_ns + bits * s->cfg.reprotect_ns;
+	}
+	s->st.clears++;
+	r->chunk_cleared_ns[chunk] = now_ns(s) | 1; /* never 0 = "not cleared" */
+	return 0;
+}
+
+static int check_region(const struct kd_send_region *r)
+{
+	if (!r || !r->memory || !r->npages)
+		return -EINVAL;
+	if (!r->last_version != !r->sent)
+		return -EINVAL;
+	if (r->clear_shift) {
+		if (r->clear_shift < 6 || r->clear_shift > 31 || !r->vm || !r->clear_mask ||
+		    !r->chunk_cleared_ns)
+			return -EINVAL;
+	}
+	return 0;
+}
+
+KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uint64_t *gfns,
+			 uint64_t n, uint64_t *pos, uint64_t sample_ns, uint64_t deadline_ns)
+{
+	const uint8_t *mem;
+	int err;
+
+	if (!s || !pos)
+		return -EINVAL;
+	err = check_region(r);
+	if (err)
+		return err;
+	if (!gfns && n > r->npages)
+		return -ERANGE;
+	if (!s->virt)
+		deadline_ns = 0;
+	mem = r->memory;
+	while (*pos < n) {
+		uint64_t rel = gfns ? gfns[*pos] - r->base_gfn : *pos;
+		uint64_t now, version, sample, acc, rec;
+		const uint8_t *page;
+		int zero;
+
+		if (rel >= r->npages)
+			return -ERANGE;
+		if (deadline_ns && s->now >= deadline_ns)
+			return KD_SEND_DEADLINE;
+		if (s->cfg.max_wait_ns && s->iter_pages && !(s->iter_pages & 63) &&
+		    now_ns(s) - s->iter_start > s->cfg.max_wait_ns) {
+			s->st.time_cap_exits++;
+			return KD_SEND_TIME_CAP;
+		}
+		if (r->clear_shift) {
+			err = chunk_clear(s, r, rel);
+			if (err)
+				return err;
+			sample = r->chunk_cleared_ns[rel >> r->clear_shift];
+		} else {
+			sample = sample_ns;
+		}
+		page = mem + rel * PAGE;
+		zero = zero_impl(page, PAGE);
+		rec = zero ? ZERO_REC : PAGE_REC;
+		acc = zero && !(s->cfg.flags & KD_SEND_ZERO_AS_FULL) ? ZERO_REC : PAGE_REC;
+		if (s->cfg.rate_limit) {
+			err = rate_wait(s, acc, deadline_ns);
+			if (err)
+				return err;
+		}
+		if (s->buf && s->used + rec > s->cap)
+			return KD_SEND_FULL;
+		if (s->buf) {
+			uint8_t *o = s->buf + KD_WIRE_BATCH_HEADER + s->used;
+			uint64_t gpa = (r->base_gfn + rel) << KD_PAGE_SHIFT;
+			if (zero) {
+				put_be64(o, gpa | KD_WIRE_ZERO);
+				o[8] = 0;
+				version = 0;
+			} else {
+				put_be64(o, gpa | KD_WIRE_PAGE);
+				memcpy(o + 8, page, PAGE);
+				memcpy(&version, o + 8, 8); /* what was actually sent */
+			}
+			s->used += rec;
+			s->nrec++;
+		} else {
+			version = zero ? 0 : __atomic_load_n((const uint64_t *)page, __ATOMIC_RELAXED);
+		}
+		if (r->last_version) {
+			uint64_t bit = 1ull << (rel & 63);
+			if ((r->sent[rel >> 6] & bit) && r->last_version[rel] == version)
+				s->st.redundant++;
+			r->sent[rel >> 6] |= bit;
+			r->last_version[rel] = version;
+		}
+		if (s->virt) {
+			uint64_t x = s->cfg.link_bandwidth
+				? rec * 1000000000ull + s->xfer_rem : 0;
+			s->now += s->cfg.page_cost_ns;
+			if (x) {
+				s->now += x / s->cfg.link_bandwidth;
+				s->xfer_rem = x % s->cfg.link_bandwidth;
+			}
+			now = s->now;
+		} else {
+			now = kd_clock_ns();
+		}
+		roll_window(s, now);
+		s->window_bytes += acc;
+		{
+			uint64_t age = now > sample ? now - sample : 0;
+			s->hist[lat_bucket(age)]++;
+			s->st.lat_count++;
+			s->st.lat_sum_ns += age;
+			if (age > s->st.lat_max_ns)
+				s->st.lat_max_ns = age;
+		}
+		s->st.pages++;
+		s->st.zero_pages += (uint64_t)zero;
+		s->st.wire_bytes += rec;
+		s->st.accounted_bytes += acc;
+		s->iter_pages++;
+		(*pos)++;
+	}
+	return KD_SEND_DONE;
+}

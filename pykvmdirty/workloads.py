@@ -1,0 +1,252 @@
+"""Guest workloads: seeded C generators (csrc/workload.c), run either on a
+virtual clock (the controller asks for the writes of each elapsed interval)
+or as real C threads acting as vCPUs.
+
+Kinds: idle, uniform, hotspot (``hot_share`` of the writes to a contiguous
+``hot_fraction`` of the pages), zipf (exponent ``zipf_s``), sequential (a
+sweep, wrapping) and migration-test (QEMU's guest: every page incremented
+sweep after sweep; the value stored is the page's count). Rates are in pages
+per second. Trace replay is in :mod:`pykvmdirty.trace`.
+"""
+import numbers
+
+import numpy as np
+
+from ._native import ffi, lib
+from .errors import check
+from .vm import EXIT_DIRTY_RING_FULL, _u64_ptr
+
+KINDS = {
+    "idle": lib.KD_WL_IDLE,
+    "uniform": lib.KD_WL_UNIFORM,
+    "hotspot": lib.KD_WL_HOTSPOT,
+    "zipf": lib.KD_WL_ZIPF,
+    "sequential": lib.KD_WL_SEQUENTIAL,
+    "migration-test": lib.KD_WL_MIGRATION_TEST,
+}
+_SWEEPS = ("sequential", "migration-test")
+NS = 1_000_000_000
+
+
+def _check_kind(kind):
+    if kind not in KINDS:
+        raise ValueError("unknown workload %r; choose from %s" % (kind, ", ".join(KINDS)))
+
+
+def _check_fraction(value, name, lo_open=False):
+    if not isinstance(value, numbers.Real):
+        raise TypeError("%s must be a number, got %r" % (name, value))
+    ok = (0 < value <= 1) if lo_open else (0 <= value <= 1)
+    if not ok:
+        raise ValueError("%s must be in %s, got %r" % (name, "(0, 1]" if lo_open else "[0, 1]",
+                                                       value))
+    return float(value)
+
+
+def check_rate(rate, name="rate"):
+    if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
+        raise TypeError("%s must be a number of pages per second, got %r" % (name, rate))
+    if rate < 0:
+        raise ValueError("%s must be >= 0 pages per second, got %r" % (name, rate))
+    if rate > 1e9:
+        raise ValueError("%s must be at most 1e9 pages per second, got %r" % (name, rate))
+    return int(rate)
+
+
+class Generator:
+    """One seeded C generator over gfns [first_gfn, first_gfn + npages)."""
+
+    def __init__(self, kind, first_gfn, npages, seed=0, hot_fraction=0.05, hot_share=0.9,
+                 zipf_s=1.0):
+        _check_kind(kind)
+        cfg = ffi.new("struct kd_workload_config *")
+        cfg.kind = KINDS[kind]
+        cfg.seed = int(seed) & (2**64 - 1)
+        cfg.first_gfn = int(first_gfn)
+        cfg.npages = int(npages)
+        cfg.hot_fraction = _check_fraction(hot_fraction, "hot_fraction", lo_open=True)
+        cfg.hot_share = _check_fraction(hot_share, "hot_share")
+        if not isinstance(zipf_s, numbers.Real) or not 0 < zipf_s <= 10:
+            raise ValueError("zipf_s must be in (0, 10], got %r" % (zipf_s,))
+        cfg.zipf_s = float(zipf_s)
+        if kind != "idle" and npages <= 0:
+            raise ValueError("a %s workload needs pages, got npages=%d" % (kind, npages))
+        out = ffi.new("kd_workload **")
+        check(lib.kd_workload_create(cfg, out), "workload(%s)" % kind)
+        self._h = ffi.gc(out[0], lib.kd_workload_destroy)
+        self.kind = kind
+        self._hint = ffi.new("uint64_t *")
+
+    @property
+    def handle(self):
+        return self._h
+
+    def generate(self, n, out=None):
+        """Up to n next gfns (fewer at the end of a sweep) and the value hint
+        (the sweep number for migration-test, else 0)."""
+        if out is None:
+            out = np.empty(max(int(n), 1), dtype=np.uint64)
+        k = check(lib.kd_workload_generate(self._h, _u64_ptr(out), int(n), self._hint),
+                  "workload.generate")
+        return out[:k], self._hint[0]
+
+
+class WorkloadSpec:
+    """What the guest does: kind, rate (pages/s) and the kind's parameters."""
+
+    def __init__(self, kind="hotspot", rate=20000, seed=0, hot_fraction=0.05, hot_share=0.9,
+                 zipf_s=1.0):
+        _check_kind(kind)
+        self.kind = kind
+        self.rate = check_rate(rate)
+        self.seed = int(seed)
+        self.hot_fraction = _check_fraction(hot_fraction, "hot_fraction", lo_open=True)
+        self.hot_share = _check_fraction(hot_share, "hot_share")
+        if not isinstance(zipf_s, numbers.Real) or not 0 < zipf_s <= 10:
+            raise ValueError("zipf_s must be in (0, 10], got %r" % (zipf_s,))
+        self.zipf_s = float(zipf_s)
+
+    def as_dict(self):
+        return dict(kind=self.kind, rate=self.rate, seed=self.seed,
+                    hot_fraction=self.hot_fraction, hot_share=self.hot_share,
+                    zipf_s=self.zipf_s)
+
+    def generators(self, first_gfn, npages, nvcpus):
+        """One generator per vCPU: sweeps split the range, random kinds get
+        their own seed each."""
+        gens = []
+        for i in range(nvcpus):
+            if self.kind in _SWEEPS:
+                lo = first_gfn + npages * i // nvcpus
+                hi = first_gfn + npages * (i + 1) // nvcpus
+                first, n = lo, hi - lo
+            else:
+                first, n = first_gfn, npages
+            kind = self.kind if n > 0 else "idle"
+            gens.append(Generator(kind, first, n, seed=self.seed * 1000003 + i,
+                                  hot_fraction=self.hot_fraction, hot_share=self.hot_share,
+                                  zipf_s=self.zipf_s))
+        return gens
+
+
+class VirtualWorkload:
+    """Runs a spec on the virtual clock: ``advance(t0, t1)`` performs the
+    writes the rate gives for [t0, t1) (at t1), split over the vCPUs.
+
+    on_ring_full(vcpu) is called when a vCPU's ring fills; it must make room
+    (harvest + reset), then the rest of the writes go through. recorder, if
+    set, receives every written gfn array."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, vm, spec, first_gfn, npages, on_ring_full=None, recorder=None):
+        self.vm = vm
+        self.spec = spec
+        self.gens = spec.generators(first_gfn, npages, vm.vcpus)
+        self.on_ring_full = on_ring_full
+        self.recorder = recorder
+        self.throttle = 0
+        self._owed = 0
+        self._value = 0
+        self._next_vcpu = 0
+        self._buf = np.empty(self.CHUNK, dtype=np.uint64)
+        self.writes = 0
+        self.ring_full = 0
+
+    def advance(self, t0, t1):
+        if t1 <= t0 or self.spec.rate == 0 or self.spec.kind == "idle":
+            return 0
+        self._owed += self.spec.rate * (t1 - t0) * (100 - self.throttle)
+        unit = NS * 100
+        n = self._owed // unit
+        self._owed -= n * unit
+        if not n:
+            return 0
+        self._value += 1
+        k = len(self.gens)
+        total = 0
+        for j in range(k):
+            v = (self._next_vcpu + j) % k
+            share = n // k + (1 if j < n % k else 0)
+            total += self._write(v, share, t1)
+        self._next_vcpu = (self._next_vcpu + n) % k
+        return total
+
+    def _write(self, vcpu, count, t):
+        gen = self.gens[vcpu]
+        done = 0
+        while done < count:
+            gfns, hint = gen.generate(min(count - done, self.CHUNK), self._buf)
+            if gfns.size == 0:
+                break
+            value = hint or self._value
+            self.write_gfns(vcpu, gfns, value, t)
+            done += gfns.size
+        return done
+
+    def write_gfns(self, vcpu, gfns, value, t):
+        """Write gfns as vCPU vcpu; on a ring-full exit call on_ring_full and go on."""
+        start = 0
+        while start < gfns.size:
+            res = self.vm.write(gfns[start:], vcpu, value)
+            start += res.applied
+            if res.exit_reason == EXIT_DIRTY_RING_FULL:
+                self.ring_full += 1
+                if self.on_ring_full is None:
+                    raise RuntimeError("vCPU %d's dirty ring is full and nobody reaps it"
+                                       % vcpu)
+                self.on_ring_full(vcpu)
+            elif res.applied == 0:
+                raise RuntimeError("write of %d gfns on vCPU %d made no progress"
+                                   % (gfns.size - start, vcpu))
+        self.writes += gfns.size
+        if self.recorder is not None:
+            self.recorder.add(t, gfns, vcpu)
+
+
+class ThreadWorkload:
+    """Runs a spec as C threads (one per vCPU) at the spec's rate in real time."""
+
+    def __init__(self, vm, spec, first_gfn, npages, value_base=1 << 32):
+        self.vm = vm
+        self.spec = spec
+        self.gens = spec.generators(first_gfn, npages, vm.vcpus)
+        self._handle = None
+        self._value_base = value_base
+        self.stats = None
+
+    def start(self):
+        if self.spec.kind == "idle" or self.spec.rate == 0 and self.spec.kind == "idle":
+            return self
+        arr = ffi.new("kd_workload *[]", [g.handle for g in self.gens])
+        out = ffi.new("kd_workload_threads **")
+        check(lib.kd_workload_threads_start(self.vm.handle, arr, len(self.gens),
+                                            self.spec.rate, self._value_base, out),
+              "workload threads (%s, %d pages/s)" % (self.spec.kind, self.spec.rate))
+        self._arr = arr
+        self._handle = out[0]
+        return self
+
+    def throttle(self, percent):
+        if self._handle is not None:
+            check(lib.kd_workload_threads_throttle(self._handle, int(percent)),
+                  "throttle(%d)" % percent)
+
+    def stop(self):
+        """Stop and join; returns total writes (and keeps per-thread stats)."""
+        if self._handle is None:
+            return 0 if self.stats is None else sum(s["writes"] for s in self.stats)
+        n = len(self.gens)
+        st = ffi.new("struct kd_workload_thread_stats[]", n)
+        handle, self._handle = self._handle, None
+        rc = lib.kd_workload_threads_stop(handle, st, n)
+        self.stats = [dict(writes=st[i].writes, ring_full_waits=st[i].ring_full_waits,
+                           error=st[i].error) for i in range(n)]
+        check(rc, "workload threads")
+        return sum(s["writes"] for s in self.stats)
+
+    def __del__(self):
+        try:
+            self.stop()
+        except Exception:
+            pass
