@@ -468,7 +468,14 @@ int kd_kvm_open(uint32_t nvcpus, uint32_t ring_entries, struct kd_kvm **out)
 	int nas = ioctl(k->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_MULTI_ADDRESS_SPACE);
 	k->as_num = nas > 0 ? (uint32_t)nas : 1;
 
-	/* The ring must be enabled before any vCPU exists. */
+	/* The ring must be enabled before any vCPU exists. KVM takes its size
+	 * in bytes as a u32 and would silently build a smaller ring (or none)
+	 * from a size of 4 GiB or more: refuse those as too big, as it does
+	 * every size above 1 MiB it can see. */
+	if ((uint64_t)ring_entries * sizeof(struct kd_dirty_gfn) > UINT32_MAX) {
+		r = ring_entries & (ring_entries - 1) ? -EINVAL : -E2BIG; /* its order */
+		goto fail;
+	}
 	if (ring_entries) {
 		int cap = ioctl(k->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_ACQ_REL) > 0
 				  ? KVM_CAP_DIRTY_LOG_RING_ACQ_REL

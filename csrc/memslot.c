@@ -220,6 +220,10 @@ static int check_region(kd_vm *vm, uint32_t slot, uint32_t flags, uint64_t gpa, 
 	}
 	if (overlaps(&vm->as[as_id], slot, gpa >> KD_PAGE_SHIFT, npages))
 		return -EEXIST;
+	/* x86 kvm_arch_prepare_memory_region: the last gfn of a created or
+	 * moved slot must be addressable (kvm_mmu_max_gfn) */
+	if ((gpa >> KD_PAGE_SHIFT) + npages - 1 > KD_MAX_GFN)
+		return -EINVAL;
 	return 0;
 }
 
@@ -271,6 +275,7 @@ static int slot_update(kd_vm *vm, struct kd_slot *s, uint32_t flags, uint64_t gp
 {
 	struct kd_aspace *as = &vm->as[s->id >> 16];
 	bool log = flags & KD_MEM_LOG_DIRTY_PAGES;
+	bool move = (gpa >> KD_PAGE_SHIFT) != s->base_gfn;
 
 	if (log && !s->logging) {
 		int r = kd_log_alloc(vm, s);
@@ -283,10 +288,17 @@ static int slot_update(kd_vm *vm, struct kd_slot *s, uint32_t flags, uint64_t gp
 	}
 	s->logging = log;
 	s->flags = flags;
-	if ((gpa >> KD_PAGE_SHIFT) != s->base_gfn) {
+	if (move) {
 		sorted_remove(as, s);
 		s->base_gfn = gpa >> KD_PAGE_SHIFT;
 		sorted_insert(as, s);
+		/* KVM zaps every mapping of a moved slot: the next write to any
+		 * page faults again. Where protection is kept apart from the log
+		 * (ring, PML) that is visible: a page harvested but not reset
+		 * is pushed again. (With the bitmap as protection, the page's
+		 * dirty bit stays set and the fault changes nothing.) */
+		if (s->writable && s->writable != s->dirty)
+			memset(s->writable, 0, s->nwords * 8);
 	}
 	return 0;
 }
@@ -307,6 +319,10 @@ KD_API int kd_set_user_memory_region(kd_vm *vm, uint32_t slot, uint32_t flags,
 	if (r)
 		goto out;
 	old = kd_slot_by_id(vm, slot);
+	/* KVM kicks every vCPU before deleting or moving a slot, which drains
+	 * PML into the logs (or rings) while the slot still logs */
+	if (old && (!size || (gpa >> KD_PAGE_SHIFT) != old->base_gfn))
+		kd_kick_all_vcpus(vm);
 	if (!size) {
 		sorted_remove(&vm->as[slot >> 16], old);
 		vm->as[slot >> 16].by_id[slot & 0xffff] = NULL;

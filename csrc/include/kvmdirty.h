@@ -45,6 +45,7 @@ extern "C" {
 #define KD_MAX_SLOT_PAGES 0x7fffffffull /* KVM_MEM_MAX_NR_PAGES */
 #define KD_USER_MEM_SLOTS 32764u     /* x86: KVM_MEM_SLOTS_NUM - 3 internal */
 #define KD_ADDRESS_SPACES 2u         /* x86: normal and SMM */
+#define KD_MAX_GFN ((1ull << 40) - 1) /* x86 kvm_mmu_max_gfn(): 52 address bits */
 
 /* Memslot flags, as KVM's. */
 #define KD_MEM_LOG_DIRTY_PAGES (1u << 0)
