@@ -65,7 +65,7 @@ struct kd_slot {
 
 	/* User side. */
 	uint8_t *bytemap;  /* byte map backend: one byte per page, client bits */
-	uint64_t *scratch; /* byte map backend: GET_DIRTY_LOG target */
+	uint64_t *scratch; /* GET_DIRTY_LOG / PAGEMAP_SCAN target (byte map, kvm, uffd) */
 	uint64_t *pending; /* kernel-reported, not yet collected (pending.c) */
 	uint64_t *pending_summary;
 	uint64_t npending_summary;

@@ -115,6 +115,11 @@ int kd_log_alloc(kd_vm *vm, struct kd_slot *s)
 		int r = kd_pending_alloc(s);
 		if (r)
 			return r;
+		s->scratch = kd_bitmap_alloc(s->nwords, false, 0); /* GET / scan target */
+		if (!s->scratch) {
+			kd_log_free(s);
+			return -ENOMEM;
+		}
 		if (b == KD_BACKEND_UFFD)
 			r = kd_uffd_add_range(vm->uffd, s->id, s->memory, s->memory_bytes);
 		if (r)

@@ -340,72 +340,54 @@ out:
 	return r;
 }
 
-/* kvm backend in bitmap mode: GET (+ CLEAR of the range with manual protect). */
+/* kvm backend in bitmap mode: GET (+ CLEAR of the range with manual
+ * protect) into the slot's scratch bitmap, then take the range from pending. */
 static int kvm_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
 		       uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume)
 {
-	int r;
+	uint64_t *bm = s->scratch;
+	int r = kd_kvm_get_dirty_log(vm->kvm, s->id, bm);
 
-	if (!(vm->manual_protect)) {
-		/* classic GET clears the whole slot: park it in pending */
-		uint64_t *tmp = kd_bitmap_alloc(s->nwords, false, 0);
-		if (!tmp)
-			return -ENOMEM;
-		r = kd_kvm_get_dirty_log(vm->kvm, s->id, tmp);
-		if (!r)
-			kd_pending_or_bitmap(s, tmp);
-		kd_bitmap_free(tmp, s->nwords);
-	} else {
-		/* GET copies; CLEAR exactly the range's dirty bits, then take
-		 * them. CLEAR wants 64-aligned ranges: widen, mask outside bits. */
-		uint64_t a = first & ~63ull, b = (end + 63) & ~63ull;
-		uint64_t *tmp = kd_bitmap_alloc(s->nwords, false, 0);
-		if (!tmp)
-			return -ENOMEM;
-		r = kd_kvm_get_dirty_log(vm->kvm, s->id, tmp);
-		if (!r && b > a) {
-			for (uint64_t w = a / 64; w < b / 64; w++)
-				tmp[w] &= kd_range_mask(w, first, end);
-			if (b > s->npages)
-				b = s->npages;
-			r = kd_kvm_clear_dirty_log(vm->kvm, s->id, a, (uint32_t)(b - a),
-						   tmp + a / 64);
-		}
-		if (!r)
-			for (uint64_t w = a / 64; w < (end + 63) / 64; w++)
-				kd_pending_or(s, w, tmp[w]);
-		kd_bitmap_free(tmp, s->nwords);
-	}
 	if (r)
 		return r;
+	if (!vm->manual_protect) {
+		/* classic GET cleared the whole slot: park all of it */
+		kd_pending_or_bitmap(s, bm);
+	} else {
+		/* GET copied: CLEAR exactly the range's dirty bits. CLEAR wants
+		 * 64-aligned ranges: widen, and mask the bits outside. */
+		uint64_t a = first & ~63ull, b = (end + 63) & ~63ull;
+		for (uint64_t w = a / 64; w < b / 64; w++)
+			bm[w] &= kd_range_mask(w, first, end);
+		if (b > s->npages)
+			b = s->npages;
+		r = kd_kvm_clear_dirty_log(vm->kvm, s->id, a, (uint32_t)(b - a), bm + a / 64);
+		if (r)
+			return r;
+		for (uint64_t w = a / 64; w < (end + 63) / 64; w++)
+			kd_pending_or(s, w, bm[w]);
+	}
 	*count = kd_pending_take(vm, s, first, end, gfns, cap, resume);
 	return 0;
 }
 
+/* uffd: PAGEMAP_SCAN reports (and re-protects) relative to `first` into the
+ * slot's scratch bitmap; shift that into pending, then take the range. */
 static int uffd_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
 			uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume)
 {
-	/* PAGEMAP_SCAN reports relative to `first`; shift it into pending */
 	uint64_t n = 0, words = (end - first + 63) / 64, shift = first % 64, w0 = first / 64;
-	uint64_t *tmp = kd_bitmap_alloc(words, false, 0);
-	int r;
+	uint64_t *bm = s->scratch;
+	int r = kd_uffd_collect(vm->uffd, s->id, first, end - first, bm, &n);
 
-	if (!tmp)
-		return -ENOMEM;
-	r = kd_uffd_collect(vm->uffd, s->id, first, end - first, tmp, &n);
-	if (!r) {
-		kd_count_reprotect(vm, n, false);
-		for (uint64_t i = 0; i < words; i++) {
-			if (!tmp[i])
-				continue;
-			kd_pending_or(s, w0 + i, tmp[i] << shift);
-			if (shift && w0 + i + 1 < s->nwords)
-				kd_pending_or(s, w0 + i + 1, tmp[i] >> (64 - shift));
-		}
-	}
-	kd_bitmap_free(tmp, words);
 	if (r)
 		return r;
+	kd_count_reprotect(vm, n, false);
+	for (uint64_t i = 0; (i = kd_find_nonzero_word(bm, i, words)) < words; i++) {
+		kd_pending_or(s, w0 + i, bm[i] << shift);
+		if (shift && w0 + i + 1 < s->nwords)
+			kd_pending_or(s, w0 + i + 1, bm[i] >> (64 - shift));
+	}
 	*count = kd_pending_take(vm, s, first, end, gfns, cap, resume);
 	return 0;
 }
