@@ -8,6 +8,7 @@ import sys
 
 from .. import compare as cmp
 from ..costmodel import CostModel
+from ._args import positive_int
 
 
 def _list(conv, what):
@@ -41,16 +42,6 @@ def _nonneg_int(t):
     v = int(t)
     if v < 0:
         raise ValueError(t)
-    return v
-
-
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not an integer: %r" % text) from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be >= 1, got %d" % v)
     return v
 
 
@@ -94,7 +85,7 @@ def add_scenario_options(p, layouts_plural=False):
                    help="backends and baselines: %s, or all (default: all; kvm and "
                    "uffd are skipped with the reason where they cannot run)"
                    % ",".join(cmp.ALL_BACKENDS))
-    p.add_argument("--repeats", type=_positive_int, default=cmp.DEFAULT_REPEATS,
+    p.add_argument("--repeats", type=positive_int, default=cmp.DEFAULT_REPEATS,
                    help="timed collects per cell; the median is reported (default %d)"
                    % cmp.DEFAULT_REPEATS)
     if layouts_plural:

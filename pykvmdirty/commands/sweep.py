@@ -5,19 +5,9 @@ time, no clocks) by default, so any executor gives the same table; --timed
 measures wall time on whichever worker runs each cell."""
 from .. import compare as cmp
 from .. import sweep as sw
+from ._args import positive_int
 from .compare import (Progress, add_scenario_options, check_plot_available, expand_backends,
                       load_cost_model)
-
-
-def _workers(text):
-    import argparse
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not an integer: %r" % text) from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be >= 1, got %d" % v)
-    return v
 
 
 def register(sub):
@@ -30,7 +20,7 @@ def register(sub):
                    "(results then depend on the machine that ran each cell)")
     p.add_argument("--dask", metavar="tcp://HOST:PORT",
                    help="run on this Dask scheduler (pip install 'pykvmdirty[dask]')")
-    p.add_argument("--workers", type=_workers, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="local worker processes (default: one per core)")
     p.add_argument("--csv", metavar="FILE", help="write the merged table as CSV")
     p.set_defaults(func=run)
