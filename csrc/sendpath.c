@@ -40,6 +40,9 @@
 
 #define PAGE KD_PAGE_SIZE
 #define ZERO_REC 9u
+
+/* wire.c: CRC32C continued over n bytes copied from src to dst (one read) */
+uint32_t kd__crc32c_copy(uint32_t crc, void *dst, const void *src, uint64_t n);
 #define PAGE_REC (8u + KD_PAGE_SIZE)
 
 /* ---- zero detection ---- */
@@ -174,6 +177,7 @@ struct kd_sender {
 	uint8_t *buf;
 	uint64_t cap, used; /* payload bytes after the batch header */
 	uint32_t nrec;
+	uint32_t pcrc;      /* CRC32C of the open batch's payload so far */
 	uint64_t seq;
 	uint64_t *wlog, wlog_cap;
 	struct kd_send_stats st;
@@ -253,6 +257,7 @@ KD_API int kd_sender_set_buffer(kd_sender *s, void *buf, uint64_t cap)
 	s->buf = buf;
 	s->cap = buf ? cap - KD_WIRE_BATCH_HEADER : 0;
 	s->used = 0;
+	s->pcrc = 0;
 	return 0;
 }
 
@@ -274,7 +279,8 @@ KD_API int kd_sender_flush(kd_sender *s, uint64_t *len)
 	*len = 0;
 	if (!s->buf || !s->nrec)
 		return 0;
-	r = kd_wire_seal_batch(s->buf, s->used, s->nrec, s->seq);
+	/* the payload was checksummed as it was encoded: only the header is new */
+	r = kd_wire_seal_batch_crc(s->buf, s->used, s->nrec, s->seq, s->pcrc);
 	if (r)
 		return r;
 	*len = KD_WIRE_BATCH_HEADER + s->used;
@@ -283,6 +289,7 @@ KD_API int kd_sender_flush(kd_sender *s, uint64_t *len)
 	s->seq++;
 	s->used = 0;
 	s->nrec = 0;
+	s->pcrc = 0;
 	return 0;
 }
 
@@ -291,6 +298,7 @@ static int put_control(kd_sender *s, int64_t n)
 {
 	if (n < 0)
 		return n == -ENOSPC ? KD_SEND_FULL : (int)n;
+	s->pcrc = kd_crc32c(s->pcrc, s->buf + KD_WIRE_BATCH_HEADER + s->used, (uint64_t)n);
 	s->used += (uint64_t)n;
 	s->nrec++;
 	s->st.wire_bytes += (uint64_t)n;
@@ -556,9 +564,14 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 				put_be64(o, gpa | KD_WIRE_ZERO);
 				o[8] = 0;
 				version = 0;
+				s->pcrc = kd_crc32c(s->pcrc, o, ZERO_REC);
 			} else {
 				put_be64(o, gpa | KD_WIRE_PAGE);
-				memcpy(o + 8, page, PAGE);
+				s->pcrc = kd_crc32c(s->pcrc, o, 8);
+				/* copy and checksum in one read of the page: the CRC
+				 * covers exactly the bytes that go out, even while a
+				 * vCPU writes the page */
+				s->pcrc = kd__crc32c_copy(s->pcrc, o + 8, page, PAGE);
 				memcpy(&version, o + 8, 8); /* what was actually sent */
 			}
 			s->used += rec;

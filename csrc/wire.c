@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include "kvmdirty.h"
@@ -67,6 +68,14 @@ static inline void put_be64(uint8_t *p, uint64_t v)
 static uint32_t crc_table[8][256];
 static int crc_hw = -1;
 static uint32_t crc_sw(uint32_t c, const uint8_t *p, size_t n);
+static void crc_tables_init(void);
+
+static void crc_init(void);
+/* tables ready before any thread can ask (the lazy checks stay for static links) */
+__attribute__((constructor)) static void crc_init_at_load(void)
+{
+	crc_init();
+}
 
 static void crc_init(void)
 {
@@ -80,6 +89,7 @@ static void crc_init(void)
 		for (int t = 1; t < 8; t++)
 			crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^
 					  crc_table[0][crc_table[t - 1][i] & 0xff];
+	crc_tables_init();
 #if defined(__x86_64__)
 	__builtin_cpu_init();
 	crc_hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
@@ -106,11 +116,80 @@ static uint32_t crc_sw(uint32_t c, const uint8_t *p, size_t n)
 	return c;
 }
 
+/*
+ * Combining CRCs (zlib's crc32_combine method): appending n zero bytes to a
+ * message multiplies its raw CRC register by x^(8n) mod P, so
+ * crc(A || B) = crc(A) * x^(8|B|) mod P  xor  crc(B).
+ */
+#define CRC_POLY 0x82f63b78u
+static uint32_t x2n_table[32]; /* x^(2^k) mod P */
+
+static uint32_t multmodp(uint32_t a, uint32_t b)
+{
+	uint32_t m = 1u << 31, p = 0;
+
+	for (;;) {
+		if (a & m) {
+			p ^= b;
+			if ((a & (m - 1)) == 0)
+				break;
+		}
+		m >>= 1;
+		b = b & 1 ? (b >> 1) ^ CRC_POLY : b >> 1;
+	}
+	return p;
+}
+
+/* x^(n * 2^k) mod P */
+static uint32_t x2nmodp(uint64_t n, unsigned k)
+{
+	uint32_t p = 1u << 31; /* x^0 */
+
+	while (n) {
+		if (n & 1)
+			p = multmodp(x2n_table[k & 31], p);
+		n >>= 1;
+		k++;
+	}
+	return p;
+}
+
+/*
+ * Three interleaved crc32 chains over three consecutive blocks of BLK bytes
+ * (the crc32 instruction has a latency of three cycles, so one chain leaves
+ * the unit idle), combined with a shift table for x^(8 BLK): 4 lookups.
+ */
+#define CRC_BLK 4096u
+static uint32_t shift_blk[4][256];
+
+static inline uint32_t crc_shift_blk(uint32_t c)
+{
+	return shift_blk[0][c & 0xff] ^ shift_blk[1][(c >> 8) & 0xff] ^
+	       shift_blk[2][(c >> 16) & 0xff] ^ shift_blk[3][c >> 24];
+}
+
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) static uint32_t crc_sse42(uint32_t c, const uint8_t *p,
 							    size_t n)
 {
 	uint64_t c64 = c;
+
+	while (n >= 3 * CRC_BLK) {
+		uint64_t c1 = 0, c2 = 0;
+		for (size_t i = 0; i < CRC_BLK; i += 8) {
+			uint64_t w0, w1, w2;
+			memcpy(&w0, p + i, 8);
+			memcpy(&w1, p + CRC_BLK + i, 8);
+			memcpy(&w2, p + 2 * CRC_BLK + i, 8);
+			c64 = __builtin_ia32_crc32di(c64, w0);
+			c1 = __builtin_ia32_crc32di(c1, w1);
+			c2 = __builtin_ia32_crc32di(c2, w2);
+		}
+		c64 = crc_shift_blk((uint32_t)c64) ^ (uint32_t)c1;
+		c64 = crc_shift_blk((uint32_t)c64) ^ (uint32_t)c2;
+		p += 3 * CRC_BLK;
+		n -= 3 * CRC_BLK;
+	}
 	while (n >= 8) {
 		uint64_t w;
 		memcpy(&w, p, 8);
@@ -123,7 +202,42 @@ __attribute__((target("sse4.2"))) static uint32_t crc_sse42(uint32_t c, const ui
 		c = __builtin_ia32_crc32qi(c, *p++);
 	return c;
 }
+
+/* Copy n bytes (a multiple of 8) from src to dst, folding them into the raw
+ * CRC register c as they pass: the sender checksums a page while it copies
+ * it into the batch, so the page is read once. */
+__attribute__((target("sse4.2"))) static uint32_t crc_copy_sse42(uint32_t c, uint8_t *dst,
+								 const uint8_t *src, size_t n)
+{
+	uint64_t c64 = c;
+
+	for (size_t i = 0; i < n; i += 32) {
+		uint64_t w[4];
+		memcpy(w, src + i, 32);
+		memcpy(dst + i, w, 32);
+		c64 = __builtin_ia32_crc32di(c64, w[0]);
+		c64 = __builtin_ia32_crc32di(c64, w[1]);
+		c64 = __builtin_ia32_crc32di(c64, w[2]);
+		c64 = __builtin_ia32_crc32di(c64, w[3]);
+	}
+	return (uint32_t)c64;
+}
 #endif
+
+/* Raw-register CRC for the tables (no SSE4.2 needed): bitwise, init only. */
+static void crc_tables_init(void)
+{
+	uint32_t p = 1u << 30; /* x^1 */
+	uint32_t xblk;
+
+	x2n_table[0] = p;
+	for (int k = 1; k < 32; k++)
+		x2n_table[k] = p = multmodp(p, p);
+	xblk = x2nmodp(CRC_BLK, 3);
+	for (int t = 0; t < 4; t++)
+		for (uint32_t i = 0; i < 256; i++)
+			shift_blk[t][i] = multmodp(xblk, i << (8 * t));
+}
 
 KD_API uint32_t kd_crc32c(uint32_t crc, const void *data, uint64_t len)
 {
@@ -138,6 +252,28 @@ KD_API uint32_t kd_crc32c(uint32_t crc, const void *data, uint64_t len)
 		return ~crc_sse42(c, data, len);
 #endif
 	return ~crc_sw(c, data, len);
+}
+
+KD_API uint32_t kd_crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
+{
+	if (crc_hw < 0)
+		crc_init();
+	return multmodp(x2nmodp(len2, 3), crc1) ^ crc2;
+}
+
+/* Internal (sendpath.c): crc continued over n bytes (a multiple of 32)
+ * copied from src to dst. */
+uint32_t kd__crc32c_copy(uint32_t crc, void *dst, const void *src, uint64_t n);
+uint32_t kd__crc32c_copy(uint32_t crc, void *dst, const void *src, uint64_t n)
+{
+	if (crc_hw < 0)
+		crc_init();
+#if defined(__x86_64__)
+	if (crc_hw && !(n & 31))
+		return ~crc_copy_sse42(~crc, dst, src, n);
+#endif
+	memcpy(dst, src, n);
+	return kd_crc32c(crc, dst, n);
 }
 
 KD_API int kd_crc32c_force_software(int on)
@@ -205,6 +341,14 @@ KD_API int kd_page_hashes(const void *memory, uint64_t npages, uint64_t *out)
 
 /* ---- sealing a batch ---- */
 
+static void put_batch_header(uint8_t *b, uint64_t payload_len, uint32_t nrecords, uint64_t seq)
+{
+	put_be32(b, KD_WIRE_BATCH_MAGIC);
+	put_be32(b + 4, (uint32_t)payload_len);
+	put_be64(b + 8, seq);
+	put_be32(b + 16, nrecords);
+}
+
 KD_API int kd_wire_seal_batch(void *buf, uint64_t payload_len, uint32_t nrecords, uint64_t seq)
 {
 	uint8_t *b = buf;
@@ -212,13 +356,22 @@ KD_API int kd_wire_seal_batch(void *buf, uint64_t payload_len, uint32_t nrecords
 
 	if (!buf || payload_len > KD_WIRE_MAX_PAYLOAD)
 		return -EINVAL;
-	put_be32(b, KD_WIRE_BATCH_MAGIC);
-	put_be32(b + 4, (uint32_t)payload_len);
-	put_be64(b + 8, seq);
-	put_be32(b + 16, nrecords);
+	put_batch_header(b, payload_len, nrecords, seq);
 	crc = kd_crc32c(0, b, 20);
 	crc = kd_crc32c(crc, b + KD_WIRE_BATCH_HEADER, payload_len);
 	put_be32(b + 20, crc);
+	return 0;
+}
+
+KD_API int kd_wire_seal_batch_crc(void *buf, uint64_t payload_len, uint32_t nrecords,
+				  uint64_t seq, uint32_t payload_crc)
+{
+	uint8_t *b = buf;
+
+	if (!buf || payload_len > KD_WIRE_MAX_PAYLOAD)
+		return -EINVAL;
+	put_batch_header(b, payload_len, nrecords, seq);
+	put_be32(b + 20, kd_crc32c_combine(kd_crc32c(0, b, 20), payload_crc, payload_len));
 	return 0;
 }
 
@@ -261,16 +414,43 @@ KD_API int64_t kd_wire_put_eos(void *buf, uint64_t cap)
 struct dest_region {
 	uint64_t gpa, size;
 	uint8_t *mem;
+	uint64_t *written; /* bit per page: written since mapped (else still zero) */
 };
+
+/*
+ * Prefault thread. A fresh destination page costs a fault and the kernel's
+ * zeroing of it on first write, in the thread that applies the stream. While
+ * the stream writes densely in address order (the bulk pass), a helper thread
+ * runs MADV_POPULATE_WRITE a little ahead of it (prefault_ahead bytes), on
+ * another core, so the apply thread finds its pages mapped. Sparse writes
+ * (later passes) and zero pages move nothing, so a mostly-zero guest still
+ * costs little memory: at most prefault_ahead bytes past each dense run.
+ * Off by default: with 2 MiB pages the zeroing is cheap and the helper's extra
+ * CPU is only worth it where a core is idle (measured on a 2-core EPYC guest:
+ * feeding thread 0.43 -> 0.35 s/GiB, process 0.43 -> 0.49 s/GiB).
+ */
+#define PREFAULT_STEP (2ull << 20)
+#define NO_HINT UINT64_MAX
 
 struct kd_wire_dest {
 	struct dest_region *r;
+	uint64_t *prefix; /* linear offset of each region (address order) */
+	uint64_t total;
 	uint32_t nregions;
 	uint32_t last;
 	int failed;   /* sticky negative errno */
 	int eos;
 	struct kd_wire_dest_stats st;
 	char error[160];
+	/* prefault thread */
+	uint64_t pf_ahead;
+	pthread_t pf_thread;
+	int pf_running;
+	pthread_mutex_t pf_lock;
+	pthread_cond_t pf_cond;
+	uint64_t pf_hint;  /* linear end of the last dense batch, or NO_HINT */
+	int pf_stop;
+	uint64_t pf_bytes; /* bytes prefaulted (atomic) */
 };
 
 KD_API int kd_wire_dest_create(kd_wire_dest **out)
@@ -282,17 +462,118 @@ KD_API int kd_wire_dest_create(kd_wire_dest **out)
 	d = calloc(1, sizeof(*d));
 	if (!d)
 		return -ENOMEM;
+	d->pf_ahead = 0; /* off unless asked: see kd_wire_dest_set_prefault */
+	d->pf_hint = NO_HINT;
+	pthread_mutex_init(&d->pf_lock, NULL);
+	pthread_cond_init(&d->pf_cond, NULL);
 	*out = d;
 	return 0;
+}
+
+KD_API int kd_wire_dest_set_prefault(kd_wire_dest *d, uint64_t ahead_bytes)
+{
+	if (!d || (ahead_bytes & (PAGE - 1)))
+		return -EINVAL;
+	if (d->pf_running || d->nregions)
+		return -EBUSY; /* before the stream starts */
+	d->pf_ahead = ahead_bytes;
+	return 0;
+}
+
+static void *pf_main(void *arg)
+{
+	kd_wire_dest *d = arg;
+	uint64_t done = 0;
+
+	pthread_mutex_lock(&d->pf_lock);
+	for (;;) {
+		uint64_t hint, target;
+
+		while (!d->pf_stop && (d->pf_hint == NO_HINT || d->pf_hint + d->pf_ahead <= done))
+			pthread_cond_wait(&d->pf_cond, &d->pf_lock);
+		if (d->pf_stop)
+			break;
+		hint = d->pf_hint;
+		pthread_mutex_unlock(&d->pf_lock);
+		if (done < hint)
+			done = hint; /* never behind the writer */
+		target = hint + d->pf_ahead < d->total ? hint + d->pf_ahead : d->total;
+		while (done < target && !__atomic_load_n(&d->pf_stop, __ATOMIC_RELAXED)) {
+			uint32_t i = 0;
+			uint64_t len, off;
+			while (i + 1 < d->nregions && d->prefix[i + 1] <= done)
+				i++;
+			off = done - d->prefix[i];
+			len = PREFAULT_STEP - (off & (PREFAULT_STEP - 1));
+			if (len > d->r[i].size - off)
+				len = d->r[i].size - off;
+			if (len > target - done)
+				len = target - done;
+#ifdef MADV_POPULATE_WRITE
+			if (madvise(d->r[i].mem + off, len, MADV_POPULATE_WRITE))
+#endif
+			{
+				/* not supported (or no memory): the writer faults itself */
+				pthread_mutex_lock(&d->pf_lock);
+				goto out;
+			}
+			__atomic_fetch_add(&d->pf_bytes, len, __ATOMIC_RELAXED);
+			done += len;
+		}
+		pthread_mutex_lock(&d->pf_lock);
+		if (done >= d->total)
+			break;
+	}
+out:
+	pthread_mutex_unlock(&d->pf_lock);
+	return NULL;
+}
+
+static void pf_start(kd_wire_dest *d)
+{
+	if (!d->pf_ahead || d->pf_running)
+		return;
+	if (pthread_create(&d->pf_thread, NULL, pf_main, d) == 0)
+		d->pf_running = 1;
+}
+
+static void pf_finish(kd_wire_dest *d)
+{
+	if (!d->pf_running)
+		return;
+	pthread_mutex_lock(&d->pf_lock);
+	d->pf_stop = 1;
+	pthread_cond_signal(&d->pf_cond);
+	pthread_mutex_unlock(&d->pf_lock);
+	pthread_join(d->pf_thread, NULL);
+	d->pf_running = 0;
+}
+
+/* After a batch: if its page records were dense and ascending, tell the
+ * prefault thread where the writer is. */
+static void pf_hint(kd_wire_dest *d, uint64_t first, uint64_t end, uint64_t npages)
+{
+	if (!d->pf_running || npages < 16 || end <= first || end - first > 2 * npages * PAGE)
+		return;
+	pthread_mutex_lock(&d->pf_lock);
+	d->pf_hint = end;
+	pthread_cond_signal(&d->pf_cond);
+	pthread_mutex_unlock(&d->pf_lock);
 }
 
 KD_API void kd_wire_dest_destroy(kd_wire_dest *d)
 {
 	if (!d)
 		return;
+	pf_finish(d);
+	pthread_mutex_destroy(&d->pf_lock);
+	pthread_cond_destroy(&d->pf_cond);
+	free(d->prefix);
 	for (uint32_t i = 0; i < d->nregions; i++)
 		if (d->r[i].mem)
 			munmap(d->r[i].mem, d->r[i].size);
+	for (uint32_t i = 0; i < d->nregions; i++)
+		free(d->r[i].written);
 	free(d->r);
 	free(d);
 }
@@ -386,11 +667,35 @@ static int apply_mem_size(kd_wire_dest *d, const uint8_t *p, uint64_t left, uint
 			return fail(d, -ENOMEM, "cannot map %llu bytes of destination memory",
 				    (unsigned long long)d->r[i].size);
 		}
+		/* 2 MiB pages where the kernel has them: one fault (and one zeroing)
+		 * per 512 pages received instead of one per page; untouched
+		 * ranges still cost nothing (MAP_NORESERVE) */
+#ifdef MADV_HUGEPAGE
+		madvise(m, d->r[i].size, MADV_HUGEPAGE);
+#endif
 		d->r[i].mem = m;
+		d->r[i].written = calloc((d->r[i].size / PAGE + 63) / 64, 8);
+		if (!d->r[i].written) {
+			d->nregions = i + 1;
+			return fail(d, -ENOMEM, "out of memory for the page map of %llu bytes",
+				    (unsigned long long)d->r[i].size);
+		}
 	}
 	d->nregions = n;
 	d->st.regions = n;
 	d->st.guest_bytes = total;
+	d->prefix = malloc(n * sizeof(*d->prefix));
+	if (!d->prefix)
+		return fail(d, -ENOMEM, "out of memory for %u regions", n);
+	{
+		uint64_t at = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			d->prefix[i] = at;
+			at += d->r[i].size;
+		}
+	}
+	d->total = total;
+	pf_start(d);
 	*used = 4 + 16ull * n;
 	return 0;
 }
@@ -398,11 +703,11 @@ static int apply_mem_size(kd_wire_dest *d, const uint8_t *p, uint64_t left, uint
 /* Apply one verified batch payload. */
 static int apply_payload(kd_wire_dest *d, const uint8_t *p, uint64_t len, uint32_t nrecords)
 {
-	uint64_t off = 0;
+	uint64_t off = 0, pf_first = NO_HINT, pf_end = 0, pf_n = 0;
 	uint32_t i;
 
 	for (i = 0; i < nrecords; i++) {
-		uint64_t hdr, addr, flag, used = 0;
+		uint64_t hdr, addr, flag, used = 0, pg, bit;
 		struct dest_region *r;
 
 		if (d->eos)
@@ -429,20 +734,32 @@ static int apply_payload(kd_wire_dest *d, const uint8_t *p, uint64_t len, uint32
 			if (!r)
 				return fail(d, -ERANGE, "page at %#llx is outside every region",
 					    (unsigned long long)addr);
+			pg = (addr - r->gpa) / PAGE;
+			bit = 1ull << (pg & 63);
 			if (flag == KD_WIRE_ZERO) {
 				uint8_t fill;
-				uint8_t *dst = r->mem + (addr - r->gpa);
 				if (len - off < 1)
 					return fail(d, -EPROTO, "zero record cut short");
 				fill = p[off++];
-				/* do not populate destination pages that are already zero */
-				if (fill || !kd_buffer_is_zero(dst, PAGE))
-					memset(dst, fill, PAGE);
+				/* a page never written is still zero: neither read nor
+				 * populate it (a read would fault in the zero page) */
+				if (fill || (r->written[pg >> 6] & bit)) {
+					memset(r->mem + pg * PAGE, fill, PAGE);
+					r->written[pg >> 6] |= bit;
+				}
 				d->st.zero_pages++;
 			} else {
 				if (len - off < PAGE)
 					return fail(d, -EPROTO, "page record cut short");
-				memcpy(r->mem + (addr - r->gpa), p + off, PAGE);
+				memcpy(r->mem + pg * PAGE, p + off, PAGE);
+				r->written[pg >> 6] |= bit;
+				{
+					uint64_t lin = d->prefix[r - d->r] + pg * PAGE;
+					if (pf_first == NO_HINT)
+						pf_first = lin;
+					pf_end = lin + PAGE;
+					pf_n++;
+				}
 				off += PAGE;
 				d->st.pages++;
 			}
@@ -461,6 +778,10 @@ static int apply_payload(kd_wire_dest *d, const uint8_t *p, uint64_t len, uint32
 	if (off != len)
 		return fail(d, -EPROTO, "%llu bytes after the last record",
 			    (unsigned long long)(len - off));
+	if (d->eos)
+		pf_finish(d);
+	else if (pf_n)
+		pf_hint(d, pf_first, pf_end, pf_n);
 	return 0;
 }
 
@@ -549,6 +870,7 @@ KD_API int kd_wire_dest_stats(const kd_wire_dest *d, struct kd_wire_dest_stats *
 		return -EINVAL;
 	*out = d->st;
 	out->eos = (uint64_t)d->eos;
+	out->prefaulted = __atomic_load_n(&d->pf_bytes, __ATOMIC_RELAXED);
 	return 0;
 }
 

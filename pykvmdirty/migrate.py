@@ -650,6 +650,10 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
     if strategy == "chunked-clear" and backend == "ring":
         raise ValueError("strategy 'chunked-clear' needs a bitmap backend (GET/CLEAR), "
                          "not %r" % backend)
+    if strategy == "chunked-clear" and backend == "uffd":
+        raise ValueError("strategy 'chunked-clear' needs KVM_CLEAR_DIRTY_LOG (manual protect), "
+                         "which the uffd backend lacks (PAGEMAP_SCAN reports and re-protects "
+                         "in one step); use 'global' or 'per-slot'")
     clear_shift = _number(clear_shift, "clear_shift", integer=True)
     if not 6 <= clear_shift <= 31:
         raise ValueError("clear_shift must be in 6..31 (QEMU x-clear-bitmap-shift), got %d"

@@ -64,10 +64,13 @@ class NullSink:
 class _Dest:
     """kd_wire_dest wrapper: feed bytes, get hashes."""
 
-    def __init__(self):
+    def __init__(self, prefault=0):
         out = ffi.new("kd_wire_dest **")
         check(lib.kd_wire_dest_create(out), "kd_wire_dest_create")
         self._h = ffi.gc(out[0], lib.kd_wire_dest_destroy)
+        if prefault:
+            check(lib.kd_wire_dest_set_prefault(self._h, int(prefault)),
+                  "kd_wire_dest_set_prefault(%d)" % prefault)
         self._consumed = ffi.new("uint64_t *")
         self.eos = False
 
@@ -98,7 +101,8 @@ class _Dest:
         st = ffi.new("struct kd_wire_dest_stats *")
         check(lib.kd_wire_dest_stats(self._h, st), "kd_wire_dest_stats")
         return {k: getattr(st, k) for k in ("batches", "records", "pages", "zero_pages",
-                                             "bytes", "regions", "guest_bytes", "eos")}
+                                             "bytes", "regions", "guest_bytes", "eos",
+                                             "prefaulted")}
 
     def regions(self):
         out = []
@@ -298,10 +302,18 @@ class ReceiveResult:
 
 class Receiver:
     """Listens on (host, port) (port 0 picks one: see .port) and rebuilds guest
-    memory from one migration stream per serve_one() call."""
+    memory from one migration stream per serve_one() call. prefault: bytes a
+    helper thread populates ahead of dense writes (0 = off; see
+    kd_wire_dest_set_prefault). Destination memory uses 2 MiB pages where the
+    kernel allows."""
 
-    def __init__(self, listen=("127.0.0.1", 0), timeout=None):
+    def __init__(self, listen=("127.0.0.1", 0), timeout=None, prefault=0):
         host, port = parse_address(listen, "listen address")
+        if isinstance(prefault, bool) or not isinstance(prefault, int) or prefault < 0 \
+                or prefault % PAGE_SIZE:
+            raise ValueError("prefault must be a non-negative multiple of %d bytes, got %r"
+                             % (PAGE_SIZE, prefault))
+        self.prefault = prefault
         self.lsock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -334,7 +346,7 @@ class Receiver:
         except OSError:
             pass
         t0 = time.perf_counter()
-        dest = _Dest()
+        dest = _Dest(self.prefault)
         error = None
         hdr_size = lib.KD_WIRE_BATCH_HEADER
         buf = bytearray(4 << 20)

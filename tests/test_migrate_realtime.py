@@ -44,8 +44,9 @@ def _serve(rx, out):
     out.append(rx.serve_one())
 
 
-def test_tcp_end_to_end_verified():
-    with Receiver(("127.0.0.1", 0)) as rx:
+@pytest.mark.parametrize("prefault", [0, 4 << 20], ids=["plain", "prefault"])
+def test_tcp_end_to_end_verified(prefault):
+    with Receiver(("127.0.0.1", 0), prefault=prefault) as rx:
         results = []
         t = threading.Thread(target=_serve, args=(rx, results))
         t.start()
@@ -194,3 +195,8 @@ def test_cli_plot(tmp_path):
     assert main(["migrate", "--guest-size", "8MiB", "--slots", "2", "--quiet",
                  "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_receiver_bad_prefault():
+    with pytest.raises(ValueError, match="prefault must be a non-negative multiple of 4096"):
+        Receiver(("127.0.0.1", 0), prefault=1000)

@@ -222,3 +222,70 @@ def test_bad_arguments_are_errnos():
     cfg.flags = 0
     cfg.link_bandwidth = 100  # cost model without the virtual clock
     assert lib.kd_sender_create(cfg, sp) == -22
+
+
+@pytest.mark.parametrize("n", [0, 1, 8, 12287, 12288, 12289, 3 * 4096 * 7 + 13, 1 << 20])
+def test_crc32c_interleaved_and_combine_match_the_table(n):
+    # long buffers take three interleaved chains joined by a shift: same CRC
+    data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+    hw = lib.kd_crc32c(0, data, n)
+    lib.kd_crc32c_force_software(1)
+    try:
+        sw = lib.kd_crc32c(0, data, n)
+    finally:
+        lib.kd_crc32c_force_software(0)
+    assert hw == sw
+    for cut in sorted({0, min(1, n), n // 3, n}):
+        a = lib.kd_crc32c(0, data, cut)
+        b = lib.kd_crc32c(0, data[cut:], n - cut)
+        assert lib.kd_crc32c_combine(a, b, n - cut) == hw
+
+
+def test_sender_checksums_while_encoding_same_as_sealing_afterwards(simd):
+    # the sender's running payload CRC (copy + CRC in one read) seals the same
+    # header as a CRC over the finished batch
+    c, _ = _contents(40, seed=9)
+    for b in _stream(c, batch=64 * 1024):
+        payload = b[24:]
+        buf = bytearray(b)
+        nrec = int.from_bytes(b[16:20], "big")
+        seq = int.from_bytes(b[8:16], "big")
+        assert lib.kd_wire_seal_batch(ffi.from_buffer(buf), len(payload), nrec, seq) == 0
+        assert bytes(buf) == bytes(b)
+        crc = lib.kd_crc32c(0, payload, len(payload))
+        assert lib.kd_wire_seal_batch_crc(ffi.from_buffer(buf), len(payload), nrec, seq,
+                                          crc) == 0
+        assert bytes(buf) == bytes(b)
+
+
+def test_zero_record_over_a_written_page_zeroes_it():
+    # the destination skips zero records for pages it never wrote (no read, no
+    # fault), but a page it wrote must really be zeroed again
+    d = _Dest()
+    page = bytes([5]) * PAGE
+    d.feed(_batch([_mem_size(0, 4 * PAGE), _be64(PAGE | 0x08) + page,
+                   _be64(2 * PAGE | 0x08) + page], 0))
+    d.feed(_batch([_be64(PAGE | 0x02) + b"\0", _be64(3 * PAGE | 0x02) + b"\0", _be64(0x10)], 1))
+    mem = d.memory(0).reshape(4, PAGE)
+    assert (mem[[0, 1, 3]] == 0).all() and (mem[2] == 5).all()
+    st = d.stats()
+    assert st["pages"] == 2 and st["zero_pages"] == 2
+
+
+@pytest.mark.parametrize("prefault", [0, 64 * PAGE])
+def test_destination_with_prefault_thread_applies_the_same(prefault):
+    # dense ascending pages (a bulk pass): the thread runs ahead of the writer
+    # while the stream is applied (how far it gets before EOS is up to the
+    # scheduler), and the result is the same either way
+    c = np.random.default_rng(11).integers(0, 256, (600, PAGE), dtype=np.uint8)
+    c[:, 0] |= 1
+    c[100:150] = 0
+    d = _Dest(prefault)
+    for b in _stream(c, batch=128 * 1024):
+        d.feed(b)
+    d.finish(0)
+    assert np.array_equal(d.memory(0).reshape(-1, PAGE), c)
+    assert d.stats()["prefaulted"] <= c.size if prefault else d.stats()["prefaulted"] == 0
+    # only before the stream starts; a size that is not whole pages is EINVAL
+    assert lib.kd_wire_dest_set_prefault(d._h, PAGE) == -16
+    assert lib.kd_wire_dest_set_prefault(_Dest()._h, 100) == -22

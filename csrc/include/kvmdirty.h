@@ -272,6 +272,8 @@ KD_API int64_t kd_bitmap_to_gfns(const uint64_t *bitmap, uint64_t nbits, uint64_
 
 /* CRC32C (Castagnoli) continuing from crc (0 to start); SSE4.2 when present. */
 KD_API uint32_t kd_crc32c(uint32_t crc, const void *data, uint64_t len);
+/* CRC32C of A || B from crc1 = CRC32C(A), crc2 = CRC32C(B), len2 = |B|. */
+KD_API uint32_t kd_crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2);
 /* Use the table CRC instead of SSE4.2 (on != 0), for tests; returns 0. */
 KD_API int kd_crc32c_force_software(int on);
 /* 1 if len bytes at buf are all zero, 0 if not (AVX2 or scalar), -EINVAL. */
@@ -289,6 +291,9 @@ KD_API int kd_page_hashes(const void *memory, uint64_t npages, uint64_t *out);
 /* Write a batch header (magic, length, seq, count, CRC) before payload_len
  * bytes of records at buf + KD_WIRE_BATCH_HEADER. */
 KD_API int kd_wire_seal_batch(void *buf, uint64_t payload_len, uint32_t nrecords, uint64_t seq);
+/* The same with the payload's CRC32C already known (computed while encoding). */
+KD_API int kd_wire_seal_batch_crc(void *buf, uint64_t payload_len, uint32_t nrecords,
+				  uint64_t seq, uint32_t payload_crc);
 /* Encode a MEM_SIZE record (region layout); returns bytes used, -ENOSPC, -EINVAL. */
 KD_API int64_t kd_wire_put_mem_size(void *buf, uint64_t cap, const uint64_t *gpas,
 				     const uint64_t *sizes, uint32_t nregions);
@@ -301,10 +306,15 @@ typedef struct kd_wire_dest kd_wire_dest;
 struct kd_wire_dest_stats {
 	uint64_t batches, records, pages, zero_pages, bytes;
 	uint64_t regions, guest_bytes, eos;
-	uint64_t reserved[8];
+	uint64_t prefaulted; /* destination bytes populated ahead of the stream */
+	uint64_t reserved[7];
 };
 KD_API int kd_wire_dest_create(kd_wire_dest **out);
 KD_API void kd_wire_dest_destroy(kd_wire_dest *d);
+/* While the stream writes densely in address order, a helper thread populates
+ * destination memory (MADV_POPULATE_WRITE) up to ahead_bytes past the writer
+ * (0 = off, the default; e.g. 64 MiB). Before the first feed; -EBUSY after. */
+KD_API int kd_wire_dest_set_prefault(kd_wire_dest *d, uint64_t ahead_bytes);
 /* Apply the complete batches in buf; *consumed = bytes used. Returns 1 once
  * EOS was applied, 0 if more is needed, -EBADMSG (magic, sequence, CRC),
  * -EPROTO (bad record), -ERANGE (page outside the regions), -ENOMEM. */

@@ -17,14 +17,19 @@ def register(sub):
                    "127.0.0.1:4444; port 0 picks a free one)")
     p.add_argument("--count", type=int, default=1, help="streams to accept (default 1)")
     p.add_argument("--json", action="store_true", help="print each result as JSON")
+    p.add_argument("--prefault", default="0", metavar="SIZE",
+                   help="populate destination memory this far ahead of dense writes in a "
+                   "helper thread, e.g. 64MiB (default 0 = off; helps where a core is idle)")
     p.set_defaults(func=run)
 
 
 def run(args):
     if args.count < 1:
         raise ValueError("--count must be at least 1, got %d" % args.count)
+    from ..migrate import parse_size
+    prefault = parse_size(args.prefault, "--prefault")
     status = 0
-    with Receiver(args.listen) as rx:
+    with Receiver(args.listen, prefault=prefault) as rx:
         print("listening on %s:%d" % (rx.host, rx.port), flush=True)
         for _ in range(args.count):
             res = rx.serve_one()
