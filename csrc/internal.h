@@ -123,7 +123,6 @@ struct kd_vm {
 /* vm.c */
 KD_HIDDEN void kd_vm_lock(kd_vm *vm);
 KD_HIDDEN void kd_vm_unlock(kd_vm *vm);
-KD_HIDDEN uint64_t kd_now_ns(void);
 KD_HIDDEN void kd_spin_lock(unsigned *lock);
 KD_HIDDEN void kd_spin_unlock(unsigned *lock);
 /* Count pages write-protected again (or one generation bump with O(1)). */

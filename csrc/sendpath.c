@@ -184,13 +184,6 @@ struct kd_sender {
 	uint64_t hist[KD_LAT_BUCKETS];
 };
 
-KD_API uint64_t kd_clock_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static inline uint64_t now_ns(const kd_sender *s)
 {
 	return s->virt ? s->now : kd_clock_ns();

@@ -47,7 +47,7 @@ KD_API int kd_backend_available(uint32_t backend, const char **why)
 	return r;
 }
 
-uint64_t kd_now_ns(void)
+KD_API uint64_t kd_clock_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -419,7 +419,7 @@ KD_API int kd_collect(kd_vm *vm, uint32_t slot, uint64_t first_page, uint64_t nu
 		goto out;
 	}
 	end = first_page + num_pages;
-	res->sampled_ns = kd_now_ns();
+	res->sampled_ns = kd_clock_ns();
 	if (!num_pages) {
 		resume = end;
 		goto done;

@@ -161,6 +161,8 @@ struct kd_stats {
 typedef struct kd_vm kd_vm;
 
 KD_API const char *kd_version(void);
+/* CLOCK_MONOTONIC in ns: the clock of every timestamp the library reports. */
+KD_API uint64_t kd_clock_ns(void);
 /* Short name of a backend ("flat", ...), or NULL. */
 KD_API const char *kd_backend_name(uint32_t backend);
 /* 0 if the backend can run here, else a negative errno; *why (may be NULL)
@@ -428,8 +430,6 @@ KD_API int kd_sender_latency_histogram(kd_sender *s, uint64_t *out, uint32_t nbu
 				       int reset);
 /* Lowest latency (ns) counted in a histogram bucket. */
 KD_API uint64_t kd_latency_bucket_floor(uint32_t bucket);
-/* CLOCK_MONOTONIC in ns. */
-KD_API uint64_t kd_clock_ns(void);
 
 /* Workload generators (workload.c documents each). */
 enum kd_workload_kind {
