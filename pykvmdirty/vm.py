@@ -256,19 +256,14 @@ class VM:
         return WriteResult(self._wres.applied, self._wres.exit_reason)
 
     # -- KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG ----------------------------
-    def _nwords(self, slot):
-        info = ffi.new("struct kd_slot_info *")
-        if lib.kd_slot_info(self.handle, slot, info) == 0:
-            return (info.npages + 63) // 64
-        return 0
-
     def get_dirty_log(self, slot):
         """The slot's bitmap in KVM layout (uint64 words, bit i = page base+i)."""
         slot = _uint(slot, "slot", 32)
-        bitmap = np.zeros(max(self._nwords(slot), 1), dtype=np.uint64)
-        check(lib.kd_get_dirty_log(self.handle, slot, _u64_ptr(bitmap), self._nwords(slot)),
-              "get_dirty_log(slot=%#x)" % slot)
-        return bitmap[:self._nwords(slot)]
+        nwords = (self._npages.get(slot, 0) + 63) // 64  # no slot: C names the errno
+        bitmap = np.empty(max(nwords, 1), dtype=np.uint64)  # C writes every word
+        check(lib.kd_get_dirty_log(self.handle, slot, _u64_ptr(bitmap), nwords),
+              "get_dirty_log(slot=%#x)", (slot,))
+        return bitmap[:nwords]
 
     def clear_dirty_log(self, slot, first_page, num_pages, bitmap=None):
         """KVM_CLEAR_DIRTY_LOG: clear and re-protect the pages set in bitmap
