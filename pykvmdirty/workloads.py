@@ -53,6 +53,14 @@ def check_rate(rate, name="rate"):
     return int(rate)
 
 
+def _check_shape(hot_fraction, hot_share, zipf_s):
+    """The distribution parameters, checked: (hot_fraction, hot_share, zipf_s)."""
+    hot_fraction = _check_fraction(hot_fraction, "hot_fraction", lo_open=True)
+    hot_share = _check_fraction(hot_share, "hot_share")
+    if not isinstance(zipf_s, numbers.Real) or not 0 < zipf_s <= 10:
+        raise ValueError("zipf_s must be in (0, 10], got %r" % (zipf_s,))
+    return hot_fraction, hot_share, float(zipf_s)
+
 class Generator:
     """One seeded C generator over gfns [first_gfn, first_gfn + npages)."""
 
@@ -64,11 +72,8 @@ class Generator:
         cfg.seed = int(seed) & (2**64 - 1)
         cfg.first_gfn = int(first_gfn)
         cfg.npages = int(npages)
-        cfg.hot_fraction = _check_fraction(hot_fraction, "hot_fraction", lo_open=True)
-        cfg.hot_share = _check_fraction(hot_share, "hot_share")
-        if not isinstance(zipf_s, numbers.Real) or not 0 < zipf_s <= 10:
-            raise ValueError("zipf_s must be in (0, 10], got %r" % (zipf_s,))
-        cfg.zipf_s = float(zipf_s)
+        cfg.hot_fraction, cfg.hot_share, cfg.zipf_s = _check_shape(hot_fraction, hot_share,
+                                                                   zipf_s)
         if kind != "idle" and npages <= 0:
             raise ValueError("a %s workload needs pages, got npages=%d" % (kind, npages))
         out = ffi.new("kd_workload **")
@@ -100,11 +105,8 @@ class WorkloadSpec:
         self.kind = kind
         self.rate = check_rate(rate)
         self.seed = int(seed)
-        self.hot_fraction = _check_fraction(hot_fraction, "hot_fraction", lo_open=True)
-        self.hot_share = _check_fraction(hot_share, "hot_share")
-        if not isinstance(zipf_s, numbers.Real) or not 0 < zipf_s <= 10:
-            raise ValueError("zipf_s must be in (0, 10], got %r" % (zipf_s,))
-        self.zipf_s = float(zipf_s)
+        self.hot_fraction, self.hot_share, self.zipf_s = _check_shape(hot_fraction, hot_share,
+                                                                      zipf_s)
 
     def as_dict(self):
         return dict(kind=self.kind, rate=self.rate, seed=self.seed,
