@@ -234,12 +234,13 @@ static bool uses_ring(const kd_vm *vm)
 	       (vm->cfg.backend == KD_BACKEND_KVM && vm->cfg.ring_entries);
 }
 
-/* Common GET/CLEAR lookup, in KVM's order: ENXIO, EINVAL, ENOENT. */
-static int lookup_log(kd_vm *vm, uint32_t slot, struct kd_slot **out)
+/* Common GET/CLEAR lookup, in KVM's order: ENXIO (no bitmap), EINVAL (slot
+ * id; CLEAR's first_page % 64), ENOENT (no slot or no log). */
+static int lookup_log(kd_vm *vm, uint32_t slot, bool misaligned, struct kd_slot **out)
 {
 	if (uses_ring(vm))
 		return -ENXIO;
-	if (kd_slot_id_check(vm, slot))
+	if (kd_slot_id_check(vm, slot) || misaligned)
 		return -EINVAL;
 	*out = kd_slot_by_id(vm, slot);
 	if (!*out || !(*out)->logging)
@@ -263,7 +264,7 @@ KD_API int kd_get_dirty_log(kd_vm *vm, uint32_t slot, uint64_t *bitmap, uint64_t
 			r = kd_kvm_get_dirty_log(vm->kvm, slot, bitmap);
 		goto out;
 	}
-	r = lookup_log(vm, slot, &s);
+	r = lookup_log(vm, slot, false, &s);
 	if (r)
 		goto out;
 	if (!bitmap || nwords < s->nwords) {
@@ -304,15 +305,7 @@ KD_API int kd_clear_dirty_log(kd_vm *vm, uint32_t slot, uint64_t first_page,
 					 : -EFAULT;
 		goto out;
 	}
-	if (uses_ring(vm)) {
-		r = -ENXIO;
-		goto out;
-	}
-	if (kd_slot_id_check(vm, slot) || (first_page & 63)) {
-		r = -EINVAL;
-		goto out;
-	}
-	r = lookup_log(vm, slot, &s);
+	r = lookup_log(vm, slot, first_page & 63, &s);
 	if (r)
 		goto out;
 	if (first_page > s->npages || num_pages > s->npages - first_page ||
