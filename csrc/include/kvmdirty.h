@@ -171,10 +171,23 @@ KD_API int kd_backend_available(uint32_t backend, const char **why);
 
 /* Create a VM. -EINVAL bad config; -E2BIG ring too large; -ENOMEM. */
 KD_API int kd_vm_create(const struct kd_vm_config *config, kd_vm **out);
-/* Destroy a VM; NULL is a no-op. No call may be running on it. */
+/* Destroy a VM; NULL is a no-op. No call may be running on it, and no
+ * writer pool or workload threads (join/stop them first). */
 KD_API void kd_vm_destroy(kd_vm *vm);
 /* The VM's configuration, with defaults resolved (address_spaces). */
 KD_API int kd_vm_config_get(const kd_vm *vm, struct kd_vm_config *out);
+
+/*
+ * Hold the VM's memslots: while the VM is held, kd_set_user_memory_region
+ * fails with -EBUSY (before any other check), so slot memory and logs stay
+ * valid for threads writing without the VM lock. The writer and workload
+ * thread pools hold their VM from start to join/stop; a program running its
+ * own writer threads may do the same. Holds nest (a count); each
+ * kd_vm_hold is matched by one kd_vm_release. -EINVAL: NULL, or release
+ * without a hold.
+ */
+KD_API int kd_vm_hold(kd_vm *vm);
+KD_API int kd_vm_release(kd_vm *vm);
 
 /*
  * KVM_SET_USER_MEMORY_REGION. slot = as_id << 16 | id. -EINVAL: unaligned
@@ -182,7 +195,8 @@ KD_API int kd_vm_config_get(const kd_vm *vm, struct kd_vm_config *out);
  * KD_MAX_SLOT_PAGES pages, unknown flags, a change of base or size of an
  * existing slot; -EEXIST: overlap. size 0 deletes. Toggling
  * KD_MEM_LOG_DIRTY_PAGES allocates a fresh log (zero, or all ones with
- * KD_INITIALLY_SET) or frees it.
+ * KD_INITIALLY_SET) or frees it. -EBUSY while the VM is held (kd_vm_hold:
+ * a writer pool or workload threads of this VM run); nothing changes.
  */
 KD_API int kd_set_user_memory_region(kd_vm *vm, uint32_t slot, uint32_t flags,
 				     uint64_t guest_phys_addr, uint64_t memory_size);
