@@ -1,7 +1,7 @@
 """pykvmdirty: a dirty-page-tracking kernel-interface emulator (C core via cffi).
 
 Besides the cffi extension, the build installs libkvmdirty for C programs:
-pykvmdirty/lib/libkvmdirty.so and .a, pykvmdirty/include/kvmdirty.h and
+pykvmdirty/lib/libkvmdirty.so and .a, pykvmdirty/include/kvmdirty.h (+ kvmdirty/migrate.h) and
 pykvmdirty/lib/pkgconfig/kvmdirty.pc, compiled from the same source list
 (csrc/sources.mk) as the extension. `pykvmdirty-config --cflags --libs` finds them.
 """
@@ -59,7 +59,10 @@ class BuildExtAndLibrary(build_ext):
         if os.path.exists(archive):  # ar would add to (and keep) old members
             os.remove(archive)
         cc.create_static_lib(objs, "kvmdirty", output_dir=libdir)
-        shutil.copy(os.path.join(ROOT, "csrc", "include", "kvmdirty.h"), incdir)
+        os.makedirs(os.path.join(incdir, "kvmdirty"), exist_ok=True)
+        for h in b.HEADERS:  # kvmdirty.h and kvmdirty/migrate.h
+            rel = os.path.relpath(h, os.path.join(ROOT, "csrc", "include"))
+            shutil.copy(h, os.path.join(incdir, rel))
         with open(os.path.join(libdir, "ldflags.txt"), "w") as f:
             f.write(" ".join(b.sanitize_flags()))  # what a program linking us needs too
         version = self.distribution.get_version()

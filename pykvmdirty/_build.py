@@ -1,7 +1,8 @@
 """cffi build script (API, out-of-line mode) for pykvmdirty._native.
 
-The cdef is derived from the one public header, csrc/include/kvmdirty.h, so the
-C API is declared in exactly one place: preprocessor lines become
+The cdef is derived from the public headers, csrc/include/kvmdirty.h (the VM
+API) and csrc/include/kvmdirty/migrate.h (which kvmdirty.h includes), so the C
+API is declared in exactly one place: preprocessor lines become
 ``#define NAME ...`` (values taken from the compiler), export macros drop.
 """
 import os
@@ -13,7 +14,8 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CSRC = os.path.join(ROOT, "csrc")
-HEADER = os.path.join(CSRC, "include", "kvmdirty.h")
+HEADERS = [os.path.join(CSRC, "include", "kvmdirty.h"),
+           os.path.join(CSRC, "include", "kvmdirty", "migrate.h")]
 
 
 def read_sources(path=os.path.join(CSRC, "sources.mk")):
@@ -36,8 +38,13 @@ if platform.machine() in ("x86_64", "AMD64"):
     CFLAGS.append("-mpopcnt")  # every x86-64 CPU since 2008; the scans count bits
 
 
-def cdef_from_header(path=HEADER):
-    """Turn the public header into cffi cdef text."""
+def cdef_from_headers(paths=HEADERS):
+    """Turn the public headers, in order, into one cffi cdef text."""
+    return "".join(cdef_from_header(p) for p in paths)
+
+
+def cdef_from_header(path):
+    """Turn one public header into cffi cdef text."""
     out = []
     skip_cpp = False
     for line in open(path):
@@ -72,7 +79,7 @@ def sanitize_flags():
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(cdef_from_header())
+ffibuilder.cdef(cdef_from_headers())
 ffibuilder.set_source(
     "pykvmdirty._native",
     '#include "kvmdirty.h"',

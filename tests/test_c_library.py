@@ -94,9 +94,31 @@ def test_config_flags_and_pkgconfig(tmp_path):
     assert out == [config.cflags()]
 
 
+PUBLIC_HEADERS = ("kvmdirty.h", os.path.join("kvmdirty", "migrate.h"))
+
+
 def public_functions():
-    header = open(os.path.join(config.include_dir(), "kvmdirty.h")).read()
-    return set(re.findall(r"KD_API\s+[^;(]*?\b(kd_\w+)\s*\(", header))
+    """KD_API functions of the installed headers (kvmdirty.h includes migrate.h)."""
+    names = set()
+    for h in PUBLIC_HEADERS:
+        header = open(os.path.join(config.include_dir(), h)).read()
+        names |= set(re.findall(r"KD_API\s+[^;(]*?\b(kd_\w+)\s*\(", header))
+    return names
+
+
+def test_headers_split_between_vm_api_and_migration():
+    """kvmdirty.h holds the VM API and includes kvmdirty/migrate.h, which
+    holds the send path, wire format, workloads and thread pools."""
+    inc = os.path.join(ROOT, "csrc", "include")
+    text = {h: open(os.path.join(inc, h)).read() for h in PUBLIC_HEADERS}
+    declared = {h: set(re.findall(r"KD_API\s+[^;(]*?\b(kd_\w+)\s*\(", s))
+                for h, s in text.items()}
+    vm, mig = (declared[h] for h in PUBLIC_HEADERS)
+    assert '#include "kvmdirty/migrate.h"' in text["kvmdirty.h"]
+    assert not vm & mig
+    assert {"kd_vm_create", "kd_collect", "kd_vm_hold"} <= vm
+    assert {"kd_writers_start", "kd_sender_create", "kd_wire_dest_feed",
+            "kd_workload_threads_start"} <= mig
 
 
 @LIB_MISSING
