@@ -253,6 +253,9 @@ KD_API int kd_reset_dirty_rings(kd_vm *vm, uint64_t *count);
 KD_API int kd_ring_usage(kd_vm *vm, uint32_t vcpu, uint32_t *used, uint32_t *soft_limit);
 
 KD_API int kd_stats_get(kd_vm *vm, struct kd_stats *out);
+/* Zero the counters. May run while writers run: writer-side counters then
+ * count exactly the writes published after the reset (a kd_write racing
+ * with it may count in some fields only), never an old total. */
 KD_API int kd_stats_reset(kd_vm *vm);
 
 /* Scan a bitmap for set bits: stores base + index of each set bit (ascending)
