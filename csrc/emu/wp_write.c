@@ -65,10 +65,14 @@ void kd_kick_all_vcpus(kd_vm *vm)
 
 #define PREFETCH_AHEAD 16
 
-/* Apply gfns[0..n) until done or the ring fills. */
+/* Apply gfns[0..n) until done or the ring fills. The counters are kept in
+ * a local copy, which the compiler holds in registers (the caller's struct
+ * could alias the log words, forcing a store per page), and added at the
+ * end. */
 int kd_emu_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64_t n, uint64_t value,
-		 struct kd_vcpu_counters *c, uint64_t *applied, uint32_t *exit_reason)
+		 struct kd_vcpu_counters *counters, uint64_t *applied, uint32_t *exit_reason)
 {
+	struct kd_vcpu_counters local = {0}, *c = &local;
 	const bool pml = vm->cfg.tracking == KD_TRACK_PML;
 	const bool ring = vm->ops->has_ring;
 	const bool mem = vm->cfg.flags & KD_VM_GUEST_MEMORY;
@@ -78,7 +82,7 @@ int kd_emu_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64_t n,
 
 	if (ring && kd_ring_soft_full(&v->ring)) {
 		*exit_reason = KD_EXIT_DIRTY_RING_FULL;
-		c->ring_full_exits++;
+		counters->ring_full_exits++;
 		*applied = 0;
 		return 0;
 	}
@@ -144,6 +148,12 @@ int kd_emu_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64_t n,
 			break;
 	}
 	c->writes += i;
+	{
+		uint64_t *d = (uint64_t *)counters;
+		const uint64_t *s = (const uint64_t *)&local;
+		for (size_t k = 0; k < sizeof(local) / 8; k++)
+			d[k] += s[k];
+	}
 	*applied = i;
 	return 0;
 }
