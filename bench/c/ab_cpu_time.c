@@ -47,6 +47,10 @@ int main(int argc, char **argv)
 	api A[2];
 	uint64_t npages = 64ull << 18, *g = malloc(NG * 8), *out = malloc(NG * 8 + 64 * 8), x = 7;
 	double t[2][5] = {{0}};
+	if (argc != 3) {
+		printf("usage: %s FIRST/libkvmdirty.so SECOND/libkvmdirty.so\n", argv[0]);
+		return 2;
+	}
 	load(argv[1], &A[0]); load(argv[2], &A[1]);
 	for (int i = 0; i < NG; i++) { x = x * 6364136223846793005ull + 1442695040888963407ull; g[i] = (x >> 17) % npages; }
 	for (int rep = 0; rep < 8; rep++)
