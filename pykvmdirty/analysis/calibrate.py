@@ -34,6 +34,7 @@ import os
 import platform
 import statistics
 import time
+from typing import Any, Dict
 
 import numpy as np
 
@@ -216,7 +217,7 @@ def calibrate(quick=False, seed=0, progress=None):
         raise KvmUnusable(why)
     s = SETTINGS["quick" if quick else "full"]
     rng = np.random.default_rng(seed)
-    out = {"mode": "quick" if quick else "full", "settings": dict(s)}
+    out: Dict[str, Any] = {"mode": "quick" if quick else "full", "settings": dict(s)}
     steps = [("GET per GiB (clean)", lambda: measure_get(s, out)),
              ("re-protect and write fault per page", lambda: measure_dirty(s, out, rng)),
              ("CLEAR per call", lambda: measure_clear(s, out)),
@@ -228,7 +229,7 @@ def calibrate(quick=False, seed=0, progress=None):
             fn()
     except KvmDirtyError as e:
         raise KvmUnusable("/dev/kvm failed during calibration: %s" % e) from None
-    fields = {}
+    fields: Dict[str, float] = {}
     for f in MEASURED:
         v = out[f]
         if not (isinstance(v, float) and math.isfinite(v)):

@@ -39,7 +39,7 @@ class Controller:
 
     def __init__(self, cfg, vm, slots, sender, sink, progress=None, recorder=None):
         self.cfg = cfg
-        self.costs = cfg.cost_model
+        self.costs = cfg.costs
         self.strategy = cfg.sync
         self.vm = vm
         self.slots = slots
@@ -59,12 +59,12 @@ class Controller:
         self.workload = None        # what runs on the virtual clock (or a trace replay)
         self.threads = None         # ThreadWorkload (real time)
         if self.virtual:
-            self.virtual_writer = VirtualWorkload(vm, cfg.workload, 0, cfg.npages,
+            self.virtual_writer = VirtualWorkload(vm, cfg.spec, 0, cfg.npages,
                                                   on_ring_full=self.reap, recorder=recorder)
             self.workload = (self.virtual_writer if cfg.trace is None else
                              TraceWorkload(vm, cfg.trace, self.virtual_writer.write_gfns))
         else:
-            self.threads = ThreadWorkload(vm, cfg.workload, 0, cfg.npages)
+            self.threads = ThreadWorkload(vm, cfg.spec, 0, cfg.npages)
 
     # -- clock ---------------------------------------------------------------
     def now(self):
@@ -85,7 +85,7 @@ class Controller:
             self.run_workload()
 
     def run_workload(self):
-        if not self.virtual or self.stopped:
+        if self.workload is None or self.stopped:
             return
         now = self.now()
         if now > self.wl_time:

@@ -23,11 +23,12 @@ NS = 1_000_000_000
 def check_rate(rate, name="rate"):
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
         raise TypeError("%s must be a number of pages per second, got %r" % (name, rate))
-    if rate < 0:
+    r = float(rate)
+    if r < 0:
         raise ValueError("%s must be >= 0 pages per second, got %r" % (name, rate))
-    if rate > 1e9:
+    if r > 1e9:
         raise ValueError("%s must be at most 1e9 pages per second, got %r" % (name, rate))
-    return int(rate)
+    return int(r)
 
 
 class WorkloadSpec:
