@@ -35,6 +35,7 @@ value on every write, so that is "content unchanged since last sent".
 
 import numpy as np
 
+from .. import limits
 from .._native import ffi, lib
 from ..errors import check
 from ..bindings.vm import EMULATED_BACKENDS, MEM_LOG_DIRTY_PAGES, PAGE_SIZE, VM
@@ -66,6 +67,20 @@ def make_sink(sink):
     return sink
 
 
+def _check_memory(guest_size, npages, nslots, backend, vcpus, populate, spec, bandwidth,
+                  link_bandwidth, sink, verify, ring_entries, dirty_tracking, batch_bytes,
+                  trace, max_memory):
+    """Refuse, before anything is allocated, a run the memory limit cannot hold."""
+    kind = sink if sink in ("local", "null") else ("local" if sink is None else "remote")
+    est = limits.migration_estimate(
+        npages, nslots, backend, vcpus=vcpus, populate=populate, rate=spec.rate,
+        workload=spec.kind, bandwidth=bandwidth, link_bandwidth=link_bandwidth, sink=kind,
+        verify=verify, ring_entries=ring_entries, tracking=dirty_tracking,
+        batch_bytes=batch_bytes, trace_pages=None if trace is None else int(trace.gfns.size),
+        hot=(spec.hot_fraction, spec.hot_share))
+    limits.check(est, limits.resolve_limit(max_memory), "guest_size %s" % (guest_size,))
+
+
 def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
             workload="hotspot", rate=20000, hot_fraction=0.05, hot_share=0.9, zipf_s=1.0,
             seed=0, trace=None, record=None, mode="virtual", vcpus=2,
@@ -74,7 +89,7 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
             clear_shift=18, populate=0.25, fill="version", sink="local", step=0.01,
             cost_model=None, batch_bytes=MiB, ring_entries=4096,
             dirty_tracking="write_protect", window_log=0, progress=None, verify=True,
-            duration_limit=None):
+            duration_limit=None, max_memory=None):
     """Migrate a freshly built guest; returns a MigrationReport.
 
     guest_size: bytes or a string like "2GiB", split into `slots` memslots.
@@ -89,6 +104,9 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
       before migration; fill "random" fills them with random bytes instead.
     sink: "local" (in-process destination), "null", "tcp://HOST:PORT" or an object.
     window_log: keep the accounted bytes of the first N rate-limit windows.
+    max_memory: refuse (MemoryLimitError, before anything is allocated) a run
+      whose estimated memory exceeds this (bytes or "8GiB"; default: a share
+      of the memory available, see pykvmdirty.limits).
     """
     # ---- arguments ----
     guest_bytes = parse_size(guest_size, "guest_size")
@@ -152,6 +170,9 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
         if trace.npages > npages:
             raise ValueError("the trace covers %d pages but the guest has %d"
                              % (trace.npages, npages))
+    _check_memory(guest_size, npages, nslots, backend, vcpus, populate, spec, bandwidth,
+                  link_bandwidth, sink, verify, ring_entries, dirty_tracking, batch_bytes,
+                  trace, max_memory)
     sink_obj = make_sink(sink)
     if progress is True:
         progress = progress_printer()
