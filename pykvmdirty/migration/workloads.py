@@ -26,7 +26,7 @@ def check_rate(rate, name="rate"):
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
         raise TypeError("%s must be a number of pages per second, got %r" % (name, rate))
     if not math.isfinite(rate) or rate < 0:
-        raise ValueError("%s must be a finite number >= 0 pages per second, got %r"
+        raise ValueError("%s must be >= 0 pages per second (and finite), got %r"
                          % (name, rate))
     if rate > 1e9:
         raise ValueError("%s must be at most 1e9 pages per second, got %r" % (name, rate))
