@@ -11,6 +11,8 @@ from ..migration.config import MODES, STRATEGIES, ZERO_ACCOUNTING, parse_size
 from ..migration.errors import MigrationError
 from ..migration.run import migrate
 from ..errors import SinkError
+from ..migration.sinks import TcpSink
+from ..migration.tcp_protocol import read_secret_file
 from ..bindings.vm import BACKENDS
 from ..bindings.workload import KINDS
 from ._args import add_max_memory, check_output_paths, finite_float
@@ -61,6 +63,9 @@ def register(sub):
     p.add_argument("--plot", metavar="FILE", help="PNG of per-pass dirty/sent/latency")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_max_memory(p, "a migration")
+    p.add_argument("--secret-file", metavar="FILE",
+                   help="with --sink tcp://: prove this shared secret to the receiver "
+                   "(pykvmdirty receive --secret-file with the same file)")
     p.set_defaults(func=run)
 
 
@@ -93,6 +98,12 @@ def _bw(text, name):
 def run(args):
     check_output_paths(args, ("--json", "--plot", "--record"))
     check_plot_available(args.plot)
+    sink = args.sink
+    if args.secret_file:
+        if not sink.startswith("tcp://"):
+            raise ValueError("--secret-file needs --sink tcp://HOST:PORT, got %r" % sink)
+        sink = TcpSink(sink[len("tcp://"):], secret=read_secret_file(args.secret_file,
+                                                                      "--secret-file"))
     try:
         report = migrate(
             guest_size=args.guest_size, slots=args.slots, backend=args.backend,
@@ -104,7 +115,7 @@ def run(args):
             downtime_limit=args.downtime_limit, max_wait=args.max_wait,
             max_passes=args.max_passes, auto_converge=args.auto_converge,
             zero_pages=args.zero_pages, populate=args.populate, fill=args.fill,
-            sink=args.sink, seed=args.seed, step=args.step,
+            sink=sink, seed=args.seed, step=args.step,
             progress=None if args.quiet else True, max_memory=args.max_memory)
     except (MigrationError, SinkError) as e:
         print("pykvmdirty migrate: failed: %s" % e, file=sys.stderr)

@@ -92,7 +92,7 @@ class _Connection:
         self.deadline = self.t0 + rx.total_timeout
         self.reserved = 0
 
-    def _arm(self):
+    def arm(self):
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise _Refused("total timeout: the stream took more than %g s"
@@ -104,7 +104,7 @@ class _Connection:
         """Fill mv[start:end]; returns the end reached (short at EOF)."""
         at = start
         while at < end:
-            self._arm()
+            self.arm()
             n = self.conn.recv_into(mv[at:end])
             if not n:
                 return at
@@ -164,7 +164,7 @@ class _Connection:
             if not claimed:
                 claimed = self._claim_after(dest)
             del mv
-        self._arm()
+        self.arm()
         if pending or self.conn.recv(1):
             raise SinkError("data after the end-of-stream record")
 
@@ -194,16 +194,39 @@ class _Connection:
         self.reserve(est.total, "the stream claims %s of guest memory (%s with its hashes)"
                      % (limits.format_bytes(total), limits.format_bytes(est.total)))
 
-    def reply(self, dest, error):
-        self._arm()
-        if error is None:
-            regions, hashes = dest.hashes()
-            self.conn.sendall(tcp_protocol.encode_report(True, dest.stats(), regions))
-            if sys.byteorder != "little":
-                hashes = hashes.astype("<u8")
-            self.conn.sendall(memoryview(hashes).cast("B"))
-        else:
-            self.conn.sendall(tcp_protocol.encode_report(False, dest.stats(), error=error))
+    def success_report(self, dest):
+        """(report line, hash bytes) of a complete stream."""
+        regions, hashes = dest.hashes()
+        if sys.byteorder != "little":
+            hashes = hashes.astype("<u8")
+        return (tcp_protocol.encode_report(True, dest.stats(), regions),
+                memoryview(hashes).cast("B"))
+
+    def send(self, *parts):
+        for part in parts:
+            self.arm()
+            self.conn.sendall(part)
+
+
+def _drain(conn, seconds=0.5, limit=4 << 20):
+    """After a failure report: end our side and discard (boundedly) what the
+    sender still sends, so closing does not reset the connection and destroy
+    the report before the sender reads it."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        end = time.monotonic() + seconds
+        got = 0
+        while got < limit:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            conn.settimeout(left)
+            n = len(conn.recv(65536))
+            if not n:
+                break
+            got += n
+    except OSError:
+        pass
 
 
 class Receiver:
@@ -333,6 +356,7 @@ class Receiver:
         try:
             conn.settimeout(1.0)
             conn.sendall(tcp_protocol.encode_report(False, {}, error=error))
+            _drain(conn, 0.2)
         except OSError:
             pass
         finally:
@@ -348,11 +372,11 @@ class Receiver:
             pending = b""
             if self.secret is not None:
                 nonce, line = tcp_protocol.challenge()
-                c._arm()
-                conn.sendall(line)
-                c._arm()
+                c.send(line)
+                c.arm()
                 pending = tcp_protocol.check_response(conn, self.secret, nonce)
             c.read_stream(dest, pending)
+            report = c.success_report(dest)
         except socket.timeout:
             left = c.deadline - time.monotonic()
             error = ("total timeout: the stream took more than %g s" % self.total_timeout
@@ -366,15 +390,21 @@ class Receiver:
             error = "out of memory"
         except Exception as e:  # never let one sender stop the server
             error = "internal error: %s: %s" % (type(e).__name__, e)
-        stats = dest.stats() if dest is not None else {}
+        try:
+            stats = dest.stats() if dest is not None else {}
+        except Exception:
+            stats = {}
         seconds = time.monotonic() - c.t0
         try:
-            if dest is not None:
-                c.reply(dest, error)
-        except (OSError, MemoryError, SinkError) as e:
+            if error is not None:
+                report = (tcp_protocol.encode_report(False, stats, error=error),)
+            c.send(*report)
+        except (OSError, SinkError) as e:
             if error is None:
                 error = "report not delivered: %s" % (getattr(e, "strerror", None) or e)
         finally:
+            if error is not None:
+                _drain(conn)
             conn.close()
             c.release()
         if keep_memory and error is None:

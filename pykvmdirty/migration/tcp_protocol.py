@@ -105,9 +105,10 @@ def check_response(sock, secret, nonce):
 
 def answer_challenge(sock, secret, where):
     """Read the receiver's challenge and send the response."""
-    line, _ = recv_line(sock, 200, "%s's challenge" % where)
+    line, _ = recv_line(sock, MAX_LINE, "%s's challenge" % where)
     if line.startswith(REPORT_MAGIC):
-        raise AuthError("%s refused the connection: %s" % (where, _report_error(line)))
+        raise AuthError("%s sent no authentication challenge (started without a secret?); "
+                        "it reported: %s" % (where, _report_error(line)))
     if not line.startswith(AUTH_MAGIC):
         raise AuthError("%s sent no authentication challenge (started without a secret?)"
                         % where)
