@@ -22,8 +22,9 @@ csrc/memslot.c, csrc/bitmap.c, csrc/wire.c):
   populated fraction plus what the workload writes; every page the sender or
   a hash reads costs one page-table entry (8 bytes) even when never written;
 - sender bookkeeping: 8 bytes per page (last version sent) + a bit per page;
-- destination: the pages written to it, a bit per page, 8 bytes of hash per
-  page (and the page-table entries of hashing it);
+- destination: the pages written to it — in 2 MiB pages where transparent
+  huge pages allow, so one page written commits its 2 MiB — a bit per page,
+  8 bytes of hash per page (and the page-table entries of hashing it);
 - verification: the source's hashes (8 bytes per page, twice while joined).
 """
 import os
@@ -187,10 +188,33 @@ def log_memory(backend, slot_pages, vcpus=1, ring_entries=4096, tracking="write_
     return total
 
 
+def thp_mode():
+    """Transparent huge pages: 'always', 'madvise' or 'never'."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+        return text[text.index("[") + 1:text.index("]")]
+    except (OSError, ValueError):
+        return "never"
+
+
+def committed_bytes(npages, contiguous, scattered, huge):
+    """Bytes committed in npages of memory where `contiguous` pages are
+    written in one run and `scattered` more at random elsewhere. With huge
+    pages (2 MiB, `huge` True) one written page commits its whole chunk."""
+    contiguous = min(contiguous, npages)
+    rest = npages - contiguous
+    scattered = min(scattered, rest)
+    if not huge or not rest:
+        return (contiguous + scattered) * PAGE_SIZE
+    hit = 1 - (1 - scattered / rest) ** CHUNK_PAGES  # chance a chunk holds one
+    return contiguous * PAGE_SIZE + int(rest * PAGE_SIZE * hit)
+
+
 def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
                        workload="hotspot", bandwidth=0, link_bandwidth=0, sink="local",
                        verify=True, ring_entries=4096, tracking="write_protect",
-                       batch_bytes=MiB, trace_pages=None, hot=None):
+                       batch_bytes=MiB, trace_pages=None, hot=None, fill="version"):
     """What ``migrate()`` will commit for a guest of npages pages.
 
     Pages written: the populated fraction, plus the distinct pages the
@@ -213,14 +237,18 @@ def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
             fraction, share = hot
             writes = min(writes * share, fraction * npages) + writes * (1 - share)
         written = int(writes * (1 - populate))  # the rest lands on populated pages
-    touched = min(npages, populated + written)
+    # fill "random" writes the first pages of each slot, "version" pages at random
+    contiguous, scattered = (populated, written) if fill == "random" else \
+        (0, populated + written)
+    thp = thp_mode()
     est = Estimate()
-    est.add("source guest memory", touched * PAGE_SIZE + npages * PTE_BYTES)
+    est.add("source guest memory", committed_bytes(npages, contiguous, scattered,
+                                                   thp == "always") + npages * PTE_BYTES)
     est.add("dirty logs", log_memory(backend, slot_pages, vcpus, ring_entries, tracking))
     est.add("sender bookkeeping", npages * 8 + _bitmap(npages) + batch_bytes)
-    if sink == "local":
-        est.add("destination", touched * PAGE_SIZE + npages * (PTE_BYTES + 8)
-                + _bitmap(npages))
+    if sink == "local":  # destination memory asks for huge pages (csrc/wire.c)
+        est.add("destination", committed_bytes(npages, contiguous, scattered, thp != "never")
+                + npages * (PTE_BYTES + 8) + _bitmap(npages))
     if verify and sink != "null":
         est.add("verification hashes", 2 * npages * 8 + npages)
     return est

@@ -67,9 +67,9 @@ def make_sink(sink):
     return sink
 
 
-def _check_memory(guest_size, npages, nslots, backend, vcpus, populate, spec, bandwidth,
-                  link_bandwidth, sink, verify, ring_entries, dirty_tracking, batch_bytes,
-                  trace, max_memory):
+def _check_memory(guest_size, npages, nslots, backend, vcpus, populate, fill, spec,
+                  bandwidth, link_bandwidth, sink, verify, ring_entries, dirty_tracking,
+                  batch_bytes, trace, max_memory):
     """Refuse, before anything is allocated, a run the memory limit cannot hold."""
     kind = sink if sink in ("local", "null") else ("local" if sink is None else "remote")
     est = limits.migration_estimate(
@@ -77,7 +77,7 @@ def _check_memory(guest_size, npages, nslots, backend, vcpus, populate, spec, ba
         workload=spec.kind, bandwidth=bandwidth, link_bandwidth=link_bandwidth, sink=kind,
         verify=verify, ring_entries=ring_entries, tracking=dirty_tracking,
         batch_bytes=batch_bytes, trace_pages=None if trace is None else int(trace.gfns.size),
-        hot=(spec.hot_fraction, spec.hot_share))
+        hot=(spec.hot_fraction, spec.hot_share), fill=fill)
     limits.check(est, limits.resolve_limit(max_memory), "guest_size %s" % (guest_size,))
 
 
@@ -170,9 +170,9 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
         if trace.npages > npages:
             raise ValueError("the trace covers %d pages but the guest has %d"
                              % (trace.npages, npages))
-    _check_memory(guest_size, npages, nslots, backend, vcpus, populate, spec, bandwidth,
-                  link_bandwidth, sink, verify, ring_entries, dirty_tracking, batch_bytes,
-                  trace, max_memory)
+    _check_memory(guest_size, npages, nslots, backend, vcpus, populate, fill, spec,
+                  bandwidth, link_bandwidth, sink, verify, ring_entries, dirty_tracking,
+                  batch_bytes, trace, max_memory)
     sink_obj = make_sink(sink)
     if progress is True:
         progress = progress_printer()
