@@ -4,7 +4,9 @@ import time
 
 import numpy as np
 
+from .. import limits
 from ..bindings.vm import EMULATED_BACKENDS, MEM_LOG_DIRTY_PAGES, VM
+from ._args import add_max_memory
 
 
 def register(sub):
@@ -12,6 +14,7 @@ def register(sub):
     p.add_argument("--gib", type=int, default=64, help="guest size in GiB (default 64)")
     p.add_argument("--dirty", type=int, default=1000, help="scattered dirty pages (default 1000)")
     p.add_argument("--repeats", type=int, default=5)
+    add_max_memory(p, "the demo")
     p.set_defaults(func=run)
 
 
@@ -20,6 +23,10 @@ def run(args):
         raise ValueError("--gib and --repeats must be positive and --dirty non-negative, got "
                          "%d, %d, %d" % (args.gib, args.dirty, args.repeats))
     npages = args.gib << 18
+    est = max((limits.compare_cell_estimate(npages, [npages], b, args.dirty, 1, 65536)
+               for b in EMULATED_BACKENDS), key=lambda e: e.total)
+    limits.check(est, limits.resolve_limit(args.max_memory), "--gib %d" % args.gib,
+                 "--max-memory")
     pages = np.random.default_rng(0).choice(npages, size=min(args.dirty, npages),
                                             replace=False).astype(np.uint64)
     print("%d GiB guest, %d dirty pages, median of %d collects"
