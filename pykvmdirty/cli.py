@@ -59,7 +59,7 @@ def with_option_names(message, names):
     only where it starts the message (elsewhere it may be plain prose)."""
     def swap(m):
         return names.get(m.group(0), m.group(0))
-    message = re.sub(r"(?<![\w-])[a-z]+(?:_[a-z]+)+(?![\w-])", swap, message)
+    message = re.sub(r"(?<![\w/.-])[a-z]+(?:_[a-z]+)+(?![\w/-])", swap, message)
     first = re.match(r"[a-z]+(?![\w-])", message)
     if first and first.group(0) in names:
         message = names[first.group(0)] + message[first.end():]

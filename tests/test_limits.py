@@ -51,14 +51,15 @@ def test_compare_refuses_the_issue_grid_above_its_limit():
 def _peak_rss_growth(code):
     """Run code in a fresh interpreter (after importing pykvmdirty); returns
     the growth of peak RSS in bytes over the RSS before the code ran."""
-    prog = ("import resource, json, pykvmdirty as kd\n"
+    # VmHWM, not ru_maxrss: that one starts from the parent's RSS at fork
+    prog = ("import json, pykvmdirty as kd\n"
             "from pykvmdirty import limits\n"
-            "def rss():\n"
+            "def status(key):\n"
             "    with open('/proc/self/status') as f:\n"
-            "        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) * 1024\n"
-            "before = rss()\n"
+            "        return next(int(l.split()[1]) for l in f if l.startswith(key)) * 1024\n"
+            "before = status('VmRSS:')\n"
             "%s\n"
-            "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+            "peak = status('VmHWM:')\n"
             "print(json.dumps(dict(growth=peak - before, estimate=estimate)))\n" % code)
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True,
                          timeout=120, cwd="/tmp")

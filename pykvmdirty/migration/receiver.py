@@ -91,14 +91,15 @@ class _Connection:
         self.t0 = time.monotonic()
         self.deadline = self.t0 + rx.total_timeout
         self.reserved = 0
+        self.total_bound = False
 
     def arm(self):
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise _Refused("total timeout: the stream took more than %g s"
                            % self.rx.total_timeout)
-        idle = self.rx.idle_timeout
-        self.conn.settimeout(left if idle is None else min(idle, left))
+        self.total_bound = left < self.rx.idle_timeout  # which limit a timeout means
+        self.conn.settimeout(min(self.rx.idle_timeout, left))
 
     def recv_exact(self, mv, start, end):
         """Fill mv[start:end]; returns the end reached (short at EOF)."""
@@ -155,9 +156,10 @@ class _Connection:
             if got < need:
                 dest.finish(got)  # raises: truncated
             if not claimed:
-                # the MEM_SIZE record must be in the first batch: size the claim
-                # with C's own parse of it before any page is written
-                claimed = self._claim(dest, mv[:need])
+                # the MEM_SIZE record opens the stream: reserve its claim before
+                # the decoder maps or writes anything (C's parse, in the
+                # stats, is the fallback should the record come later)
+                claimed = self._claim(mv[:need])
             used = dest.feed(mv[:need])
             if used != need:
                 raise SinkError("batch %d was not applied" % dest.stats()["batches"])
@@ -168,7 +170,7 @@ class _Connection:
         if pending or self.conn.recv(1):
             raise SinkError("data after the end-of-stream record")
 
-    def _claim(self, dest, batch):
+    def _claim(self, batch):
         """Reserve what the batch's MEM_SIZE record claims, read from the
         record itself before the decoder maps and writes anything; True once
         reserved. (A corrupt batch is left to the decoder to reject.)"""
@@ -305,17 +307,17 @@ class Receiver:
 
     def serve(self, count=None, on_result=None):
         """Serve senders concurrently (at most max_connections at once) until
-        `count` connections have finished (None: until close()); on_result(r)
+        `count` connections have finished (None: until close() from another
+        thread, or Ctrl-C); on_result(r)
         is called, from the connection's thread, with each ReceiveResult.
         Returns the results in the order they finished."""
         results = []
-        done = threading.Condition()
+        lock = threading.Lock()
         threads = []
 
         def finished(r):
-            with done:
+            with lock:
                 results.append(r)
-                done.notify_all()
             if on_result:
                 on_result(r)
 
@@ -326,28 +328,29 @@ class Receiver:
                 self._active.release()
 
         accepted = 0
-        try:
-            while count is None or accepted < count:
-                try:
-                    conn, peer = self._accept()
-                except OSError:
-                    if self._closed:
-                        break
-                    raise
-                if not self._active.acquire(blocking=False):
-                    finished(self._busy(conn, peer))
-                    accepted += 1
-                    continue
-                accepted += 1
-                t = threading.Thread(target=run, args=(conn, peer), daemon=True,
-                                     name="pykvmdirty-receive %s:%d" % peer[:2])
-                threads.append(t)
-                t.start()
-            with done:
-                done.wait_for(lambda: count is None or len(results) >= count)
-        finally:
-            for t in threads:
-                t.join()
+        self.lsock.settimeout(0.5)  # to notice close() from another thread
+        while count is None or accepted < count:
+            try:
+                conn, peer = self._accept()
+            except socket.timeout:
+                if self._closed:
+                    break
+                continue
+            except OSError:
+                if self._closed:
+                    break
+                raise
+            accepted += 1
+            if not self._active.acquire(blocking=False):
+                finished(self._busy(conn, peer))
+                continue
+            t = threading.Thread(target=run, args=(conn, peer), daemon=True,
+                                 name="pykvmdirty-receive %s:%d" % peer[:2])
+            threads.append(t)
+            t.start()
+        # (on Ctrl-C the daemon threads are left to the process's exit)
+        for t in threads:
+            t.join()
         return results
 
     def _busy(self, conn, peer):
@@ -378,9 +381,8 @@ class Receiver:
             c.read_stream(dest, pending)
             report = c.success_report(dest)
         except socket.timeout:
-            left = c.deadline - time.monotonic()
             error = ("total timeout: the stream took more than %g s" % self.total_timeout
-                     if left <= 0 else
+                     if c.total_bound else
                      "idle timeout: nothing received for %g s" % self.idle_timeout)
         except SinkError as e:
             error = str(e)
