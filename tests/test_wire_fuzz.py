@@ -220,7 +220,7 @@ def test_structured_streams_match_the_model(data):
     check_stats(dest)
     if model is not None and eos and not seq_errors:
         assert outcome == "eos", outcome
-        got = {g: bytes(dest.memory(i)) for i, (g, _, _) in enumerate(dest.regions())}
+        got = {g: bytes(dest.memory(i)) for i, (g, _) in enumerate(dest.regions())}
         assert got.keys() == model.keys()
         for g in model:
             assert got[g] == bytes(model[g]), "region at %#x differs from the model" % g

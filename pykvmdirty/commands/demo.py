@@ -5,8 +5,8 @@ import time
 import numpy as np
 
 from .. import limits
-from .._native import lib
-from ..bindings.vm import EMULATED_BACKENDS, MEM_LOG_DIRTY_PAGES, VM
+from ..bindings.constants import EMULATED_BACKENDS, MAX_SLOT_PAGES, MEM_LOG_DIRTY_PAGES
+from ..bindings.vm import VM
 from ._args import add_max_memory
 
 
@@ -24,9 +24,9 @@ def run(args):
         raise ValueError("--gib and --repeats must be positive and --dirty non-negative, got "
                          "%d, %d, %d" % (args.gib, args.dirty, args.repeats))
     npages = args.gib << 18
-    if npages > lib.KD_MAX_SLOT_PAGES:
+    if npages > MAX_SLOT_PAGES:
         raise ValueError("--gib %d exceeds one KVM memslot (%d pages, %d GiB at most)"
-                         % (args.gib, lib.KD_MAX_SLOT_PAGES, lib.KD_MAX_SLOT_PAGES >> 18))
+                         % (args.gib, MAX_SLOT_PAGES, MAX_SLOT_PAGES >> 18))
     est = max((limits.compare_cell_estimate(npages, [npages], b, args.dirty, 1, 65536)
                for b in EMULATED_BACKENDS), key=lambda e: e.total)
     limits.check(est, limits.resolve_limit(args.max_memory), "--gib %d" % args.gib,

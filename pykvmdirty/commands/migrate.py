@@ -7,13 +7,14 @@ virtual clock, in-process destination, verified page by page.
 import math
 import sys
 
-from ..migration.config import MODES, STRATEGIES, ZERO_ACCOUNTING, parse_size
+from ..migration.config import MODES, ZERO_ACCOUNTING, parse_size
+from ..migration.strategies import STRATEGIES
 from ..migration.errors import MigrationError
 from ..migration.run import migrate
 from ..errors import SinkError
 from ..migration.sinks import TcpSink
 from ..migration.tcp_protocol import read_secret_file
-from ..bindings.vm import BACKENDS
+from ..bindings.constants import BACKENDS
 from ..bindings.workload import KINDS
 from ._args import add_max_memory, check_output_paths, finite_float
 from .compare import check_plot_available
@@ -59,6 +60,9 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step", type=finite_float, default=0.01,
                    help="virtual mode: workload interval, seconds (default 0.01)")
+    p.add_argument("--cost-model", metavar="FILE",
+                   help="virtual clock prices: a cost-model file (written by `pykvmdirty "
+                   "calibrate`, or {field: ns}); default: the package's measured defaults")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--plot", metavar="FILE", help="PNG of per-pass dirty/sent/latency")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -115,7 +119,7 @@ def run(args):
             downtime_limit=args.downtime_limit, max_wait=args.max_wait,
             max_passes=args.max_passes, auto_converge=args.auto_converge,
             zero_pages=args.zero_pages, populate=args.populate, fill=args.fill,
-            sink=sink, seed=args.seed, step=args.step,
+            sink=sink, seed=args.seed, step=args.step, cost_model=args.cost_model,
             progress=None if args.quiet else True, max_memory=args.max_memory)
     except (MigrationError, SinkError) as e:
         print("pykvmdirty migrate: failed: %s" % e, file=sys.stderr)

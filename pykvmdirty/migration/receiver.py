@@ -27,7 +27,7 @@ import threading
 import time
 
 from .. import limits
-from .._native import lib
+from ..bindings.constants import WIRE_BATCH_HEADER, WIRE_MEM_SIZE
 from ..bindings.wire import WireDest
 from ..errors import SinkError
 from . import tcp_protocol
@@ -127,7 +127,7 @@ class _Connection:
 
     def read_stream(self, dest, pending=b""):
         """Apply batches up to EOS: header, then exactly its payload."""
-        hdr_size = lib.KD_WIRE_BATCH_HEADER
+        hdr_size = WIRE_BATCH_HEADER
         self.reserve(FIRST_BUFFER, "a batch buffer")
         buf = bytearray(FIRST_BUFFER)
         claimed = False
@@ -174,11 +174,11 @@ class _Connection:
         """Reserve what the batch's MEM_SIZE record claims, read from the
         record itself before the decoder maps and writes anything; True once
         reserved. (A corrupt batch is left to the decoder to reject.)"""
-        payload = bytes(batch[lib.KD_WIRE_BATCH_HEADER:lib.KD_WIRE_BATCH_HEADER + 8])
+        payload = bytes(batch[WIRE_BATCH_HEADER:WIRE_BATCH_HEADER + 8])
         if len(payload) < 8:
             return False
         hdr = int.from_bytes(payload, "big")
-        if hdr & (PAGE_SIZE - 1) != lib.KD_WIRE_MEM_SIZE:
+        if hdr & (PAGE_SIZE - 1) != WIRE_MEM_SIZE:
             return False
         total = hdr & ~(PAGE_SIZE - 1)
         self.reserve_claim(total)

@@ -14,16 +14,15 @@ What else travels on the connection (the optional shared-secret handshake,
 the receiver's report) is in tcp_protocol.py.
 """
 import socket
+from typing import Optional
 
 import numpy as np
 
-from .._native import lib
+from ..bindings.constants import PAGE_SIZE
 from ..bindings.wire import WireDest
 from ..errors import SinkError
 from . import tcp_protocol
 from .tcp_protocol import REPORT_MAGIC  # noqa: F401 (re-exported)
-
-PAGE_SIZE = lib.KD_PAGE_SIZE
 
 
 class DestinationResult:
@@ -109,7 +108,7 @@ class TcpSink:
         self.host, self.port = parse_address(address, "TCP sink address")
         self.timeout = timeout
         self.secret = tcp_protocol.check_secret(secret)
-        self.sock = None
+        self.sock: Optional[socket.socket] = None
         self.sent = 0
         self.regions = []
 
@@ -135,9 +134,14 @@ class TcpSink:
                 raise SinkError("%s: connection failed during authentication (%s)"
                                 % (self._where(), e.strerror or e)) from None
 
+    def _socket(self):
+        if self.sock is None:
+            raise SinkError("%s: not connected (open() first)" % self._where())
+        return self.sock
+
     def send(self, view):
         try:
-            self.sock.sendall(view)
+            self._socket().sendall(view)
         except OSError as e:
             raise SinkError("%s closed the connection after %d bytes of the stream (%s)"
                             % (self._where(), self.sent, e.strerror or e)) from None
@@ -146,11 +150,11 @@ class TcpSink:
     def finish(self):
         """Read the receiver's report: raises SinkError if it failed or vanished."""
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            self._socket().shutdown(socket.SHUT_WR)
         except OSError:
             pass
         try:
-            line, rest = tcp_protocol.recv_line(self.sock, tcp_protocol.MAX_LINE,
+            line, rest = tcp_protocol.recv_line(self._socket(), tcp_protocol.MAX_LINE,
                                                 "%s's report line" % self._where())
             regions, stats = tcp_protocol.parse_report(line, self.regions, self._where(),
                                                        self.sent)
@@ -161,7 +165,7 @@ class TcpSink:
             got = min(len(rest), len(view))
             view[:got] = rest[:got]
             while got < len(view):
-                n = self.sock.recv_into(view[got:])
+                n = self._socket().recv_into(view[got:])
                 if not n:
                     raise SinkError("%s report cut short: %d of %d hash bytes"
                                     % (self._where(), got, len(view)))

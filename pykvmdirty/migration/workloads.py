@@ -13,10 +13,9 @@ import numbers
 
 import numpy as np
 
-from .._native import ffi, lib
-from ..bindings.vm import EXIT_DIRTY_RING_FULL
-from ..bindings.workload import Generator, check_kind, check_shape
-from ..errors import check
+from ..bindings.constants import EXIT_DIRTY_RING_FULL
+from ..bindings.workload import Generator, WorkloadThreads, check_kind, check_shape
+from ..errors import RingFullError
 
 _SWEEPS = ("sequential", "migration-test")
 NS = 1_000_000_000
@@ -25,12 +24,13 @@ NS = 1_000_000_000
 def check_rate(rate, name="rate"):
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
         raise TypeError("%s must be a number of pages per second, got %r" % (name, rate))
-    if not math.isfinite(rate) or rate < 0:
+    r = float(rate)
+    if not math.isfinite(r) or r < 0:
         raise ValueError("%s must be >= 0 pages per second (and finite), got %r"
                          % (name, rate))
-    if rate > 1e9:
+    if r > 1e9:
         raise ValueError("%s must be at most 1e9 pages per second, got %r" % (name, rate))
-    return int(rate)
+    return int(r)
 
 
 class WorkloadSpec:
@@ -132,8 +132,7 @@ class VirtualWorkload:
             if res.exit_reason == EXIT_DIRTY_RING_FULL:
                 self.ring_full += 1
                 if self.on_ring_full is None:
-                    raise RuntimeError("vCPU %d's dirty ring is full and nobody reaps it"
-                                       % vcpu)
+                    raise RingFullError(vcpu, start)
                 self.on_ring_full(vcpu)
             elif res.applied == 0:
                 raise RuntimeError("write of %d gfns on vCPU %d made no progress"
@@ -150,42 +149,28 @@ class ThreadWorkload:
         self.vm = vm
         self.spec = spec
         self.gens = spec.generators(first_gfn, npages, vm.vcpus)
-        self._handle = None
+        self._threads = None
         self._value_base = value_base
-        self.stats = None
+
+    @property
+    def stats(self):
+        """Per-thread stats (writes, ring_full_waits, error) once stopped."""
+        return None if self._threads is None else self._threads.stats
 
     def start(self):
-        if self.spec.kind == "idle" or self.spec.rate == 0 and self.spec.kind == "idle":
+        if self.spec.kind == "idle":
             return self
-        arr = ffi.new("kd_workload *[]", [g.handle for g in self.gens])
-        out = ffi.new("kd_workload_threads **")
-        check(lib.kd_workload_threads_start(self.vm.handle, arr, len(self.gens),
-                                            self.spec.rate, self._value_base, out),
-              "workload threads (%s, %d pages/s)" % (self.spec.kind, self.spec.rate))
-        self._arr = arr
-        self._handle = out[0]
+        self._threads = WorkloadThreads(self.vm, self.gens, self.spec.rate, self._value_base)
         return self
 
     def throttle(self, percent):
-        if self._handle is not None:
-            check(lib.kd_workload_threads_throttle(self._handle, int(percent)),
-                  "throttle(%d)" % percent)
+        if self._threads is not None:
+            self._threads.throttle(percent)
 
     def stop(self):
         """Stop and join; returns total writes (and keeps per-thread stats)."""
-        if self._handle is None:
-            return 0 if self.stats is None else sum(s["writes"] for s in self.stats)
-        n = len(self.gens)
-        st = ffi.new("struct kd_workload_thread_stats[]", n)
-        handle, self._handle = self._handle, None
-        rc = lib.kd_workload_threads_stop(handle, st, n)
-        self.stats = [dict(writes=st[i].writes, ring_full_waits=st[i].ring_full_waits,
-                           error=st[i].error) for i in range(n)]
-        check(rc, "workload threads")
-        return sum(s["writes"] for s in self.stats)
-
-    def __del__(self):
-        try:
-            self.stop()
-        except Exception:
-            pass
+        if self._threads is None:
+            return 0
+        if self._threads.running:
+            self._threads.stop()
+        return sum(s["writes"] for s in self._threads.stats)
