@@ -39,8 +39,14 @@ def build_parser():
             continue
         module = importlib.import_module("%s.%s" % (commands.__name__, info.name))
         module.register(sub)
-    parser.commands = sub.choices
     return parser
+
+
+def subcommand_parser(parser, name):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
 
 
 def option_names(subparser):
@@ -81,7 +87,7 @@ def main(argv=None):
             parser.print_help()
             return 2
         command = "pykvmdirty %s" % args.command
-        names = option_names(parser.commands[args.command])
+        names = option_names(subcommand_parser(parser, args.command))
         try:
             return args.func(args) or 0
         except (ValueError, TypeError) as e:

@@ -25,7 +25,9 @@ def cli(*args, timeout=60):
 
 
 def one_line_error(p, status, *words):
-    assert p.returncode == status, (p.returncode, p.stderr)
+    """status: the exit status expected, or None for any failure."""
+    assert p.returncode == status if status is not None else p.returncode > 0, \
+        (p.returncode, p.stderr)
     assert "Traceback" not in p.stderr, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
@@ -86,7 +88,8 @@ def test_a_good_output_path_is_not_left_behind_by_the_check(tmp_path):
       "bytemap", "--max-memory", "4GiB"], ["--sizes 30000", "bytemap", "9.2 GiB",
                                            "--max-memory"]),
     (["compare", "--sizes", "nan"], ["--sizes"]),
-    (["demo", "--gib", "100000000"], ["--gib", "estimated"]),
+    (["demo", "--gib", "100000000"], ["--gib", "memslot"]),
+    (["demo", "--gib", "4000", "--max-memory", "100MiB"], ["--gib 4000", "estimated"]),
     (["receive", "--listen", "127.0.0.1:99999"], ["port"]),
     (["receive", "--idle-timeout", "nan"], ["--idle-timeout"]),
     (["receive", "--secret-file", "/nonexistent"], ["--secret-file"]),
@@ -103,7 +106,7 @@ def test_a_machine_sized_guest_is_refused_by_default():
 
 
 def test_missing_input_files_are_one_line():
-    one_line_error(cli("compare", "--cost-model", "/nonexistent.json", *FAST_COMPARE), 1,
+    one_line_error(cli("compare", "--cost-model", "/nonexistent.json", *FAST_COMPARE), None,
                    "/nonexistent.json", "No such file")
 
 

@@ -161,7 +161,7 @@ class TcpSink:
             # exactly the hashes of the pages this sender announced, no more
             npages = sum(size for _, size in regions) // PAGE_SIZE
             hashes = np.empty(npages, dtype="<u8")
-            view = memoryview(hashes).cast("B")
+            view = hashes.data.cast("B")
             got = min(len(rest), len(view))
             view[:got] = rest[:got]
             while got < len(view):

@@ -22,7 +22,6 @@ stream nor authenticates the receiver (README: Security and limits).
 import hashlib
 import hmac
 import json
-import numbers
 import os
 
 from ..errors import SinkError
@@ -161,11 +160,10 @@ def parse_report(line, expected_regions, where, sent):
     if rep.get("ok") is not True:
         raise SinkError("%s rejected the stream: %s" % (where, str(rep.get("error"))[:500]))
     regions = rep.get("regions")
-    good = isinstance(regions, list) and all(
-        isinstance(r, list) and len(r) == 2 and all(
-            isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 0
-            for x in r) for r in regions)
-    if not good:
+    if not isinstance(regions, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in r)
+            for r in regions):
         raise SinkError("%s sent a malformed report: regions must be [[gpa, size], ...], got "
                         "%.80r" % (where, regions))
     regions = sorted((int(g), int(s)) for g, s in regions)

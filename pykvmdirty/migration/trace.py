@@ -45,8 +45,6 @@ class TraceError(ValueError):
 
 MAX_NPAGES = 1 << 52   # 4 KiB pages of a 2^64-byte address space
 MAX_VCPU = 0xFFFF      # vcpus are stored as uint16
-ARRAY_FIELDS = (("t_ns", np.uint64, None), ("offsets", np.uint64, None),
-                ("gfns", np.uint64, None), ("vcpus", np.uint16, MAX_VCPU))
 
 
 def _unsigned(values, field, where, dtype, hi=None):
@@ -91,8 +89,10 @@ class Trace:
 
     def __init__(self, npages, t_ns, offsets, gfns, vcpus, meta=None, where="trace"):
         self.npages = _scalar_int(npages, "npages", where, 1, MAX_NPAGES)
-        for field, dtype, hi in ARRAY_FIELDS:
-            setattr(self, field, _unsigned(locals()[field], field, where, dtype, hi))
+        self.t_ns = _unsigned(t_ns, "t_ns", where, np.uint64)
+        self.offsets = _unsigned(offsets, "offsets", where, np.uint64)
+        self.gfns = _unsigned(gfns, "gfns", where, np.uint64)
+        self.vcpus = _unsigned(vcpus, "vcpus", where, np.uint16, MAX_VCPU)
         self.meta = dict(meta or {})
         validate(self, where)
 
