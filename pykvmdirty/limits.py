@@ -29,9 +29,9 @@ csrc/memslot.c, csrc/bitmap.c, csrc/wire.c):
 """
 import os
 
-PAGE_SIZE = 4096
+from .bindings.constants import CHUNK_PAGES, DIRTY_GFN_SIZE, PAGE_SIZE
+
 PTE_BYTES = 8                 # one page-table entry per 4 KiB page read or written
-CHUNK_PAGES = 512             # two-level summary: one bit per 2 MiB chunk
 DEFAULT_FRACTION = 0.8        # of the available memory, when no limit is given
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
@@ -184,7 +184,7 @@ def log_memory(backend, slot_pages, vcpus=1, ring_entries=4096, tracking="write_
             if backend == "bytemap":
                 total += _pages(n) + bm                         # byte map + scratch
     if backend in ("ring", "kvm") and ring_entries:
-        total += vcpus * _pages(ring_entries * 16)
+        total += vcpus * _pages(ring_entries * DIRTY_GFN_SIZE)
     return total
 
 
@@ -207,7 +207,7 @@ def committed_bytes(npages, contiguous, scattered, huge):
     scattered = min(scattered, rest)
     if not huge or not rest:
         return (contiguous + scattered) * PAGE_SIZE
-    hit = 1 - (1 - scattered / rest) ** CHUNK_PAGES  # chance a chunk holds one
+    hit = 1 - (1 - scattered / rest) ** CHUNK_PAGES  # chance a 2 MiB chunk holds one
     return contiguous * PAGE_SIZE + int(rest * PAGE_SIZE * hit)
 
 

@@ -32,9 +32,9 @@ from typing import Any, Dict, List
 import numpy as np
 
 from .. import limits
-from ..bindings.constants import (BACKENDS, CHUNK_PAGES, MAX_SLOT_PAGES, MEM_LOG_DIRTY_PAGES,
-                                  PAGE_SHIFT, RING_MAX_ENTRIES, RING_RESERVED_ENTRIES,
-                                  USER_MEM_SLOTS)
+from ..bindings.constants import (BACKENDS, CHUNK_PAGES, DIRTY_GFN_SIZE, MAX_SLOT_PAGES,
+                                  MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, RING_MAX_ENTRIES,
+                                  RING_RESERVED_ENTRIES, USER_MEM_SLOTS)
 from ..bindings.scan import bitmap_to_gfns
 from ..bindings.vm import VM, backend_available
 from .costmodel import CostModel
@@ -175,7 +175,7 @@ def log_bytes(backend, slots, vcpus=1, ring_entries=RING_ENTRIES):
     if backend == "bytemap":
         return bitmap + sum(n for _, _, n in slots)
     if backend == "ring":
-        return vcpus * ring_entries * 16
+        return vcpus * ring_entries * DIRTY_GFN_SIZE
     if backend == "kvm":
         return 2 * bitmap
     return bitmap

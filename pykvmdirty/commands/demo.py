@@ -5,7 +5,8 @@ import time
 import numpy as np
 
 from .. import limits
-from ..bindings.constants import EMULATED_BACKENDS, MAX_SLOT_PAGES, MEM_LOG_DIRTY_PAGES
+from ..bindings.constants import (EMULATED_BACKENDS, MAX_SLOT_PAGES, MEM_LOG_DIRTY_PAGES,
+                                  RING_MAX_ENTRIES)
 from ..bindings.vm import VM
 from ._args import add_max_memory
 
@@ -27,7 +28,8 @@ def run(args):
     if npages > MAX_SLOT_PAGES:
         raise ValueError("--gib %d exceeds one KVM memslot (%d pages, %d GiB at most)"
                          % (args.gib, MAX_SLOT_PAGES, MAX_SLOT_PAGES >> 18))
-    est = max((limits.compare_cell_estimate(npages, [npages], b, args.dirty, 1, 65536)
+    est = max((limits.compare_cell_estimate(npages, [npages], b, args.dirty, 1,
+                                             RING_MAX_ENTRIES)
                for b in EMULATED_BACKENDS), key=lambda e: e.total)
     limits.check(est, limits.resolve_limit(args.max_memory), "--gib %d" % args.gib,
                  "--max-memory")
@@ -38,7 +40,7 @@ def run(args):
     print("%-9s %12s %10s %14s %12s" % ("backend", "collect µs", "found", "reprotected",
                                          "words read"))
     for backend in EMULATED_BACKENDS:
-        with VM(backend, ring_entries=65536 if backend == "ring" else None) as vm:
+        with VM(backend, ring_entries=RING_MAX_ENTRIES if backend == "ring" else None) as vm:
             vm.set_user_memory_region(0, 0, npages << 12, MEM_LOG_DIRTY_PAGES)
             times = []
             for _ in range(args.repeats):

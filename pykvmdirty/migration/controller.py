@@ -93,8 +93,8 @@ class Controller:
             self.wl_time = now
 
     def set_throttle(self, pct):
-        if self.workload is not None:
-            self.workload.throttle = pct
+        if self.virtual_writer is not None:  # a trace replays what was recorded: no throttle
+            self.virtual_writer.set_throttle(pct)
         if self.threads is not None:
             self.threads.throttle(pct)
 
