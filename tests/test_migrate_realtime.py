@@ -166,7 +166,7 @@ def test_cli_migrate_json(tmp_path, capsys):
 
 def test_cli_bad_arguments(capsys):
     assert main(["migrate", "--guest-size", "8MiB", "--clear-shift", "40", "--quiet"]) == 2
-    assert "clear_shift must be in 6..31" in capsys.readouterr().err
+    assert "--clear-shift must be in 6..31" in capsys.readouterr().err
     assert main(["migrate", "--guest-size", "8MiB", "--bandwidth=-5MiB", "--quiet"]) == 2
     assert "must not be negative" in capsys.readouterr().err
 

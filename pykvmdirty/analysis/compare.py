@@ -31,6 +31,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from .. import limits
 from ..bindings.constants import (BACKENDS, CHUNK_PAGES, DIRTY_GFN_SIZE, MAX_SLOT_PAGES,
                                   MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, RING_MAX_ENTRIES,
                                   RING_RESERVED_ENTRIES, USER_MEM_SLOTS)
@@ -382,10 +383,42 @@ def add_ratios(cells, cost_model=None):
     return cells
 
 
-def run_compare(scenario, cost_model=None, progress=None, executor=None):
+def memory_estimate(scenario):
+    """(largest estimate, its cell): what the hungriest cell of a Scenario
+    commits (cells run one after another, each freeing its VM)."""
+    best = None
+    for c in scenario.cells():
+        npages = gib_to_pages(c["size_gib"])
+        slots = slot_layout(npages, c["layout"], c["slot_gib"])
+        vcpus = ring_vcpus(c["dirty"]) if c["backend"] == "ring" else 1
+        est = limits.compare_cell_estimate(npages, [n for _, _, n in slots], c["backend"],
+                                           c["dirty"], vcpus, RING_ENTRIES)
+        if best is None or est.total > best[0].total:
+            best = (est, c)
+    return best
+
+
+def check_memory(scenario, max_memory=None, copies=1):
+    """Raise limits.MemoryLimitError, before any cell runs, if the hungriest
+    cell (times `copies` cells running at once) exceeds the memory limit."""
+    est, cell = memory_estimate(scenario)
+    what = "sizes_gib %g with backend %s" % (cell["size_gib"], cell["backend"])
+    if scenario.layout == "many":
+        what += " (layout many, slot_gib %g)" % scenario.slot_gib
+    if copies > 1:
+        est = limits.parallel(est, copies, "workers")
+        what += " on %d workers at once" % copies
+    limits.check(est, limits.resolve_limit(max_memory), what)
+
+
+def run_compare(scenario, cost_model=None, progress=None, executor=None, max_memory=None):
     """Run every cell of a Scenario. progress(cell) is called after each.
     executor: any concurrent.futures.Executor (cells run as separate tasks),
-    or None to run them here in order. Returns the result dict."""
+    or None to run them here in order. Returns the result dict. A scenario
+    whose hungriest cell would exceed max_memory (default: see
+    pykvmdirty.limits) is refused first (limits.MemoryLimitError)."""
+    if executor is None:
+        check_memory(scenario, max_memory)
     model = cost_model or CostModel()
     tasks = scenario.cells()
     if executor is None:

@@ -60,6 +60,7 @@ WIRE_PAGE_RECORD = int(lib.KD_WIRE_PAGE_RECORD)
 WIRE_ZERO_RECORD = int(lib.KD_WIRE_ZERO_RECORD)
 WIRE_MAX_PAYLOAD = int(lib.KD_WIRE_MAX_PAYLOAD)
 WIRE_MAX_REGIONS = int(lib.KD_WIRE_MAX_REGIONS)
+WIRE_MEM_SIZE = int(lib.KD_WIRE_MEM_SIZE)  # the record flag that opens a stream
 
 # sender (csrc/sendpath.c): kd_send_pages results and flags
 SEND_DONE = int(lib.KD_SEND_DONE)

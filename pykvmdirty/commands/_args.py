@@ -1,5 +1,9 @@
 """argparse value types shared by the subcommands: each names the bad value."""
 import argparse
+import math
+import os
+
+from .. import limits
 
 
 def positive_int(text):
@@ -10,3 +14,55 @@ def positive_int(text):
     if v < 1:
         raise argparse.ArgumentTypeError("must be >= 1, got %d" % v)
     return v
+
+
+def finite_float(text):
+    """A finite float (nan and inf are refused with the option's name by argparse)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number: %r" % text) from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError("must be a finite number, got %r" % text)
+    return v
+
+
+def size_option(text):
+    """A size like '8GiB' (argparse names the option on error)."""
+    from ..migration.config import parse_size
+    try:
+        v = parse_size(text, "size")
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a size like '8GiB': %r" % text) from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be positive, got %r" % text)
+    return v
+
+
+def add_max_memory(p, what="the run"):
+    p.add_argument("--max-memory", type=size_option, default=None, metavar="SIZE",
+                   help="refuse %s, before it starts, if its estimated memory exceeds this "
+                   "(default: %d%%%% of the memory available)"
+                   % (what, limits.DEFAULT_FRACTION * 100))
+
+
+def check_output_paths(args, options):
+    """Check that every output file given (options: option strings such as
+    '--json') can be written, before a run that would only fail at its end.
+    Creates nothing that did not exist: an absent file is created, then
+    removed; an existing one is opened for appending, not truncated."""
+    for option in options:
+        path = getattr(args, option.lstrip("-").replace("-", "_"), None)
+        if not path:
+            continue
+        if os.path.isdir(path):
+            raise ValueError("%s %s is a directory, not a file" % (option, path))
+        existed = os.path.exists(path)
+        try:
+            with open(path, "a" if existed else "x"):
+                pass
+        except OSError as e:
+            raise ValueError("%s %s cannot be written: %s" % (option, path,
+                                                              e.strerror or e)) from None
+        if not existed:
+            os.unlink(path)

@@ -4,6 +4,8 @@
 import json
 import sys
 
+from ._args import check_output_paths
+
 
 def register(sub):
     p = sub.add_parser(
@@ -23,6 +25,7 @@ def register(sub):
 def run(args):
     from ..analysis.calibrate import KvmUnusable, calibrate, sources, summary
 
+    check_output_paths(args, ("--out",))
     log = sys.stdout if args.out else sys.stderr
     try:
         model, details = calibrate(quick=args.quick, seed=args.seed,

@@ -8,7 +8,7 @@ import sys
 
 from ..analysis import compare as cmp
 from ..analysis.costmodel import CostModel
-from ._args import positive_int
+from ._args import add_max_memory, check_output_paths, positive_int
 
 
 def _list(conv, what):
@@ -107,6 +107,7 @@ def add_scenario_options(p, layouts_plural=False):
                    help="write a PNG: cost vs guest size and vs dirty pages (needs "
                    "matplotlib: pip install 'pykvmdirty[plot]')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_max_memory(p, "the grid")
 
 
 def register(sub):
@@ -185,15 +186,18 @@ def write_json(path, result):
 
 
 def run(args):
+    check_output_paths(args, ("--json", "--plot"))
     model = load_cost_model(args.cost_model)
     check_plot_available(args.plot)
     scenario = cmp.Scenario(sizes_gib=args.sizes, dirty=args.dirty,
                             backends=expand_backends(args.backends), repeats=args.repeats,
                             layout=args.layout, slot_gib=args.slot_gib, seed=args.seed,
                             deterministic=args.deterministic)
+    cmp.check_memory(scenario, args.max_memory)
     progress = Progress(len(scenario.cells()), "compare", not args.no_progress)
     try:
-        result = cmp.run_compare(scenario, cost_model=model, progress=progress)
+        result = cmp.run_compare(scenario, cost_model=model, progress=progress,
+                                 max_memory=args.max_memory)
     finally:
         progress.close()
     print(cmp.format_table(result))

@@ -4,8 +4,11 @@ import time
 
 import numpy as np
 
-from ..bindings.constants import EMULATED_BACKENDS, MEM_LOG_DIRTY_PAGES, RING_MAX_ENTRIES
+from .. import limits
+from ..bindings.constants import (EMULATED_BACKENDS, MAX_SLOT_PAGES, MEM_LOG_DIRTY_PAGES,
+                                  RING_MAX_ENTRIES)
 from ..bindings.vm import VM
+from ._args import add_max_memory
 
 
 def register(sub):
@@ -13,6 +16,7 @@ def register(sub):
     p.add_argument("--gib", type=int, default=64, help="guest size in GiB (default 64)")
     p.add_argument("--dirty", type=int, default=1000, help="scattered dirty pages (default 1000)")
     p.add_argument("--repeats", type=int, default=5)
+    add_max_memory(p, "the demo")
     p.set_defaults(func=run)
 
 
@@ -21,6 +25,14 @@ def run(args):
         raise ValueError("--gib and --repeats must be positive and --dirty non-negative, got "
                          "%d, %d, %d" % (args.gib, args.dirty, args.repeats))
     npages = args.gib << 18
+    if npages > MAX_SLOT_PAGES:
+        raise ValueError("--gib %d exceeds one KVM memslot (%d pages, %d GiB at most)"
+                         % (args.gib, MAX_SLOT_PAGES, MAX_SLOT_PAGES >> 18))
+    est = max((limits.compare_cell_estimate(npages, [npages], b, args.dirty, 1,
+                                             RING_MAX_ENTRIES)
+               for b in EMULATED_BACKENDS), key=lambda e: e.total)
+    limits.check(est, limits.resolve_limit(args.max_memory), "--gib %d" % args.gib,
+                 "--max-memory")
     pages = np.random.default_rng(0).choice(npages, size=min(args.dirty, npages),
                                             replace=False).astype(np.uint64)
     print("%d GiB guest, %d dirty pages, median of %d collects"

@@ -4,6 +4,7 @@ The defaults run as they are in a few seconds: a 2 GiB guest in 4 slots, a
 hotspot workload at 20000 pages/s, 128 MiB/s, global sync, deterministic
 virtual clock, in-process destination, verified page by page.
 """
+import math
 import sys
 
 from ..migration.config import MODES, ZERO_ACCOUNTING, parse_size
@@ -11,8 +12,12 @@ from ..migration.strategies import STRATEGIES
 from ..migration.errors import MigrationError
 from ..migration.run import migrate
 from ..errors import SinkError
+from ..migration.sinks import TcpSink
+from ..migration.tcp_protocol import read_secret_file
 from ..bindings.constants import BACKENDS
 from ..bindings.workload import KINDS
+from ._args import add_max_memory, check_output_paths, finite_float
+from .compare import check_plot_available
 
 
 def register(sub):
@@ -26,10 +31,10 @@ def register(sub):
     p.add_argument("--clear-shift", type=int, default=18,
                    help="chunked-clear: 2^shift pages per CLEAR, 6..31 (default 18)")
     p.add_argument("--workload", default="hotspot", choices=list(KINDS))
-    p.add_argument("--rate", type=float, default=20000, help="guest writes, pages/s")
-    p.add_argument("--hot-fraction", type=float, default=0.05)
-    p.add_argument("--hot-share", type=float, default=0.9)
-    p.add_argument("--zipf-s", type=float, default=1.0)
+    p.add_argument("--rate", type=finite_float, default=20000, help="guest writes, pages/s")
+    p.add_argument("--hot-fraction", type=finite_float, default=0.05)
+    p.add_argument("--hot-share", type=finite_float, default=0.9)
+    p.add_argument("--zipf-s", type=finite_float, default=1.0)
     p.add_argument("--trace", help="replay a trace file (.npz) instead of a generator")
     p.add_argument("--record", metavar="FILE", help="record the run's writes as a trace")
     p.add_argument("--mode", default="virtual", choices=list(MODES),
@@ -39,21 +44,21 @@ def register(sub):
                    help="rate limit per second, e.g. 128MiB; 0 = unlimited")
     p.add_argument("--link-bandwidth", default="1250MB",
                    help="virtual mode: link speed per second (default 1250MB = 10 Gbit/s)")
-    p.add_argument("--downtime-limit", type=float, default=0.3, help="seconds (default 0.3)")
-    p.add_argument("--max-wait", type=float, default=0.05,
+    p.add_argument("--downtime-limit", type=finite_float, default=0.3, help="seconds (default 0.3)")
+    p.add_argument("--max-wait", type=finite_float, default=0.05,
                    help="time cap of one send iteration, seconds (default 0.05)")
     p.add_argument("--max-passes", type=int, default=30)
     p.add_argument("--auto-converge", action="store_true",
                    help="throttle the guest 20%%, +10%% per trigger")
     p.add_argument("--zero-pages", default="header", choices=list(ZERO_ACCOUNTING),
                    help="rate-limit a zero page as its header bytes or as a full page")
-    p.add_argument("--populate", type=float, default=0.25,
+    p.add_argument("--populate", type=finite_float, default=0.25,
                    help="fraction of pages written before migration (default 0.25)")
     p.add_argument("--fill", default="version", choices=["version", "random"])
     p.add_argument("--sink", default="local",
                    help="local (in-process destination), null, or tcp://HOST:PORT")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--step", type=float, default=0.01,
+    p.add_argument("--step", type=finite_float, default=0.01,
                    help="virtual mode: workload interval, seconds (default 0.01)")
     p.add_argument("--cost-model", metavar="FILE",
                    help="virtual clock prices: a cost-model file (written by `pykvmdirty "
@@ -61,6 +66,10 @@ def register(sub):
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--plot", metavar="FILE", help="PNG of per-pass dirty/sent/latency")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_max_memory(p, "a migration")
+    p.add_argument("--secret-file", metavar="FILE",
+                   help="with --sink tcp://: prove this shared secret to the receiver "
+                   "(pykvmdirty receive --secret-file with the same file)")
     p.set_defaults(func=run)
 
 
@@ -75,16 +84,30 @@ def _size(text, name):
 
 def _bw(text, name):
     t = text.strip().lower() if isinstance(text, str) else text
-    if isinstance(t, str) and t.endswith("mb") and not t.endswith("mib"):
-        return int(float(t[:-2]) * 1e6)
-    if isinstance(t, str) and t.endswith("gb") and not t.endswith("gib"):
-        return int(float(t[:-2]) * 1e9)
+    for suffix, mult in (("mb", 1e6), ("gb", 1e9)):
+        if isinstance(t, str) and t.endswith(suffix) and not t.endswith("i" + suffix):
+            try:
+                v = float(t[:-2]) * mult
+            except ValueError:
+                raise ValueError("%s must be a rate like 128MiB or 1250MB, got %r"
+                                 % (name, text)) from None
+            if not math.isfinite(v) or v < 0:
+                raise ValueError("%s must be a finite rate >= 0, got %r" % (name, text))
+            return int(v)
     if isinstance(t, str) and t.startswith("-"):
         raise ValueError("%s must not be negative, got %r" % (name, text))
     return _size(text, name)
 
 
 def run(args):
+    check_output_paths(args, ("--json", "--plot", "--record"))
+    check_plot_available(args.plot)
+    sink = args.sink
+    if args.secret_file:
+        if not sink.startswith("tcp://"):
+            raise ValueError("--secret-file needs --sink tcp://HOST:PORT, got %r" % sink)
+        sink = TcpSink(sink[len("tcp://"):], secret=read_secret_file(args.secret_file,
+                                                                      "--secret-file"))
     try:
         report = migrate(
             guest_size=args.guest_size, slots=args.slots, backend=args.backend,
@@ -96,8 +119,8 @@ def run(args):
             downtime_limit=args.downtime_limit, max_wait=args.max_wait,
             max_passes=args.max_passes, auto_converge=args.auto_converge,
             zero_pages=args.zero_pages, populate=args.populate, fill=args.fill,
-            sink=args.sink, seed=args.seed, step=args.step, cost_model=args.cost_model,
-            progress=None if args.quiet else True)
+            sink=sink, seed=args.seed, step=args.step, cost_model=args.cost_model,
+            progress=None if args.quiet else True, max_memory=args.max_memory)
     except (MigrationError, SinkError) as e:
         print("pykvmdirty migrate: failed: %s" % e, file=sys.stderr)
         return 1

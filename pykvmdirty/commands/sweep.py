@@ -3,9 +3,11 @@ processes by default, a Dask cluster with --dask tcp://HOST:PORT — merged
 into one JSON/CSV table and plot. Deterministic (counters and modelled kernel
 time, no clocks) by default, so any executor gives the same table; --timed
 measures wall time on whichever worker runs each cell."""
+import os
+
 from ..analysis import compare as cmp
 from ..analysis import sweep as sw
-from ._args import positive_int
+from ._args import check_output_paths, positive_int
 from .compare import (Progress, add_scenario_options, check_plot_available, expand_backends,
                       load_cost_model)
 
@@ -33,12 +35,18 @@ def run(args):
         raise ValueError("--workers applies to local processes, not to --dask")
     if args.dask:
         sw.check_dask_address(args.dask)
+    check_output_paths(args, ("--json", "--csv", "--plot"))
     model = load_cost_model(args.cost_model)
     check_plot_available(args.plot)
     grid = sw.Grid(sizes_gib=args.sizes, dirty=args.dirty,
                    backends=expand_backends(args.backends), layouts=args.layouts,
                    slot_gib=args.slot_gib, repeats=args.repeats, seed=args.seed,
                    deterministic=not args.timed)
+    if not args.dask:  # local workers share this machine's memory
+        for scenario in grid.scenarios():
+            cmp.check_memory(scenario, args.max_memory,
+                             copies=min(args.workers or os.cpu_count() or 1,
+                                        len(scenario.cells())))
     ntasks = len(grid.tasks())
     executor = sw.dask_executor(args.dask) if args.dask else sw.local_executor(args.workers)
     progress = Progress(ntasks, "sweep", not args.no_progress)

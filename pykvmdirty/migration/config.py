@@ -58,7 +58,7 @@ def parse_size(text, name="size"):
             num = t[:len(t) - len(suffix)] if suffix else t
             try:
                 return int(float(num) * mult)
-            except ValueError:
+            except (ValueError, OverflowError):  # not a number, nan, inf
                 break
     raise ValueError("%s must be a size like '4GiB', got %r" % (name, text))
 

@@ -1,23 +1,42 @@
-"""The TCP receiver (``pykvmdirty receive``): accepts a migration stream,
-rebuilds guest memory with the wire destination, reports page hashes back."""
-import json
+"""The TCP receiver (``pykvmdirty receive``): accepts migration streams,
+rebuilds guest memory with the wire destination, reports page hashes back.
+
+Everything a sender sends is untrusted; what it can make the receiver spend
+is bounded:
+
+- memory: a stream's MEM_SIZE record claims the guest size; the claim, with
+  the hashes the report will carry, is reserved from one budget shared by all
+  connections (``max_memory``, default from the memory available: see
+  pykvmdirty.limits) before any page is applied. A claim above what is left
+  is refused at once, with the reason sent back. Batch buffers (up to the
+  wire format's 64 MiB payload) are reserved from the same budget.
+- time: ``idle_timeout`` without a byte, ``total_timeout`` per connection.
+- connections: at most ``max_connections`` at once, each on its own thread (a
+  quiet sender delays no one); one more is told "busy" and closed.
+- the report: its size follows the reserved claim (8 bytes per page).
+
+Every error of a connection — a corrupt stream, a timeout, a refused claim,
+an authentication failure, even an unexpected exception — becomes that
+connection's failed ReceiveResult and its report; the server keeps serving.
+With a shared ``secret``, a sender must answer an HMAC challenge
+(tcp_protocol.py) before anything it sends is decoded.
+"""
 import socket
+import sys
+import threading
 import time
 
-from ..bindings.constants import WIRE_BATCH_HEADER
+from .. import limits
+from ..bindings.constants import WIRE_BATCH_HEADER, WIRE_MEM_SIZE
 from ..bindings.wire import WireDest
-from .sinks import PAGE_SIZE, REPORT_MAGIC, SinkError, parse_address
+from ..errors import SinkError
+from . import tcp_protocol
+from .sinks import PAGE_SIZE, parse_address
 
-
-def _recv_exact(conn, mv, start, end):
-    """Fill mv[start:end] from conn; returns the end reached (short at EOF)."""
-    at = start
-    while at < end:
-        n = conn.recv_into(mv[at:end])
-        if not n:
-            return at
-        at += n
-    return at
+DEFAULT_IDLE_TIMEOUT = 30.0        # seconds without a byte from the sender
+DEFAULT_TOTAL_TIMEOUT = 3600.0     # seconds for one whole migration
+DEFAULT_MAX_CONNECTIONS = 4
+FIRST_BUFFER = 4 << 20             # batch buffer to start with; grows to the batch size
 
 
 class ReceiveResult:
@@ -33,20 +52,219 @@ class ReceiveResult:
                     peer=self.peer)
 
 
+class MemoryBudget:
+    """Bytes the connections may commit together; reserve() fails rather than wait."""
+
+    def __init__(self, total):
+        self.total = total
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, nbytes):
+        with self._lock:
+            if self.used + nbytes > self.total:
+                return False
+            self.used += nbytes
+            return True
+
+    def release(self, nbytes):
+        with self._lock:
+            self.used -= nbytes
+
+    @property
+    def free(self):
+        with self._lock:
+            return self.total - self.used
+
+
+class _Refused(SinkError):
+    """A limit of this receiver refused the connection or its claim."""
+
+
+class _Connection:
+    """One sender: its deadline, its reservations, its stream."""
+
+    def __init__(self, rx, conn, peer):
+        self.rx = rx
+        self.conn = conn
+        self.peer = "%s:%d" % peer[:2]
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + rx.total_timeout
+        self.reserved = 0
+        self.total_bound = False
+
+    def arm(self):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _Refused("total timeout: the stream took more than %g s"
+                           % self.rx.total_timeout)
+        self.total_bound = left < self.rx.idle_timeout  # which limit a timeout means
+        self.conn.settimeout(min(self.rx.idle_timeout, left))
+
+    def recv_exact(self, mv, start, end):
+        """Fill mv[start:end]; returns the end reached (short at EOF)."""
+        at = start
+        while at < end:
+            self.arm()
+            n = self.conn.recv_into(mv[at:end])
+            if not n:
+                return at
+            at += n
+        return at
+
+    def reserve(self, nbytes, what):
+        if not self.rx.budget.reserve(nbytes):
+            raise _Refused(
+                "%s: needs %s but only %s of the receiver's %s memory limit is free "
+                "(pykvmdirty receive --max-memory)"
+                % (what, limits.format_bytes(nbytes), limits.format_bytes(self.rx.budget.free),
+                   limits.format_bytes(self.rx.budget.total)))
+        self.reserved += nbytes
+
+    def release(self):
+        self.rx.budget.release(self.reserved)
+        self.reserved = 0
+
+    def read_stream(self, dest, pending=b""):
+        """Apply batches up to EOS: header, then exactly its payload."""
+        hdr_size = WIRE_BATCH_HEADER
+        self.reserve(FIRST_BUFFER, "a batch buffer")
+        buf = bytearray(FIRST_BUFFER)
+        claimed = False
+        while not dest.eos:
+            mv = memoryview(buf)
+            got = len(pending[:hdr_size])
+            mv[:got] = pending[:got]
+            got = self.recv_exact(mv, got, hdr_size)
+            if got < hdr_size:
+                dest.finish(got)  # raises: truncated
+            if dest.feed(mv[:hdr_size]) == hdr_size:  # checks magic, length, seq
+                pending = pending[hdr_size:]
+                continue  # an empty batch
+            need = dest.need(mv[:hdr_size])
+            if need > len(buf):
+                self.reserve(need - len(buf), "a batch of %d bytes" % need)
+                grown = bytearray(need)
+                grown[:hdr_size] = mv[:hdr_size]
+                del mv
+                buf = grown
+                mv = memoryview(buf)
+            extra = pending[hdr_size:need]
+            mv[hdr_size:hdr_size + len(extra)] = extra
+            pending = pending[need:]
+            got = self.recv_exact(mv, hdr_size + len(extra), need)
+            if got < need:
+                dest.finish(got)  # raises: truncated
+            if not claimed:
+                # the MEM_SIZE record opens the stream: reserve its claim before
+                # the decoder maps or writes anything (C's parse, in the
+                # stats, is the fallback should the record come later)
+                claimed = self._claim(mv[:need])
+            used = dest.feed(mv[:need])
+            if used != need:
+                raise SinkError("batch %d was not applied" % dest.stats()["batches"])
+            if not claimed:
+                claimed = self._claim_after(dest)
+            del mv
+        self.arm()
+        if pending or self.conn.recv(1):
+            raise SinkError("data after the end-of-stream record")
+
+    def _claim(self, batch):
+        """Reserve what the batch's MEM_SIZE record claims, read from the
+        record itself before the decoder maps and writes anything; True once
+        reserved. (A corrupt batch is left to the decoder to reject.)"""
+        payload = bytes(batch[WIRE_BATCH_HEADER:WIRE_BATCH_HEADER + 8])
+        if len(payload) < 8:
+            return False
+        hdr = int.from_bytes(payload, "big")
+        if hdr & (PAGE_SIZE - 1) != WIRE_MEM_SIZE:
+            return False
+        total = hdr & ~(PAGE_SIZE - 1)
+        self.reserve_claim(total)
+        return True
+
+    def _claim_after(self, dest):
+        total = dest.stats()["guest_bytes"]
+        if total:
+            self.reserve_claim(total)
+            return True
+        return False
+
+    def reserve_claim(self, total):
+        est = limits.receiver_claim_estimate(total)
+        self.reserve(est.total, "the stream claims %s of guest memory (%s with its hashes)"
+                     % (limits.format_bytes(total), limits.format_bytes(est.total)))
+
+    def success_report(self, dest):
+        """(report line, hash bytes) of a complete stream."""
+        regions, hashes = dest.hashes()
+        if sys.byteorder != "little":
+            hashes = hashes.astype("<u8")
+        return (tcp_protocol.encode_report(True, dest.stats(), regions),
+                memoryview(hashes).cast("B"))
+
+    def send(self, *parts):
+        for part in parts:
+            self.arm()
+            self.conn.sendall(part)
+
+
+def _drain(conn, seconds=0.5, limit=4 << 20):
+    """After a failure report: end our side and discard (boundedly) what the
+    sender still sends, so closing does not reset the connection and destroy
+    the report before the sender reads it."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        end = time.monotonic() + seconds
+        got = 0
+        while got < limit:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            conn.settimeout(left)
+            n = len(conn.recv(65536))
+            if not n:
+                break
+            got += n
+    except OSError:
+        pass
+
+
 class Receiver:
     """Listens on (host, port) (port 0 picks one: see .port) and rebuilds guest
-    memory from one migration stream per serve_one() call. prefault: bytes a
-    helper thread populates ahead of dense writes (0 = off; see
-    kd_wire_dest_set_prefault). Destination memory uses 2 MiB pages where the
-    kernel allows."""
+    memory from migration streams: serve_one() handles one sender here,
+    serve() many at once on threads. prefault: bytes a helper thread
+    populates ahead of dense writes (0 = off; see kd_wire_dest_set_prefault).
+    Limits (module docstring): max_memory (bytes or "8GiB"; None = default),
+    idle_timeout and total_timeout (seconds; timeout is the old name of
+    idle_timeout), max_connections; secret (bytes): require the HMAC
+    handshake."""
 
-    def __init__(self, listen=("127.0.0.1", 0), timeout=None, prefault=0):
+    def __init__(self, listen=("127.0.0.1", 0), timeout=None, prefault=0, max_memory=None,
+                 idle_timeout=DEFAULT_IDLE_TIMEOUT, total_timeout=DEFAULT_TOTAL_TIMEOUT,
+                 max_connections=DEFAULT_MAX_CONNECTIONS, secret=None):
         host, port = parse_address(listen, "listen address")
         if isinstance(prefault, bool) or not isinstance(prefault, int) or prefault < 0 \
                 or prefault % PAGE_SIZE:
             raise ValueError("prefault must be a non-negative multiple of %d bytes, got %r"
                              % (PAGE_SIZE, prefault))
+        if timeout is not None:
+            idle_timeout = timeout
+        for name, v in (("idle_timeout", idle_timeout), ("total_timeout", total_timeout)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 \
+                    or v != v or v == float("inf"):
+                raise ValueError("%s must be a positive number of seconds, got %r" % (name, v))
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) \
+                or not 1 <= max_connections <= 1024:
+            raise ValueError("max_connections must be in 1..1024, got %r" % (max_connections,))
+        self.limit, self.limit_how = limits.resolve_limit(max_memory)
+        self.secret = tcp_protocol.check_secret(secret)
         self.prefault = prefault
+        self.idle_timeout = float(idle_timeout)
+        self.total_timeout = float(total_timeout)
+        self.max_connections = max_connections
+        self.budget = MemoryBudget(self.limit)
         self.lsock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -55,12 +273,14 @@ class Receiver:
             self.lsock.close()
             raise ValueError("cannot listen on %s:%d: %s" % (host, port, e.strerror or e)) \
                 from None
-        self.lsock.listen(1)
+        self.lsock.listen(max_connections + 8)
         self.host, self.port = self.lsock.getsockname()[:2]
-        self.timeout = timeout
         self.dest = None
+        self._active = threading.Semaphore(max_connections)
+        self._closed = False
 
     def close(self):
+        self._closed = True
         self.lsock.close()
 
     def __enter__(self):
@@ -69,66 +289,126 @@ class Receiver:
     def __exit__(self, *exc):
         self.close()
 
-    def serve_one(self, keep_memory=False):
-        """Accept one sender, apply its stream, report back. Returns a ReceiveResult
-        (ok False with the error if the stream was truncated or corrupt)."""
+    def _accept(self):
         conn, peer = self.lsock.accept()
-        conn.settimeout(self.timeout)
         try:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         except OSError:
             pass
-        t0 = time.perf_counter()
-        dest = WireDest(self.prefault)
-        error = None
-        hdr_size = WIRE_BATCH_HEADER
-        buf = bytearray(4 << 20)
+        return conn, peer
+
+    def serve_one(self, keep_memory=False):
+        """Accept one sender, apply its stream, report back. Returns a ReceiveResult
+        (ok False with the error if the stream was truncated, corrupt, too
+        large, too slow or unauthenticated)."""
+        conn, peer = self._accept()
+        with self._active:
+            return self._handle(conn, peer, keep_memory)
+
+    def serve(self, count=None, on_result=None):
+        """Serve senders concurrently (at most max_connections at once) until
+        `count` connections have finished (None: until close() from another
+        thread, or Ctrl-C); on_result(r)
+        is called, from the connection's thread, with each ReceiveResult.
+        Returns the results in the order they finished."""
+        results = []
+        lock = threading.Lock()
+        threads = []
+
+        def finished(r):
+            with lock:
+                results.append(r)
+            if on_result:
+                on_result(r)
+
+        def run(conn, peer):
+            try:
+                finished(self._handle(conn, peer))
+            finally:
+                self._active.release()
+
+        accepted = 0
+        self.lsock.settimeout(0.5)  # to notice close() from another thread
+        while count is None or accepted < count:
+            try:
+                conn, peer = self._accept()
+            except socket.timeout:
+                if self._closed:
+                    break
+                continue
+            except OSError:
+                if self._closed:
+                    break
+                raise
+            accepted += 1
+            if not self._active.acquire(blocking=False):
+                finished(self._busy(conn, peer))
+                continue
+            t = threading.Thread(target=run, args=(conn, peer), daemon=True,
+                                 name="pykvmdirty-receive %s:%d" % peer[:2])
+            threads.append(t)
+            t.start()
+        # (on Ctrl-C the daemon threads are left to the process's exit)
+        for t in threads:
+            t.join()
+        return results
+
+    def _busy(self, conn, peer):
+        error = "busy: %d connections already (pykvmdirty receive --max-connections)" \
+                % self.max_connections
         try:
-            # read exactly one batch at a time: header, then its payload
-            while not dest.eos:
-                mv = memoryview(buf)
-                got = _recv_exact(conn, mv, 0, hdr_size)
-                if got < hdr_size:
-                    dest.finish(got)  # raises: truncated
-                if dest.feed(mv[:hdr_size]) == hdr_size:  # checks magic, length, seq
-                    del mv
-                    continue  # an empty batch
-                need = dest.need(mv[:hdr_size])
-                if need > len(buf):
-                    grown = bytearray(need)
-                    grown[:hdr_size] = mv[:hdr_size]
-                    del mv
-                    buf = grown
-                    mv = memoryview(buf)
-                got = _recv_exact(conn, mv, hdr_size, need)
-                if got < need:
-                    dest.finish(got)  # raises: truncated
-                used = dest.feed(mv[:need])
-                if used != need:
-                    raise SinkError("batch %d was not applied" % dest.stats()["batches"])
-                del mv
-            extra = conn.recv(1)
-            if extra:
-                raise SinkError("data after the end-of-stream record")
-        except SinkError as e:
-            error = str(e)
-        except OSError as e:
-            error = "connection failed: %s" % (e.strerror or e)
-        stats = dest.stats()
-        seconds = time.perf_counter() - t0
-        try:
-            if error is None:
-                regions, hashes = dest.hashes()
-                rep = dict(ok=True, regions=regions, stats=stats)
-                conn.sendall(REPORT_MAGIC + json.dumps(rep).encode() + b"\n")
-                conn.sendall(memoryview(hashes.astype("<u8")).cast("B"))
-            else:
-                rep = dict(ok=False, error=error, stats=stats)
-                conn.sendall(REPORT_MAGIC + json.dumps(rep).encode() + b"\n")
+            conn.settimeout(1.0)
+            conn.sendall(tcp_protocol.encode_report(False, {}, error=error))
+            _drain(conn, 0.2)
         except OSError:
             pass
         finally:
             conn.close()
-        if keep_memory:
+        return ReceiveResult(False, error, {}, 0.0, "%s:%d" % peer[:2])
+
+    def _handle(self, conn, peer, keep_memory=False):
+        c = _Connection(self, conn, peer)
+        error = None
+        dest = None
+        try:
+            dest = WireDest(self.prefault)
+            pending = b""
+            if self.secret is not None:
+                nonce, line = tcp_protocol.challenge()
+                c.send(line)
+                c.arm()
+                pending = tcp_protocol.check_response(conn, self.secret, nonce)
+            c.read_stream(dest, pending)
+            report = c.success_report(dest)
+        except socket.timeout:
+            error = ("total timeout: the stream took more than %g s" % self.total_timeout
+                     if c.total_bound else
+                     "idle timeout: nothing received for %g s" % self.idle_timeout)
+        except SinkError as e:
+            error = str(e)
+        except OSError as e:
+            error = "connection failed: %s" % (e.strerror or e)
+        except MemoryError:
+            error = "out of memory"
+        except Exception as e:  # never let one sender stop the server
+            error = "internal error: %s: %s" % (type(e).__name__, e)
+        try:
+            stats = dest.stats() if dest is not None else {}
+        except Exception:
+            stats = {}
+        seconds = time.monotonic() - c.t0
+        try:
+            if error is not None:
+                report = (tcp_protocol.encode_report(False, stats, error=error),)
+            c.send(*report)
+        except (OSError, SinkError) as e:
+            if error is None:
+                error = "report not delivered: %s" % (getattr(e, "strerror", None) or e)
+        finally:
+            if error is not None:
+                _drain(conn)
+            conn.close()
+            c.release()
+        if keep_memory and error is None:
             self.dest = dest
-        return ReceiveResult(error is None, error, stats, seconds, "%s:%d" % peer[:2])
+        return ReceiveResult(error is None, error, stats, seconds, c.peer)

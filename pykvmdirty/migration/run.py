@@ -35,6 +35,7 @@ value on every write, so that is "content unchanged since last sent".
 """
 import dataclasses
 
+from .. import limits
 from ..bindings.constants import MEM_LOG_DIRTY_PAGES, PAGE_SIZE
 from ..bindings.sender import Sender, SendRegion
 from ..bindings.vm import VM
@@ -64,7 +65,25 @@ def make_sink(sink):
     return sink
 
 
-def migrate(config=None, *, sink="local", progress=None, **options):
+def check_memory(cfg, sink="local", max_memory=None, guest_size=None):
+    """Refuse (limits.MemoryLimitError), before anything is allocated, a run
+    whose estimated memory exceeds max_memory (default: see pykvmdirty.limits)."""
+    kind = sink if sink in ("local", "null") else ("local" if sink is None else "remote")
+    spec = cfg.spec
+    est = limits.migration_estimate(
+        cfg.npages, cfg.slots, cfg.backend, vcpus=cfg.vcpus, populate=cfg.populate,
+        rate=spec.rate, workload=spec.kind, bandwidth=cfg.bandwidth,
+        link_bandwidth=cfg.link_bandwidth, sink=kind, verify=cfg.verify,
+        ring_entries=cfg.ring_entries, tracking=cfg.dirty_tracking,
+        batch_bytes=cfg.batch_bytes,
+        trace_pages=None if cfg.trace is None else int(cfg.trace.gfns.size),
+        hot=(spec.hot_fraction, spec.hot_share), fill=cfg.fill)
+    limits.check(est, limits.resolve_limit(max_memory), "guest_size %s"
+                 % (guest_size if guest_size is not None else
+                    limits.format_bytes(cfg.guest_bytes),))
+
+
+def migrate(config=None, *, sink="local", progress=None, max_memory=None, **options):
     """Migrate a freshly built guest; returns a MigrationReport.
 
     config: a MigrationConfig, or None to build one from ``options`` (the
@@ -74,6 +93,9 @@ def migrate(config=None, *, sink="local", progress=None, **options):
     sink: "local" (in-process destination), "null", "tcp://HOST:PORT" or an object.
     progress: True for a progress bar on stderr, or a callable
       progress(pass_index, pages_done, pages_total) (optionally with end_pass(pm)).
+    max_memory: refuse (limits.MemoryLimitError, a ValueError) a run whose
+      estimated memory exceeds this, before anything is allocated (bytes or
+      "8GiB"; default: a share of the memory available, see pykvmdirty.limits).
     """
     if config is None:
         cfg = MigrationConfig(**options)
@@ -81,6 +103,7 @@ def migrate(config=None, *, sink="local", progress=None, **options):
         cfg = dataclasses.replace(config, **options) if options else config
     else:
         raise TypeError("config must be a MigrationConfig, got %r" % (config,))
+    check_memory(cfg, sink, max_memory, options.get("guest_size"))
     sink_obj = make_sink(sink)
     if progress is True:
         progress = ProgressPrinter()

@@ -10,11 +10,9 @@ controller can verify it page by page against the source.
   which rebuilds memory, then reports its page hashes back on the same
   connection.
 
-Receiver report (after the stream): the line ``KDRPT1 <json>\\n``, then, if
-the json says ok, the little-endian uint64 page hashes of every region in
-address order.
+What else travels on the connection (the optional shared-secret handshake,
+the receiver's report) is in tcp_protocol.py.
 """
-import json
 import socket
 from typing import Optional
 
@@ -23,8 +21,8 @@ import numpy as np
 from ..bindings.constants import PAGE_SIZE
 from ..bindings.wire import WireDest
 from ..errors import SinkError
-
-REPORT_MAGIC = b"KDRPT1 "
+from . import tcp_protocol
+from .tcp_protocol import REPORT_MAGIC  # noqa: F401 (re-exported)
 
 
 class DestinationResult:
@@ -101,30 +99,18 @@ def parse_address(addr, what="address"):
     return host, port
 
 
-def _recv_line(sock, limit=1 << 20):
-    """(line including its newline, bytes received after it); line b'' at EOF."""
-    data = bytearray()
-    while b"\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return bytes(data), b""
-        data += chunk
-        if len(data) > limit:
-            raise SinkError("receiver report line longer than %d bytes" % limit)
-    i = data.index(b"\n") + 1
-    return bytes(data[:i]), bytes(data[i:])
-
-
 class TcpSink:
     """Streams batches to a Receiver over TCP and reads its report."""
     encodes = True
     name = "tcp"
 
-    def __init__(self, address, timeout=60.0):
+    def __init__(self, address, timeout=60.0, secret=None):
         self.host, self.port = parse_address(address, "TCP sink address")
         self.timeout = timeout
+        self.secret = tcp_protocol.check_secret(secret)
         self.sock: Optional[socket.socket] = None
         self.sent = 0
+        self.regions = []
 
     def _where(self):
         return "TCP receiver at %s:%d" % (self.host, self.port)
@@ -140,6 +126,13 @@ class TcpSink:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         except OSError:
             pass
+        self.regions = [(int(g), int(s)) for g, s in zip(gpas, sizes)]
+        if self.secret is not None:
+            try:
+                tcp_protocol.answer_challenge(self.sock, self.secret, self._where())
+            except OSError as e:
+                raise SinkError("%s: connection failed during authentication (%s)"
+                                % (self._where(), e.strerror or e)) from None
 
     def _socket(self):
         if self.sock is None:
@@ -161,17 +154,13 @@ class TcpSink:
         except OSError:
             pass
         try:
-            line, rest = _recv_line(self._socket())
-            if not line.endswith(b"\n"):
-                raise SinkError("%s closed the connection without a report after %d bytes "
-                                "of the stream" % (self._where(), self.sent))
-            if not line.startswith(REPORT_MAGIC):
-                raise SinkError("%s sent a malformed report %r" % (self._where(), line[:60]))
-            rep = json.loads(line[len(REPORT_MAGIC):])
-            if not rep.get("ok"):
-                raise SinkError("%s rejected the stream: %s" % (self._where(), rep.get("error")))
-            npages = sum(size for _, size in rep["regions"]) // PAGE_SIZE
-            hashes = np.empty(npages, dtype=np.uint64)
+            line, rest = tcp_protocol.recv_line(self._socket(), tcp_protocol.MAX_LINE,
+                                                "%s's report line" % self._where())
+            regions, stats = tcp_protocol.parse_report(line, self.regions, self._where(),
+                                                       self.sent)
+            # exactly the hashes of the pages this sender announced, no more
+            npages = sum(size for _, size in regions) // PAGE_SIZE
+            hashes = np.empty(npages, dtype="<u8")
             view = hashes.data.cast("B")
             got = min(len(rest), len(view))
             view[:got] = rest[:got]
@@ -186,8 +175,7 @@ class TcpSink:
                             % (self._where(), e.strerror or e)) from None
         finally:
             self.close()
-        return DestinationResult([tuple(r) for r in rep["regions"]], hashes.astype("<u8"),
-                                 rep.get("stats", {}))
+        return DestinationResult(regions, hashes.astype(np.uint64, copy=False), stats)
 
     def close(self):
         if self.sock is not None:

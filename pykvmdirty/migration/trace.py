@@ -26,10 +26,13 @@ collected, which is what the dirty log saw. Replay writes interval i at
 virtual time t_ns[i]. Loading checks every rule above and raises
 :class:`TraceError` (a ValueError) naming the problem.
 """
+import io
 import json
 import zipfile
 
 import numpy as np
+
+from .. import limits
 
 FORMAT = "pykvmdirty-trace"
 VERSION = 1
@@ -40,17 +43,58 @@ class TraceError(ValueError):
     """An invalid, truncated or unsupported trace file."""
 
 
+MAX_NPAGES = 1 << 52   # 4 KiB pages of a 2^64-byte address space
+MAX_VCPU = 0xFFFF      # vcpus are stored as uint16
+
+
+def _unsigned(values, field, where, dtype, hi=None):
+    """values as a one-dimensional array of dtype, refused (never wrapped) if
+    they are not integers or fall outside [0, hi]."""
+    arr = np.asarray(values)
+    if arr.size == 0:
+        return np.zeros(0, dtype=dtype) if arr.ndim == 1 else _bad_shape(arr, field, where)
+    if arr.dtype.kind not in "ui":
+        raise TraceError("%s: %s must hold integers, got dtype %s" % (where, field, arr.dtype))
+    if arr.ndim != 1:
+        _bad_shape(arr, field, where)
+    top = np.iinfo(dtype).max if hi is None else hi
+    lo_v, hi_v = int(arr.min()), int(arr.max())
+    if lo_v < 0 or hi_v > top:
+        raise TraceError("%s: %s holds %d, outside [0, %d]"
+                         % (where, field, lo_v if lo_v < 0 else hi_v, top))
+    return arr.astype(dtype, copy=False)
+
+
+def _bad_shape(arr, field, where):
+    raise TraceError("%s: %s must be one-dimensional, got shape %s"
+                     % (where, field, arr.shape))
+
+
+def _scalar_int(value, field, where, lo, hi):
+    """A 0-d integer (numpy array or int) within [lo, hi]; never a float,
+    string or array."""
+    arr = np.asarray(value)
+    if arr.ndim != 0 or arr.dtype.kind not in "ui" or isinstance(value, bool):
+        raise TraceError("%s: %s must be one integer, got %s of dtype %s"
+                         % (where, field, "shape %s" % (arr.shape,) if arr.ndim else "a scalar",
+                            arr.dtype))
+    v = int(arr)
+    if not lo <= v <= hi:
+        raise TraceError("%s: %s is %d, outside [%d, %d]" % (where, field, v, lo, hi))
+    return v
+
+
 class Trace:
     """A loaded (validated) trace."""
 
-    def __init__(self, npages, t_ns, offsets, gfns, vcpus, meta=None):
-        self.npages = int(npages)
-        self.t_ns = np.asarray(t_ns, dtype=np.uint64)
-        self.offsets = np.asarray(offsets, dtype=np.uint64)
-        self.gfns = np.asarray(gfns, dtype=np.uint64)
-        self.vcpus = np.asarray(vcpus, dtype=np.uint16)
+    def __init__(self, npages, t_ns, offsets, gfns, vcpus, meta=None, where="trace"):
+        self.npages = _scalar_int(npages, "npages", where, 1, MAX_NPAGES)
+        self.t_ns = _unsigned(t_ns, "t_ns", where, np.uint64)
+        self.offsets = _unsigned(offsets, "offsets", where, np.uint64)
+        self.gfns = _unsigned(gfns, "gfns", where, np.uint64)
+        self.vcpus = _unsigned(vcpus, "vcpus", where, np.uint16, MAX_VCPU)
         self.meta = dict(meta or {})
-        validate(self, "trace")
+        validate(self, where)
 
     @property
     def intervals(self):
@@ -70,67 +114,107 @@ class Trace:
 
 
 def validate(tr, where):
+    """The format's rules between fields (each field's type and range are
+    checked when the Trace is built)."""
     def bad(msg):
         raise TraceError("%s: %s" % (where, msg))
     k = tr.t_ns.size
-    if tr.t_ns.ndim != 1 or tr.offsets.ndim != 1 or tr.gfns.ndim != 1 or tr.vcpus.ndim != 1:
-        bad("t_ns, offsets, gfns and vcpus must be one-dimensional")
     if tr.offsets.size != k + 1:
         bad("offsets has %d entries, expected len(t_ns) + 1 = %d" % (tr.offsets.size, k + 1))
     if tr.offsets[0] != 0:
         bad("offsets[0] is %d, expected 0" % tr.offsets[0])
     if int(tr.offsets[-1]) != tr.gfns.size:
         bad("offsets[-1] is %d but there are %d gfns" % (tr.offsets[-1], tr.gfns.size))
-    if k and np.any(np.diff(tr.offsets.astype(np.int64)) < 0):
+    if k and np.any(tr.offsets[1:] < tr.offsets[:-1]):
         bad("offsets are not non-decreasing")
     if k > 1 and np.any(tr.t_ns[1:] < tr.t_ns[:-1]):
         bad("t_ns is not non-decreasing")
     if tr.vcpus.size != tr.gfns.size:
         bad("vcpus has %d entries but there are %d gfns" % (tr.vcpus.size, tr.gfns.size))
-    if tr.npages <= 0:
-        bad("npages must be positive, got %d" % tr.npages)
     if tr.gfns.size and int(tr.gfns.max()) >= tr.npages:
-        bad("gfn %d is outside the guest (%d pages)" % (int(tr.gfns.max()), tr.npages))
+        bad("gfns: gfn %d is outside the guest (npages %d)" % (int(tr.gfns.max()), tr.npages))
 
 
-def load(path):
-    """Load and validate a trace file; TraceError names what is wrong."""
+def _read_array(zf, key, where):
+    """One .npy member as an array, its header checked against the member's
+    size before anything is allocated; object (pickled) arrays refused."""
+    info = zf.getinfo(key + ".npy")
+    raw = zf.read(info)  # at most info.file_size bytes (checked by the caller), CRC-checked
+    f = io.BytesIO(raw)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise TraceError("%s: %s has an unsupported .npy version %s" % (where, key, version))
+    if dtype.hasobject:
+        raise TraceError("%s: %s holds Python objects, which a trace never does"
+                         % (where, key))
+    count = 1
+    for n in shape:
+        count *= n
+    if count * dtype.itemsize != len(raw) - f.tell():
+        raise TraceError("%s: %s's header claims %d elements of %s (%d bytes) but the archive "
+                         "holds %d bytes of data" % (where, key, count, dtype,
+                                                     count * dtype.itemsize,
+                                                     len(raw) - f.tell()))
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=f.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def load(path, max_bytes=None):
+    """Load and validate a trace file; TraceError names the file and the
+    field. max_bytes bounds the uncompressed arrays (default: the memory
+    limit of pykvmdirty.limits), checked before reading them."""
     where = "trace file %s" % path
     try:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
         raise TraceError("%s: cannot open: %s" % (where, e.strerror or e)) from None
-    if head[:2] != b"PK":
+    if head != b"PK\x03\x04":
         raise TraceError("%s: not a pykvmdirty trace (not an .npz archive)" % where)
+    if max_bytes is None:
+        max_bytes = limits.default_limit()[0]
     try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [key for key in KEYS if key not in z.files]
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            missing = [key for key in KEYS if key + ".npy" not in names]
             if missing:
                 raise TraceError("%s: missing arrays %s (is it a pykvmdirty trace?)"
                                  % (where, ", ".join(missing)))
-            fmt = str(z["format"])
-            if fmt != FORMAT:
-                raise TraceError("%s: format is %r, expected %r" % (where, fmt, FORMAT))
-            version = int(z["version"])
-            if version != VERSION:
-                raise TraceError("%s: unsupported trace version %d (this reader knows %d)"
-                                 % (where, version, VERSION))
-            arrays = {key: z[key] for key in KEYS}
+            size = sum(zf.getinfo(key + ".npy").file_size for key in KEYS)
+            if size > max_bytes:
+                raise TraceError("%s: its arrays claim %s uncompressed, more than the %s "
+                                 "this load may use" % (where, limits.format_bytes(size),
+                                                        limits.format_bytes(max_bytes)))
+            arrays = {key: _read_array(zf, key, where) for key in KEYS}
     except TraceError:
         raise
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
-        raise TraceError("%s: truncated or corrupt archive (%s)" % (where, e)) from None
-    for key in ("t_ns", "offsets", "gfns", "vcpus"):
-        if arrays[key].dtype.kind not in "ui":
-            raise TraceError("%s: %s must hold integers, got dtype %s"
-                             % (where, key, arrays[key].dtype))
+    except MemoryError:
+        raise TraceError("%s: out of memory reading it" % where) from None
+    except Exception as e:  # zipfile, zlib, the .npy header parser: all mean corrupt
+        raise TraceError("%s: truncated or corrupt archive (%s: %s)"
+                         % (where, type(e).__name__, e)) from None
+    fmt = arrays["format"]
+    if fmt.dtype.kind != "U" or fmt.ndim != 0 or str(fmt) != FORMAT:
+        raise TraceError("%s: format is %r, expected %r"
+                         % (where, fmt.tolist() if fmt.size < 8 else fmt.dtype, FORMAT))
+    version = _scalar_int(arrays["version"], "version", where, 0, 1 << 31)
+    if version != VERSION:
+        raise TraceError("%s: unsupported trace version %d (this reader knows %d)"
+                         % (where, version, VERSION))
+    meta = arrays["meta"]
     try:
-        meta = json.loads(str(arrays["meta"]))
+        if meta.dtype.kind != "U" or meta.ndim != 0:
+            raise ValueError
+        meta = json.loads(str(meta))
     except ValueError:
         raise TraceError("%s: meta is not a JSON object" % where) from None
-    return Trace(int(arrays["npages"]), arrays["t_ns"], arrays["offsets"], arrays["gfns"],
-                 arrays["vcpus"], meta if isinstance(meta, dict) else {"meta": meta})
+    return Trace(arrays["npages"], arrays["t_ns"], arrays["offsets"], arrays["gfns"],
+                 arrays["vcpus"], meta if isinstance(meta, dict) else {"meta": meta},
+                 where=where)
 
 
 class Recorder:

@@ -8,6 +8,7 @@ sweep, wrapping) and migration-test (QEMU's guest: every page incremented
 sweep after sweep; the value stored is the page's count). Rates are in pages
 per second. Trace replay is in :mod:`pykvmdirty.migration.trace`.
 """
+import math
 import numbers
 
 import numpy as np
@@ -24,8 +25,9 @@ def check_rate(rate, name="rate"):
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
         raise TypeError("%s must be a number of pages per second, got %r" % (name, rate))
     r = float(rate)
-    if r < 0:
-        raise ValueError("%s must be >= 0 pages per second, got %r" % (name, rate))
+    if not math.isfinite(r) or r < 0:
+        raise ValueError("%s must be >= 0 pages per second (and finite), got %r"
+                         % (name, rate))
     if r > 1e9:
         raise ValueError("%s must be at most 1e9 pages per second, got %r" % (name, rate))
     return int(r)

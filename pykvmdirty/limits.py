@@ -1,0 +1,288 @@
+"""Memory a run will commit, estimated before it starts, and the limit it must fit.
+
+Every entry point that can be asked for more memory than the machine holds —
+``migrate`` (guest, destination, logs), ``compare``/``sweep`` cells (logs of
+huge guests), the TCP receiver (whatever a stream's MEM_SIZE record claims) —
+estimates what the run will really commit and refuses before allocating
+anything when that exceeds the limit.
+
+The limit defaults to ``DEFAULT_FRACTION`` of the memory available when the
+check runs (``MemAvailable`` from /proc/meminfo, lowered to what the cgroup
+still allows): the rest is left to the page cache and the other processes.
+Callers may pass their own (``--max-memory``).
+
+What the estimates count (bytes; the C core's allocations are in
+csrc/memslot.c, csrc/bitmap.c, csrc/wire.c):
+
+- logs: populated at slot creation (kd_pages_alloc(..., populate=true)): one
+  bit per page for the dirty bitmap, plus per backend the write-protection
+  bitmap (PML tracking), the two-level summary, the byte map (a byte per page)
+  and its scratch bitmap, the ring's entries (16 bytes each) and pending maps;
+- guest memory: mapped MAP_NORESERVE, committed only where written: the
+  populated fraction plus what the workload writes; every page the sender or
+  a hash reads costs one page-table entry (8 bytes) even when never written;
+- sender bookkeeping: 8 bytes per page (last version sent) + a bit per page;
+- destination: the pages written to it — in 2 MiB pages where transparent
+  huge pages allow, so one page written commits its 2 MiB — a bit per page,
+  8 bytes of hash per page (and the page-table entries of hashing it);
+- verification: the source's hashes (8 bytes per page, twice while joined).
+"""
+import os
+
+from .bindings.constants import CHUNK_PAGES, DIRTY_GFN_SIZE, PAGE_SIZE
+
+PTE_BYTES = 8                 # one page-table entry per 4 KiB page read or written
+DEFAULT_FRACTION = 0.8        # of the available memory, when no limit is given
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+
+
+class MemoryLimitError(ValueError):
+    """A run would need more memory than its limit; raised before it starts."""
+
+    def __init__(self, message, estimate=None, limit=None):
+        super().__init__(message)
+        self.estimate = estimate
+        self.limit = limit
+
+
+def format_bytes(n):
+    """1536 -> '1.5 KiB'; exact for small numbers."""
+    n = float(n)
+    for unit, size in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= size:
+            return "%.1f %s" % (n / size, unit)
+    return "%d bytes" % n
+
+
+def _cgroup_room():
+    """Bytes the current cgroup (v2) still allows, or None without a limit."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = next((line.split(":", 2)[2].strip() for line in f
+                         if line.startswith("0::")), None)
+        if path is None:
+            return None
+        base = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
+        with open(os.path.join(base, "memory.max")) as f:
+            top = f.read().strip()
+        if top == "max":
+            return None
+        with open(os.path.join(base, "memory.current")) as f:
+            used = int(f.read())
+        return max(0, int(top) - used)
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+
+
+def available_memory():
+    """Bytes this process could still commit: MemAvailable, or the cgroup's
+    remaining room where that is smaller."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * KiB
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    room = _cgroup_room()
+    return avail if room is None else min(avail, room)
+
+
+def default_limit():
+    """(limit in bytes, how it was chosen) for runs not given a limit."""
+    avail = available_memory()
+    return (int(avail * DEFAULT_FRACTION),
+            "%d%% of the %s available" % (DEFAULT_FRACTION * 100, format_bytes(avail)))
+
+
+def resolve_limit(max_memory, name="max_memory"):
+    """max_memory (None: the default, bytes, or a size string) -> (bytes, how)."""
+    if max_memory is None:
+        return default_limit()
+    if isinstance(max_memory, str):
+        from .migration.config import parse_size
+        value = parse_size(max_memory, name)
+    elif isinstance(max_memory, bool) or not isinstance(max_memory, int):
+        raise TypeError("%s must be a size in bytes or like '8GiB', got %r"
+                        % (name, max_memory))
+    else:
+        value = max_memory
+    if value <= 0:
+        raise ValueError("%s must be positive, got %r" % (name, max_memory))
+    return value, "%s %s" % (name, format_bytes(value))
+
+
+class Estimate:
+    """Named parts (bytes) of what a run commits; ``total`` is their sum."""
+
+    def __init__(self):
+        self.parts = []
+
+    def add(self, name, nbytes):
+        nbytes = int(nbytes)
+        if nbytes > 0:
+            self.parts.append((name, nbytes))
+        return self
+
+    @property
+    def total(self):
+        return sum(b for _, b in self.parts)
+
+    def describe(self, top=4):
+        big = sorted(self.parts, key=lambda p: -p[1])[:top]
+        return ", ".join("%s %s" % (name, format_bytes(b)) for name, b in big)
+
+
+def check(estimate, limit, subject, override="max_memory"):
+    """Raise MemoryLimitError if estimate exceeds limit=(bytes, how).
+
+    subject names what asked for it (e.g. "guest_size 64GiB"), override the
+    option that raises the limit."""
+    lim, how = limit
+    if estimate.total > lim:
+        raise MemoryLimitError(
+            "%s needs an estimated %s of memory (%s), more than the limit of %s (%s); "
+            "ask for less, or raise %s if the machine really holds it"
+            % (subject, format_bytes(estimate.total), estimate.describe(),
+               format_bytes(lim), how, override), estimate.total, lim)
+
+
+# ---------------------------------------------------------------------------
+# what each kind of run commits
+
+def _bitmap(npages):
+    """A populated bitmap of npages bits (64-bit words, whole 4 KiB pages)."""
+    words = -(-npages // 64)
+    return -(-words * 8 // PAGE_SIZE) * PAGE_SIZE
+
+
+def _pages(nbytes):
+    return -(-nbytes // PAGE_SIZE) * PAGE_SIZE
+
+
+def log_memory(backend, slot_pages, vcpus=1, ring_entries=4096, tracking="write_protect"):
+    """Bytes of log memory the C core (and, for kvm, the kernel) allocates
+    for slots of slot_pages pages each."""
+    total = 0
+    separate_protection = tracking != "write_protect"
+    for n in slot_pages:
+        bm = _bitmap(n)
+        if backend in ("kvm", "uffd"):
+            total += 2 * bm + _bitmap(-(-n // 64) // 64 + 1)   # pending + scan target
+            if backend == "kvm":
+                total += 2 * bm                                 # the kernel's two bitmaps
+        elif backend == "ring":
+            total += 2 * bm + _bitmap(-(-n // 64) // 64 + 1)   # protection + pending
+        else:
+            total += bm + (bm if separate_protection else 0)
+            if backend == "twolevel":
+                total += _bitmap(-(-n // CHUNK_PAGES))
+            if backend == "bytemap":
+                total += _pages(n) + bm                         # byte map + scratch
+    if backend in ("ring", "kvm") and ring_entries:
+        total += vcpus * _pages(ring_entries * DIRTY_GFN_SIZE)
+    return total
+
+
+def thp_mode():
+    """Transparent huge pages: 'always', 'madvise' or 'never'."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+        return text[text.index("[") + 1:text.index("]")]
+    except (OSError, ValueError):
+        return "never"
+
+
+def committed_bytes(npages, contiguous, scattered, huge):
+    """Bytes committed in npages of memory where `contiguous` pages are
+    written in one run and `scattered` more at random elsewhere. With huge
+    pages (2 MiB, `huge` True) one written page commits its whole chunk."""
+    contiguous = min(contiguous, npages)
+    rest = npages - contiguous
+    scattered = min(scattered, rest)
+    if not huge or not rest:
+        return (contiguous + scattered) * PAGE_SIZE
+    hit = 1 - (1 - scattered / rest) ** CHUNK_PAGES  # chance a 2 MiB chunk holds one
+    return contiguous * PAGE_SIZE + int(rest * PAGE_SIZE * hit)
+
+
+def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
+                       workload="hotspot", bandwidth=0, link_bandwidth=0, sink="local",
+                       verify=True, ring_entries=4096, tracking="write_protect",
+                       batch_bytes=MiB, trace_pages=None, hot=None, fill="version"):
+    """What ``migrate()`` will commit for a guest of npages pages.
+
+    Pages written: the populated fraction, plus the distinct pages the
+    workload writes over twice the bulk pass's duration (the later passes are
+    shorter) outside it — for a hotspot (hot=(fraction, share)) at most its
+    hot set plus the cold share of the writes; a trace writes at most its own
+    pages."""
+    per = -(-npages // nslots)
+    slot_pages = [min(per, npages - i * per) for i in range(nslots) if npages - i * per > 0]
+    populated = int(round(npages * populate))
+    if trace_pages is not None:
+        written = trace_pages
+    elif workload == "idle" or not rate:
+        written = 0
+    else:
+        speed = bandwidth or link_bandwidth or 1250 * 1000 * 1000
+        bulk_s = max(1.0, populated * PAGE_SIZE / speed)
+        writes = rate * 2 * bulk_s
+        if workload == "hotspot" and hot is not None:
+            fraction, share = hot
+            writes = min(writes * share, fraction * npages) + writes * (1 - share)
+        written = int(writes * (1 - populate))  # the rest lands on populated pages
+    # fill "random" writes the first pages of each slot, "version" pages at random
+    contiguous, scattered = (populated, written) if fill == "random" else \
+        (0, populated + written)
+    thp = thp_mode()
+    est = Estimate()
+    est.add("source guest memory", committed_bytes(npages, contiguous, scattered,
+                                                   thp == "always") + npages * PTE_BYTES)
+    est.add("dirty logs", log_memory(backend, slot_pages, vcpus, ring_entries, tracking))
+    est.add("sender bookkeeping", npages * 8 + _bitmap(npages) + batch_bytes)
+    if sink == "local":  # destination memory asks for huge pages (csrc/wire.c)
+        est.add("destination", committed_bytes(npages, contiguous, scattered, thp != "never")
+                + npages * (PTE_BYTES + 8) + _bitmap(npages))
+    if verify and sink != "null":
+        est.add("verification hashes", 2 * npages * 8 + npages)
+    return est
+
+
+def compare_cell_estimate(npages, slot_pages, backend, dirty, vcpus=1, ring_entries=65536):
+    """What one compare cell commits: the backend's logs (a VM without guest
+    memory), or the baselines' bitmap, plus the dirty pages found."""
+    est = Estimate()
+    if backend in ("flatnonzero", "read"):
+        est.add("bitmap", _bitmap(npages))
+    else:
+        est.add("dirty logs", log_memory(backend, slot_pages, vcpus, ring_entries))
+        if backend in ("kvm", "uffd"):
+            est.add("guest pages written", dirty * (PAGE_SIZE + PTE_BYTES))
+    est.add("dirty page lists", dirty * 8 * 4)
+    return est
+
+
+def receiver_claim_estimate(guest_bytes):
+    """What a receiver commits for a stream announcing guest_bytes: every page
+    written (at most), a bit per page, and 8 bytes of hash per page (whose
+    computation reads every page: one page-table entry each)."""
+    npages = -(-guest_bytes // PAGE_SIZE)
+    est = Estimate()
+    est.add("destination memory", guest_bytes)
+    est.add("page hashes", npages * (8 + PTE_BYTES) + _bitmap(npages))
+    return est
+
+
+def parallel(estimate, copies, what):
+    """The same estimate for `copies` runs at once (e.g. sweep workers)."""
+    out = Estimate()
+    for name, b in estimate.parts:
+        out.add("%s x%d %s" % (name, copies, what) if copies > 1 else name, b * copies)
+    return out
+
