@@ -36,4 +36,6 @@ KD_SOURCES = \
 	migrate/writers.c \
 	migrate/sendpath.c \
 	migrate/wire.c \
-	migrate/workload.c
+	migrate/workload.c \
+	migrate/guest_exits.c \
+	migrate/collect_stall.c

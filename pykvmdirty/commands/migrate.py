@@ -9,6 +9,7 @@ import sys
 from ..migration.config import MODES, STRATEGIES, ZERO_ACCOUNTING, parse_size
 from ..migration.errors import MigrationError
 from ..migration.run import migrate
+from ..migration.guest_exits import EXIT_SERVICE_S
 from ..errors import SinkError
 from ..bindings.vm import BACKENDS
 from ..bindings.workload import KINDS
@@ -54,6 +55,15 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step", type=float, default=0.01,
                    help="virtual mode: workload interval, seconds (default 0.01)")
+    p.add_argument("--loop-thread", default="migration-thread",
+                   choices=["iothread", "migration-thread"],
+                   help="where the loop runs: iothread holds the global lock for each "
+                        "iteration (QEMU 2010), migration-thread only for the sync")
+    p.add_argument("--exit-rate", type=float, default=0,
+                   help="guest exits per second per vCPU that take the global lock "
+                        "(0: none; e.g. 1000, assumed)")
+    p.add_argument("--exit-service", type=float, default=EXIT_SERVICE_S,
+                   help="seconds the lock is held per exit (default 10e-6, assumed)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--plot", metavar="FILE", help="PNG of per-pass dirty/sent/latency")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -93,6 +103,8 @@ def run(args):
             max_passes=args.max_passes, auto_converge=args.auto_converge,
             zero_pages=args.zero_pages, populate=args.populate, fill=args.fill,
             sink=args.sink, seed=args.seed, step=args.step,
+            loop_thread=args.loop_thread, exit_rate=args.exit_rate,
+            exit_service=args.exit_service,
             progress=None if args.quiet else True)
     except (MigrationError, SinkError) as e:
         print("pykvmdirty migrate: failed: %s" % e, file=sys.stderr)

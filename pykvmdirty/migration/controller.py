@@ -11,6 +11,7 @@ from .config import NS, POPULATE_VALUE
 from .errors import MigrationError
 from .report import PassMetrics
 from ..bindings.wire import page_hashes
+from .loop_placement import LoopPlacement
 
 class SlotState:
     """One memslot and the sender's per-page bookkeeping for it."""
@@ -88,6 +89,9 @@ class Controller:
         self.bases = np.array([sl.base_gfn for sl in slots], dtype=np.uint64)
         self._last_progress = 0.0
         self.stopped = False
+        # where the loop runs: when it holds the global lock (run.py sets it)
+        self.placement = LoopPlacement("migration-thread", None, self.now, True)
+        self._ring_vm = vm.backend == "ring" or (vm.backend == "kvm" and bool(vm.ring_entries))
 
     # -- clock ---------------------------------------------------------------
     def now(self):
@@ -123,16 +127,17 @@ class Controller:
 
     def _timed(self, fn, *args, extra_calls=0):
         """Run a sync call; returns (result, cost ns): modelled (virtual) or measured."""
-        if self.virtual:
-            before = self.vm.stats
+        with self.placement.sync(ring=self._ring_vm):
+            if self.virtual:
+                before = self.vm.stats
+                out = fn(*args)
+                cost = self._stats_cost(before, self.vm.stats) + extra_calls * \
+                    self.cfg["cost_model"]["call_ns"]
+                self.charge(cost)
+                return out, int(cost)
+            t0 = time.perf_counter_ns()
             out = fn(*args)
-            cost = self._stats_cost(before, self.vm.stats) + extra_calls * \
-                self.cfg["cost_model"]["call_ns"]
-            self.charge(cost)
-            return out, int(cost)
-        t0 = time.perf_counter_ns()
-        out = fn(*args)
-        return out, time.perf_counter_ns() - t0
+            return out, time.perf_counter_ns() - t0
 
     def _harvest_all(self):
         parts = []
@@ -254,7 +259,10 @@ class Controller:
                 self.flush()
             elif rc == lib.KD_SEND_TIME_CAP:
                 # between iterations: what QEMU's migration thread does
+                self.placement.between_iterations()
                 check(lib.kd_sender_iteration_begin(self.s), "iteration_begin")
+            elif rc == lib.KD_SEND_RATE_LIMITED:
+                self._wait_budget_unlocked(final)
             elif rc == lib.KD_SEND_DEADLINE:
                 self.deadline = self.now() + self.step
             else:
@@ -271,6 +279,22 @@ class Controller:
             sl.set_clear(None, None)
         end = self.now() if self.virtual else time.perf_counter_ns()
         return end - t0
+
+    def _wait_budget_unlocked(self, final):
+        """Rate limited under the iothread placement: the iteration ends, the
+        lock is dropped while the budget refills, the next iteration begins."""
+        self.placement.iteration_end()
+        while True:
+            deadline = self.deadline if (self.virtual and not final) else 0
+            rc = lib.kd_sender_wait_budget(self.s, deadline)
+            if rc == lib.KD_SEND_DONE:
+                break
+            if rc != lib.KD_SEND_DEADLINE:
+                check(rc, "kd_sender_wait_budget")
+            self.deadline = self.now() + self.step
+            self.run_workload()
+        self.placement.iteration_begin()
+        check(lib.kd_sender_iteration_begin(self.s), "iteration_begin")
 
     def stats_now(self):
         check(lib.kd_sender_stats(self.s, self.stats), "stats")
@@ -451,13 +475,16 @@ def run_passes(ctl, report, slots, sink, sender, auto_converge, downtime_limit, 
     # ---- bulk pass ----
     t_start = clock()
     sample = ctl.now() if virtual else lib.kd_clock_ns()
+    ctl.placement.iteration_begin()
     pm = run_pass("bulk", [(sl, None, sample, None) for sl in slots], 0, 0, t_start)
+    ctl.placement.iteration_end()
     last_dirty = total_pages
 
     # ---- iterate ----
     while True:
         bw = pm.bandwidth or (bandwidth or 1)
         t_start = clock()
+        ctl.placement.iteration_begin()
         if strategy == "per-slot":
             items = [(sl, None, 0, None) for sl in slots]  # collected per slot in run_pass
             pending = last_dirty if pending_est is None else pending_est
@@ -471,6 +498,7 @@ def run_passes(ctl, report, slots, sink, sender, auto_converge, downtime_limit, 
         out_of_time = duration_limit is not None and elapsed > duration_limit * NS
         if expected <= downtime_limit * NS or len(report.passes) >= max_passes or out_of_time:
             report.converged = expected <= downtime_limit * NS
+            ctl.placement.iteration_end()
             break
         # auto-converge (QEMU: dirtied > 50% of transferred, twice in a row)
         if auto_converge and pm.kind != "bulk":
@@ -482,12 +510,15 @@ def run_passes(ctl, report, slots, sink, sender, auto_converge, downtime_limit, 
                 report.auto_converge_triggers += 1
                 set_throttle(throttle)
         pm = run_pass("iterate", items, collect_ns, scan_ns, t_start)
+        ctl.placement.iteration_end()
         if strategy == "per-slot":
             pending_est = pm.dirty_found
             last_dirty = pm.dirty_found
 
     # ---- stop and copy ----
     t_stop = clock()
+    report.t_stop_ns = t_stop
+    report.t_begin_ns = t_begin
     ctl.stopped = True
     if ctl.threads is not None:
         report.workload_writes = ctl.threads.stop()

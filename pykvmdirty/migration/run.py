@@ -48,6 +48,9 @@ from .sinks import LocalSink, NullSink, SinkError, TcpSink
 from .trace import Recorder, Trace, TraceWorkload
 from .trace import load as load_trace
 from .workloads import ThreadWorkload, VirtualWorkload, WorkloadSpec
+from .loop_placement import LOOP_THREADS, LoopPlacement
+from ..bindings.guest_exits import GlobalLock, exit_timing
+from .guest_exits import EXIT_SERVICE_S, guest_alone, guest_report
 
 
 def make_sink(sink):
@@ -74,7 +77,8 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
             clear_shift=18, populate=0.25, fill="version", sink="local", step=0.01,
             cost_model=None, batch_bytes=MiB, ring_entries=4096,
             dirty_tracking="write_protect", window_log=0, progress=None, verify=True,
-            duration_limit=None):
+            duration_limit=None, loop_thread="migration-thread", exit_rate=0,
+            exit_service=EXIT_SERVICE_S, guest_baseline=0.5):
     """Migrate a freshly built guest; returns a MigrationReport.
 
     guest_size: bytes or a string like "2GiB", split into `slots` memslots.
@@ -89,6 +93,11 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
       before migration; fill "random" fills them with random bytes instead.
     sink: "local" (in-process destination), "null", "tcp://HOST:PORT" or an object.
     window_log: keep the accounted bytes of the first N rate-limit windows.
+    loop_thread: "iothread" (each iteration holds the global lock) or
+      "migration-thread" (only the sync does); exit_rate: guest exits per second
+      per vCPU that take the lock (0: none), each holding it exit_service
+      seconds; guest_baseline: real time, seconds the guest runs alone before
+      the migration to measure its progress without it (guest_exits.py).
     """
     # ---- arguments ----
     guest_bytes = parse_size(guest_size, "guest_size")
@@ -152,6 +161,11 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
         if trace.npages > npages:
             raise ValueError("the trace covers %d pages but the guest has %d"
                              % (trace.npages, npages))
+    if loop_thread not in LOOP_THREADS:
+        raise ValueError("unknown loop_thread %r; choose from %s"
+                         % (loop_thread, ", ".join(LOOP_THREADS)))
+    exit_timing(exit_rate, exit_service)  # raises on a bad rate or service time
+    guest_baseline = check_number(guest_baseline, "guest_baseline", lo=0, hi=60)
     sink_obj = make_sink(sink)
     if progress is True:
         progress = progress_printer()
@@ -164,7 +178,8 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
                   zero_pages=zero_pages, clear_shift=clear_shift, populate=populate, fill=fill,
                   sink=getattr(sink_obj, "name", type(sink_obj).__name__), step=step,
                   cost_model=cm, batch_bytes=batch_bytes, ring_entries=ring_entries,
-                  dirty_tracking=dirty_tracking, step_ns=int(step * NS))
+                  dirty_tracking=dirty_tracking, step_ns=int(step * NS),
+                  loop_thread=loop_thread, exit_rate=exit_rate, exit_service=exit_service)
     report = MigrationReport(config)
 
     # ---- the guest ----
@@ -193,6 +208,8 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
         scfg.rate_limit = int(bandwidth)
         scfg.max_wait_ns = int(max_wait * NS)
         scfg.flags = (lib.KD_SEND_ZERO_AS_FULL if zero_pages == "full" else 0)
+        if loop_thread == "iothread":  # a rate-limited iteration ends and drops the lock
+            scfg.flags |= lib.KD_SEND_RATE_YIELD
         if mode == "virtual":
             scfg.flags |= lib.KD_SEND_VIRTUAL_CLOCK
             scfg.link_bandwidth = int(link_bandwidth)
@@ -211,16 +228,28 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
         recorder = Recorder(npages, dict(workload=spec.as_dict(), mode=mode, backend=backend,
                                          strategy=strategy)) if record else None
         ctl = Controller(config, vm, slot_objs, sender, sink_obj, None, None, progress)
+        gl = GlobalLock(vcpus, exit_rate, exit_service, virtual=mode == "virtual") \
+            if exit_rate else None
+        ctl.placement = LoopPlacement(loop_thread, gl, ctl.now,
+                                      ring_outside=backend == "ring" or strategy == "ring")
+        baseline = None
+        if gl is not None and mode == "realtime":
+            baseline = guest_alone(vm, spec, npages, vcpus, exit_rate, exit_service,
+                                   guest_baseline)
         if mode == "virtual":
             vw = VirtualWorkload(vm, spec, 0, npages, on_ring_full=ctl.reap, recorder=recorder)
             ctl.wl = TraceWorkload(vm, trace, vw.write_gfns) if trace is not None else vw
             ctl._vw = vw
         else:
-            threads = ThreadWorkload(vm, spec, 0, npages)
+            threads = ThreadWorkload(vm, spec, 0, npages, global_lock=gl)
             ctl.threads = threads
 
         run_passes(ctl, report, slot_objs, sink_obj, sender, auto_converge, downtime_limit,
              max_passes, bandwidth, recorder, duration_limit)
+        if gl is not None:
+            report.guest_impact, report.guest_events = guest_report(
+                gl, report, mode, spec, vcpus, exit_rate, exit_service, loop_thread,
+                max_wait, baseline)
 
         if wlog is not None:
             check(lib.kd_sender_close_window(sender), "close_window")
@@ -241,6 +270,8 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
     except SinkError as e:
         raise MigrationError(str(e)) from None
     finally:
+        if sender is not None:
+            ctl.placement.close()  # never leave vCPU exits waiting on the lock
         if threads is not None:
             try:
                 threads.stop()

@@ -144,24 +144,30 @@ class VirtualWorkload:
 class ThreadWorkload:
     """Runs a spec as C threads (one per vCPU) at the spec's rate in real time."""
 
-    def __init__(self, vm, spec, first_gfn, npages, value_base=1 << 32):
+    def __init__(self, vm, spec, first_gfn, npages, value_base=1 << 32, global_lock=None):
         self.vm = vm
         self.spec = spec
         self.gens = spec.generators(first_gfn, npages, vm.vcpus)
         self._handle = None
         self._value_base = value_base
         self.stats = None
+        self.global_lock = global_lock  # the vCPUs' exits take it (guest_exits)
 
     def start(self):
-        if self.spec.kind == "idle" or self.spec.rate == 0 and self.spec.kind == "idle":
+        if self.spec.kind == "idle" and self.global_lock is None:
             return self
         arr = ffi.new("kd_workload *[]", [g.handle for g in self.gens])
         out = ffi.new("kd_workload_threads **")
+        # an idle guest still runs (and exits): a rate makes its threads tick, not spin
+        rate = self.spec.rate if self.spec.kind != "idle" else len(self.gens) * 1000
         check(lib.kd_workload_threads_start(self.vm.handle, arr, len(self.gens),
-                                            self.spec.rate, self._value_base, out),
+                                            rate, self._value_base, out),
               "workload threads (%s, %d pages/s)" % (self.spec.kind, self.spec.rate))
         self._arr = arr
         self._handle = out[0]
+        if self.global_lock is not None:
+            check(lib.kd_workload_threads_set_bql(self._handle, self.global_lock.handle),
+                  "workload threads: guest exits")
         return self
 
     def throttle(self, percent):
