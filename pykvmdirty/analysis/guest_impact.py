@@ -23,7 +23,8 @@ def summarize(gl, t0_ns, t1_ns, loop_thread, max_wait_s, baseline=None, progress
     """
     st = gl.stats()
     hist = gl.histogram()
-    p50, p99 = percentiles(hist, (0.5, 0.99), bucket_floors())
+    p50, p99 = [min(p, st["wait_max_ns"]) for p in  # bucket middles, never past the max
+                percentiles(hist, (0.5, 0.99), bucket_floors())]
     window = max(t1_ns - t0_ns, 1)
     run_fraction = 1.0 - st["blocked_ns"] / (gl.vcpus * window)
     base_fraction = 1.0
