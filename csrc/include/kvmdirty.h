@@ -571,6 +571,7 @@ struct kd_stall_config {
 struct kd_stall_result {
 	uint64_t guest_pages_written, guest_entries, guest_ns, ring_full_waits;
 	uint64_t stall_max_ns, stall_max_at_ns; /* longest guest entry, from the start */
+	uint64_t stall_max_cpu_ns; /* longest entry in the guest thread's CPU time */
 	uint64_t collects, collect_sum_ns, collect_max_ns; /* passes over the slot */
 	uint64_t collect_calls, call_max_ns;               /* ioctls, the longest one */
 };

@@ -202,7 +202,8 @@ def kernel_side_table(sizes_gib=(64, 512), collectors=KERNEL_COLLECTORS, duratio
                                               batch, chunk_pages)
                 p50, p99 = percentiles(hist, (0.5, 0.99), floors)
                 row["real"] = dict(rate=res["guest_pages_written"] * NS / res["guest_ns"],
-                                   stall_max_ns=res["stall_max_ns"], entry_p50_ns=p50,
+                                   stall_max_ns=res["stall_max_ns"],
+                                   stall_max_cpu_ns=res["stall_max_cpu_ns"], entry_p50_ns=p50,
                                    entry_p99_ns=p99, collects=res["collects"],
                                    collect_max_ns=res["collect_max_ns"],
                                    call_max_ns=res["call_max_ns"])
@@ -254,16 +255,18 @@ def format_kernel(table):
            "entry; CLEAR chunks of %d pages); real = /dev/kvm here, model = emulated slot "
            "lock with the cost model" % (s["period"] * 1e3, s["guest_pages"], s["batch"],
                                           s["chunk_pages"]),
-           "| guest | collector | real pages/s | real longest stall ms | real longest call ms"
-           " | model pages/s | model longest stall ms | model longest hold ms | stall real/model"
-           " | hold real/model |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| guest | collector | real pages/s | real longest stall ms (wall / on CPU) | "
+           "real entry p99 ms | real longest call ms | model pages/s | model longest stall ms"
+           " | model longest hold ms | longest stall real/model | hold real/model |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
         real, model = r.get("real"), r.get("model")
-        out.append("| %g GiB | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        out.append("| %g GiB | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             r["size_gib"], r["collector"],
             "%.0f" % real["rate"] if real else "skipped: %s" % r.get("reason"),
-            _ms(real["stall_max_ns"]) if real else "-",
+            "%s / %s" % (_ms(real["stall_max_ns"]), _ms(real["stall_max_cpu_ns"]))
+            if real else "-",
+            _ms(real["entry_p99_ns"]) if real else "-",
             _ms(real["call_max_ns"]) if real else "-",
             "%.0f" % model["rate"] if model else "-",
             _ms(model["stall_max_ns"]) if model else "-",
@@ -271,3 +274,13 @@ def format_kernel(table):
             "%.2fx" % r["ratio_stall"] if "ratio_stall" in r else "-",
             "%.2fx" % r["ratio_hold"] if "ratio_hold" in r else "-"))
     return "\n".join(out)
+
+
+def section(sizes_gib):
+    """The compare section: both tables for the given guest sizes."""
+    return dict(placement=loop_placement_table(sizes_gib=sizes_gib),
+                kernel=kernel_side_table(sizes_gib=sizes_gib))
+
+
+def format_section(sec):
+    return format_placement(sec["placement"]) + "\n\n" + format_kernel(sec["kernel"])

@@ -169,7 +169,7 @@ def collect_stall(vm, slot, collector, duration, period=0.05, guest_pages=4096, 
           "collect_stall(%s, slot %d)", (collector, slot))
     out = {k: int(getattr(res, k)) for k in (
         "guest_pages_written", "guest_entries", "guest_ns", "ring_full_waits", "stall_max_ns",
-        "stall_max_at_ns", "collects", "collect_sum_ns", "collect_max_ns", "collect_calls",
+        "stall_max_at_ns", "stall_max_cpu_ns", "collects", "collect_sum_ns", "collect_max_ns", "collect_calls",
         "call_max_ns")}
     return out, hist
 
