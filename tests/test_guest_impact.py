@@ -228,3 +228,53 @@ def test_stall_harness_on_the_real_kernel():
         res, hist = collect_stall(vm, 0, "get", duration=0.2, period=0.02, guest_pages=256)
     assert res["guest_pages_written"] > 0 and res["collects"] > 0
     assert res["stall_max_ns"] > 0
+
+
+# ---- the stall tables (analysis/guest_stalls.py) ----
+
+def test_placement_model_is_exact():
+    from pykvmdirty.analysis.guest_stalls import placement_model
+    # one vCPU, exits every 1 ms of run time, 10 us each; iterations of 1 ms
+    # sync + 50 ms send back to back. iothread: the first exit (1 ms) meets
+    # the first iteration and waits to its end at 51 ms (50 ms); FIFO lets it
+    # go before the second iteration, so it leaves at 51.01 ms; the next exit
+    # (52.01 ms) waits for the second iteration's end at 102 ms (49.99 ms),
+    # and so on: every exit waits, p50 = p99 = the bucket of ~50 ms.
+    r = placement_model(MS, 50 * MS, "iothread", False, 1, 1000, 10e-6, 0.05, 0.2)
+    assert r["iteration_ns"] == 51 * MS
+    assert r["wait_max_ns"] == 50 * MS
+    assert r["exits"] == 4  # arrivals at 1, 52.01, 103.02, 154.03 ms (< 200 ms)
+    assert 0.95 * 49.99 * MS <= r["wait_p50_ns"] <= 50 * MS
+    # migration-thread: only the 1 ms syncs at 0, 51, 102, 153 ms hold it;
+    # exits at 1, 2.01, ... never meet them except where they coincide
+    m = placement_model(MS, 50 * MS, "migration-thread", False, 1, 1000, 10e-6, 0.05, 0.2)
+    assert m["wait_max_ns"] <= MS and m["wait_max_ns"] < r["wait_max_ns"]
+    ring = placement_model(MS, 50 * MS, "migration-thread", True, 1, 1000, 10e-6, 0.05, 0.2)
+    assert ring["wait_max_ns"] == 0 and ring["slowdown_pct"] == 0
+
+
+def test_kernel_model_get_hold_follows_the_cost_model():
+    from pykvmdirty.analysis.guest_stalls import kernel_model
+    from pykvmdirty.migration.config import COST_MODEL as c
+    r = kernel_model(64, "get", 0.2, 0.05, 4096, 16, 1 << 18)
+    dirty = min(4096, int(1e9 / 9000 * 0.05))
+    want = int(c["call_ns"] + (64 << 18) // 64 * c["word_ns"] + dirty * c["reprotect_ns"]
+               + c["flush_ns"])
+    assert r["hold_max_ns"] == want
+    # small CLEAR chunks hold the lock far less than one GET of the slot
+    assert kernel_model(64, "clear", 0.2, 0.05, 4096, 16, 1 << 12)["hold_max_ns"] < want / 10
+
+
+def test_tables_format_and_skip_with_reason():
+    from pykvmdirty.analysis import guest_stalls as gs
+    t = gs.loop_placement_table(sizes_gib=(0.25,), interfaces=("flat", "ring"), repeats=1,
+                                window=0.1)
+    rows = [r for r in t["rows"] if r["status"] == "ok"]
+    assert len(rows) == 2 * 2 * 2  # interfaces x rate limits x placements
+    text = gs.format_placement(t)
+    assert "| 0.25 GiB | flat | none | iothread |" in text
+    k = gs.kernel_side_table(sizes_gib=(0.25,), collectors=("get",), duration=0.1,
+                             guest_pages=256)
+    assert len(k["rows"]) == 2 and "model" in k["rows"][1]
+    assert k["rows"][1]["real"] is None or k["rows"][1]["real"]["collects"] > 0
+    assert "| 0.25 GiB | get |" in gs.format_kernel(k)
