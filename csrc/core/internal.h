@@ -116,6 +116,7 @@ struct kd_vm {
 	struct kd_stats user; /* user-side counters, under lock */
 	const struct kd_backend_ops *ops; /* the backend (core/backend.h) */
 	void *backend;                    /* its private state (kvm, uffd) */
+	uint32_t holds; /* kd_vm_hold count: memslots frozen while > 0 */
 	int lock_initialised;
 	/* pthread mutex kept opaque here to avoid pulling pthread.h everywhere */
 	_Alignas(16) unsigned char lock_storage[64];

@@ -70,6 +70,7 @@ KD_API void kd_vm_destroy(kd_vm *vm)
 {
 	if (!vm)
 		return;
+	vm->holds = 0; /* destroying a held VM is the caller's error (kvmdirty.h) */
 	for (uint32_t a = 0; a < KD_ADDRESS_SPACES; a++) {
 		while (vm->as[a].nslots) {
 			struct kd_slot *s = vm->as[a].sorted[0];
@@ -106,6 +107,33 @@ KD_API int kd_enable_manual_protect(kd_vm *vm, uint64_t flags)
 		r = vm->ops->enable_manual_protect(vm, flags);
 	if (!r)
 		vm->manual_protect = flags;
+	kd_vm_unlock(vm);
+	return r;
+}
+
+/* The count changes under vm->lock, so a memslot call in progress finishes
+ * before a hold takes effect, and one that starts after sees it. */
+KD_API int kd_vm_hold(kd_vm *vm)
+{
+	if (!vm)
+		return -EINVAL;
+	kd_vm_lock(vm);
+	vm->holds++;
+	kd_vm_unlock(vm);
+	return 0;
+}
+
+KD_API int kd_vm_release(kd_vm *vm)
+{
+	int r = 0;
+
+	if (!vm)
+		return -EINVAL;
+	kd_vm_lock(vm);
+	if (vm->holds)
+		vm->holds--;
+	else
+		r = -EINVAL;
 	kd_vm_unlock(vm);
 	return r;
 }
