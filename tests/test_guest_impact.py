@@ -254,12 +254,13 @@ def test_placement_model_is_exact():
 
 
 def test_kernel_model_get_hold_follows_the_cost_model():
+    from pykvmdirty.analysis.costmodel import CostModel
     from pykvmdirty.analysis.guest_stalls import kernel_model
-    from pykvmdirty.migration.config import COST_MODEL as c
+    c = CostModel()
     r = kernel_model(64, "get", 0.2, 0.05, 4096, 16, 1 << 18)
-    dirty = min(4096, int(1e9 / 9000 * 0.05))
-    want = int(c["call_ns"] + (64 << 18) // 64 * c["word_ns"] + dirty * c["reprotect_ns"]
-               + c["flush_ns"])
+    dirty = int(min(4096, 1e9 / c.write_fault_ns * 0.05))
+    want = int(c.ioctl_ns + (64 << 18) // 64 * c.word_ns + dirty * c.reprotect_ns
+               + c.tlb_flush_ns)
     assert r["hold_max_ns"] == want
     # small CLEAR chunks hold the lock far less than one GET of the slot
     assert kernel_model(64, "clear", 0.2, 0.05, 4096, 16, 1 << 12)["hold_max_ns"] < want / 10

@@ -30,20 +30,21 @@ import time
 
 import numpy as np
 
-from .._native import ffi, lib
+from ..bindings.constants import (BACKENDS, CHUNK_PAGES, MAX_SLOT_PAGES, MEM_LOG_DIRTY_PAGES,
+                                  PAGE_SHIFT, RING_MAX_ENTRIES, RING_RESERVED_ENTRIES,
+                                  USER_MEM_SLOTS)
+from ..bindings.scan import bitmap_to_gfns
+from ..bindings.vm import VM, backend_available
 from .costmodel import CostModel
-from ..bindings.vm import BACKENDS, MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, VM, backend_available
 
 GIB = 1 << 30
 PAGES_PER_GIB = GIB >> PAGE_SHIFT
 BASELINES = ("flatnonzero", "read")
 ALL_BACKENDS = tuple(BACKENDS) + BASELINES  # flat twolevel bytemap ring kvm uffd + baselines
 LAYOUTS = ("one", "many")
-RING_ENTRIES = 65536  # KVM's maximum; vCPUs are added until the dirty pages fit
-RING_RESERVED = int(lib.KD_RING_RESERVED_ENTRIES)
-CHUNK_PAGES = int(lib.KD_CHUNK_PAGES)
-MAX_SLOT_PAGES = int(lib.KD_MAX_SLOT_PAGES)
-MAX_SLOTS = int(lib.KD_USER_MEM_SLOTS)
+RING_ENTRIES = RING_MAX_ENTRIES  # KVM's maximum; vCPUs are added until the dirty pages fit
+RING_RESERVED = RING_RESERVED_ENTRIES
+MAX_SLOTS = USER_MEM_SLOTS
 DEFAULT_SIZES = (1, 64, 512)
 DEFAULT_DIRTY = (0, 1000, 100000)
 DEFAULT_REPEATS = 5
@@ -279,9 +280,7 @@ def _flatnonzero_gfns(bm):
 
 
 def _c_read_gfns(bm, npages, out):
-    n = lib.kd_bitmap_to_gfns(ffi.from_buffer("uint64_t[]", bm), npages, 0,
-                              ffi.from_buffer("uint64_t[]", out), out.size)
-    return out[:n]
+    return bitmap_to_gfns(bm, npages, 0, out)
 
 
 def _run_baseline(cell, pages, npages, slots):

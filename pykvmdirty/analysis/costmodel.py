@@ -1,14 +1,16 @@
-"""A cost model: what the kernel would pay for the events a backend counted.
+"""The cost model: what the kernel (and the user side) would pay for the
+events a backend counted, in nanoseconds per event.
 
-The emulator counts events (``VM.stats``: write faults, pages re-protected,
-TLB flushes, log words read, ring entries harvested and reset, ...). A
-:class:`CostModel` prices each event in nanoseconds, so interfaces can be
-compared on modelled kernel time as well as on measured user-side time.
+One model serves everything: ``compare`` prices VM.stats with it, the
+migration's virtual clock charges it (``migrate --cost-model``), and
+``pykvmdirty calibrate`` measures its fields on this machine's /dev/kvm and
+writes the same file format.
 
-Defaults come from the figures measured on this project's machine (see
-/work/shared/FACTS.md, "Measured on this machine"); where nothing was
-measured the comment says "assumed". A calibration file (JSON, one
-``"field": ns`` per line, any subset of the fields) overrides them::
+The defaults ship with the package in ``analysis/data/cost_model.json``: per
+field its value, the event it prices and its source (a public document,
+"measured by `pykvmdirty calibrate` on <machine>, <date>", or "assumed" with
+the reason). A cost-model file is either that format or a plain JSON object
+``{"field": ns}``; fields it does not name keep the defaults::
 
     model = CostModel.load("calibration.json")
     model.modelled_ns(vm.stats, backend="flat")
@@ -17,58 +19,61 @@ import dataclasses
 import json
 import math
 import numbers
+import os
+from typing import Dict, Mapping
 
-GIB_WORDS = (1 << 30) // 4096 // 64  # 64-bit log words per GiB of slot: 4096
+from ..bindings.constants import PAGE_SIZE
+
+FORMAT = "pykvmdirty-cost-model"
+VERSION = 1
+DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "cost_model.json")
+GIB_WORDS = (1 << 30) // PAGE_SIZE // 64  # 64-bit log words per GiB of slot
 #: counters paid while the guest writes; the rest are paid by collection
 WRITE_SIDE = ("write_faults", "pml_entries", "pml_flushes", "ring_pushes", "ring_full_exits")
 
 
+def _read_default_file(path=DATA_FILE):
+    with open(path) as f:
+        data = json.load(f)
+    if data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise ImportError("%s is not a version %d %s file" % (path, VERSION, FORMAT))
+    return data["fields"]
+
+
+_DEFAULTS = _read_default_file()
+#: where each default comes from (field -> source text of the shipped data file)
+DEFAULT_SOURCES: Dict[str, str] = {k: v["source"] for k, v in _DEFAULTS.items()}
+#: what each field prices (field -> event)
+EVENTS: Dict[str, str] = {k: v["event"] for k, v in _DEFAULTS.items()}
+
+
+def _default(name):
+    return dataclasses.field(default=float(_DEFAULTS[name]["value"]))
+
+
 @dataclasses.dataclass(frozen=True)
 class CostModel:
-    """Nanoseconds per counted event. All fields are non-negative numbers."""
+    """Nanoseconds per counted event (see EVENTS); all fields are finite
+    numbers >= 0. Defaults: the package's data/cost_model.json."""
 
-    # Real classic KVM_GET_DIRTY_LOG on this machine: 27 µs per GiB of slot
-    # (FACTS.md: 512 GiB clean = 14.4 ms); a GiB of slot is 4096 log words.
-    word_ns: float = 27000.0 / GIB_WORDS
-    # Two-level summary words: read by the same kernel loop as leaf words;
-    # assumed to cost the same as a leaf word (not measured separately).
-    summary_word_ns: float = 27000.0 / GIB_WORDS
-    # FACTS.md: "+0.15-0.23 µs per dirty page re-protected" (real GET, 512 GiB,
-    # 1000 dirty); the midpoint.
-    reprotect_ns: float = 190.0
-    # Assumed: one remote TLB flush per GET/CLEAR that re-protected anything
-    # (an IPI round trip on 2 vCPUs); not measured on this machine.
-    tlb_flush_ns: float = 2000.0
-    # FACTS.md: "re-dirty after collection ~6 µs/page" in a real guest here
-    # (write fault on a re-protected page, exit and re-entry included).
-    write_fault_ns: float = 6000.0
-    # Assumed: a PML append is done by the CPU on the first write, ~free.
-    pml_entry_ns: float = 10.0
-    # Assumed: draining a full PML buffer is one VM exit, priced like the
-    # measured fault round trip above.
-    pml_flush_ns: float = 6000.0
-    # Assumed: writing one ring entry inside the fault path (16-byte store).
-    ring_push_ns: float = 20.0
-    # Assumed: a KVM_EXIT_DIRTY_RING_FULL exit and re-entry, priced like the
-    # measured fault round trip.
-    ring_full_exit_ns: float = 6000.0
-    # FACTS.md: real ring harvest 6-46 ns/entry here; near the geometric middle.
-    ring_harvest_ns: float = 20.0
-    # FACTS.md: real KVM_RESET_DIRTY_RINGS 56-169 ns/entry here; ~the middle.
-    ring_reset_ns: float = 100.0
-    # Assumed: an O(1) re-protection (generation bump) costs a TLB flush.
-    protect_bump_ns: float = 2000.0
-    # Assumed: one ioctl round trip (GET, CLEAR) from user space, ~1 µs.
-    ioctl_ns: float = 1000.0
-    # FACTS.md: userfaultfd WP_ASYNC first write 1.3 µs/page here (uffd backend
-    # write faults are priced with this instead of write_fault_ns).
-    uffd_fault_ns: float = 1300.0
-    # FACTS.md: PAGEMAP_SCAN re-protect of 64 MiB (16384 pages) 45-300 µs
-    # here: ~10 ns per page (uffd backend re-protection).
-    uffd_reprotect_ns: float = 10.0
-    # User side (only with include_user=True). FACTS.md: scanning the 128 MiB
-    # byte map of a 512 GiB guest takes 9-15 ms here: ~0.09 ns per byte.
-    bytemap_byte_ns: float = 12e6 / (128 << 20)
+    ioctl_ns: float = _default("ioctl_ns")
+    word_ns: float = _default("word_ns")
+    summary_word_ns: float = _default("summary_word_ns")
+    bytemap_byte_ns: float = _default("bytemap_byte_ns")
+    reprotect_ns: float = _default("reprotect_ns")
+    tlb_flush_ns: float = _default("tlb_flush_ns")
+    write_fault_ns: float = _default("write_fault_ns")
+    pml_entry_ns: float = _default("pml_entry_ns")
+    pml_flush_ns: float = _default("pml_flush_ns")
+    ring_push_ns: float = _default("ring_push_ns")
+    ring_full_exit_ns: float = _default("ring_full_exit_ns")
+    ring_harvest_ns: float = _default("ring_harvest_ns")
+    ring_reset_ns: float = _default("ring_reset_ns")
+    protect_bump_ns: float = _default("protect_bump_ns")
+    uffd_fault_ns: float = _default("uffd_fault_ns")
+    uffd_reprotect_ns: float = _default("uffd_reprotect_ns")
+    gfn_ns: float = _default("gfn_ns")
+    page_ns: float = _default("page_ns")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -87,30 +92,71 @@ class CostModel:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data):
-        """Defaults overridden by `data` ({field: ns}); unknown fields raise."""
-        if not isinstance(data, dict):
-            raise ValueError("a cost model must be a JSON object {field: ns}, got %s"
-                             % type(data).__name__)
+    def from_dict(cls, data, where="a cost model"):
+        """Defaults overridden by `data`: {field: ns}, or the data-file format
+        ({"format": ..., "fields": {field: {"value": ns, ...}}}); unknown
+        fields raise ValueError naming them."""
+        if not isinstance(data, Mapping):
+            raise ValueError("%s must be a JSON object {field: ns}, got %s"
+                             % (where, type(data).__name__))
+        if "format" in data:
+            if data.get("format") != FORMAT or data.get("version") != VERSION:
+                raise ValueError("%s: format %r version %r, expected %r version %d"
+                                 % (where, data.get("format"), data.get("version"),
+                                    FORMAT, VERSION))
+            fields = data.get("fields")
+            if not isinstance(fields, Mapping):
+                raise ValueError("%s: 'fields' must be an object" % where)
+            values = {}
+            for name, entry in fields.items():
+                if not isinstance(entry, Mapping) or "value" not in entry:
+                    raise ValueError("%s: field %s must be {\"value\": ns, \"source\": ...}, "
+                                     "got %r" % (where, name, entry))
+                values[name] = entry["value"]
+            data = values
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
-            raise ValueError("unknown cost model field(s) %s; known: %s"
-                             % (", ".join(unknown), ", ".join(cls.field_names())))
+            raise ValueError("%s: unknown cost model field(s) %s; known: %s"
+                             % (where, ", ".join(unknown), ", ".join(cls.field_names())))
         return cls(**data)
 
     @classmethod
     def load(cls, path):
-        """Read a calibration file (a JSON object, any subset of the fields)."""
-        with open(path) as f:
-            try:
+        """Read a cost-model file (either format, any subset of the fields)."""
+        try:
+            with open(path) as f:
                 data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError("cost model file %s is not valid JSON: %s" % (path, e)) from None
-        return cls.from_dict(data)
+        except json.JSONDecodeError as e:
+            raise ValueError("cost model file %s is not valid JSON: %s" % (path, e)) from None
+        except OSError as e:
+            raise ValueError("cannot read cost model file %s: %s"
+                             % (path, e.strerror or e)) from None
+        return cls.from_dict(data, "cost model file %s" % path)
 
-    def save(self, path):
+    def to_file_dict(self, sources=None):
+        """The data-file format: per field its value, event and source
+        (``sources`` overrides DEFAULT_SOURCES for the fields it names; a
+        value that differs from the default without a source says so)."""
+        sources = dict(sources or {})
+        default = CostModel()
+        fields = {}
+        for name in self.field_names():
+            value = getattr(self, name)
+            if name in sources:
+                src = sources[name]
+            elif value == getattr(default, name):
+                src = DEFAULT_SOURCES[name]
+            else:
+                src = "set by the user (default %r: %s)" % (getattr(default, name),
+                                                            DEFAULT_SOURCES[name])
+            fields[name] = {"value": value, "event": EVENTS[name], "source": src}
+        return {"format": FORMAT, "version": VERSION,
+                "description": "Nanoseconds per counted event. Each field: value, what it "
+                "prices, and where the value comes from.", "fields": fields}
+
+    def save(self, path, sources=None):
         with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1, sort_keys=True)
+            json.dump(self.to_file_dict(sources), f, indent=1)
             f.write("\n")
 
     # -- pricing ------------------------------------------------------------

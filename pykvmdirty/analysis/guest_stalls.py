@@ -21,8 +21,9 @@ import time
 import numpy as np
 
 from ..bindings.guest_exits import GlobalLock, bucket_floors, collect_stall, percentiles
-from ..bindings.vm import MEM_LOG_DIRTY_PAGES, PAGE_SIZE, VM, backend_available
-from ..migration.config import COST_MODEL
+from ..bindings.constants import MEM_LOG_DIRTY_PAGES, PAGE_SIZE
+from ..bindings.vm import VM, backend_available
+from .costmodel import CostModel
 from .compare import RING_ENTRIES, _write_all, dirty_pages, gib_to_pages, ring_vcpus
 
 NS = 1_000_000_000
@@ -30,10 +31,8 @@ PAGE_REC = 8 + PAGE_SIZE
 LOOP_THREADS = ("iothread", "migration-thread")
 LOOP_INTERFACES = ("bytemap", "flat", "twolevel", "ring", "kvm")
 KERNEL_COLLECTORS = ("get", "clear", "ring")
-#: a guest write that faults after a re-protection, measured here (FACTS.md:
-#: "re-dirty after collection 6-12 us/page" in a KVM guest): 9 us
-FAULT_NS = 9000
-#: of which the fault holds the slot lock (mmu_lock): assumed 1 us
+#: of a guest write fault (CostModel.write_fault_ns, calibrated here), the part
+#: that holds the slot lock (mmu_lock): assumed 1 us
 FAULT_LOCK_NS = 1000
 
 
@@ -66,9 +65,10 @@ def measure_sync(backend, size_gib, dirty, repeats=3, seed=0):
     return int(statistics.median(times))
 
 
-def send_ns(dirty, cost=COST_MODEL, link_bandwidth=1.25e9):
+def send_ns(dirty, cost=None, link_bandwidth=1.25e9):
     """Modelled time to read and send `dirty` pages (unlimited rate)."""
-    return int(dirty * (cost["page_ns"] + PAGE_REC * NS / link_bandwidth))
+    cost = cost or CostModel()
+    return int(dirty * (cost.page_ns + PAGE_REC * NS / link_bandwidth))
 
 
 def placement_model(sync, send, loop_thread, ring, vcpus, exit_rate, exit_service,
@@ -99,7 +99,7 @@ def placement_model(sync, send, loop_thread, ring, vcpus, exit_rate, exit_servic
 
 def loop_placement_table(sizes_gib=(64, 512), interfaces=LOOP_INTERFACES, dirty_rate=20000,
                          vcpus=2, exit_rate=1000, exit_service=10e-6, max_wait=0.05,
-                         window=1.0, repeats=3, cost=COST_MODEL, bandwidths=(128 << 20, 0)):
+                         window=1.0, repeats=3, cost=None, bandwidths=(128 << 20, 0)):
     """The guest dirties dirty_rate pages/s; each sync is measured with a
     100 ms share of them dirty. bandwidths: rate limits in bytes/s. With a
     limit, one iteration per 100 ms window sends what was dirtied (at most
@@ -138,34 +138,36 @@ def loop_placement_table(sizes_gib=(64, 512), interfaces=LOOP_INTERFACES, dirty_
 # ---- the kernel's side ----------------------------------------------------
 
 def kernel_model(size_gib, collector, duration, period, guest_pages, batch, chunk_pages,
-                 cost=COST_MODEL, fault_ns=FAULT_NS, fault_lock_ns=FAULT_LOCK_NS):
-    """The emulated model of the collector/guest race on one slot lock."""
+                 cost=None, fault_lock_ns=FAULT_LOCK_NS):
+    """The emulated model of the collector/guest race on one slot lock: every
+    guest write faults (cost.write_fault_ns, of which fault_lock_ns under the
+    lock); the collector's calls hold it for their cost-model time."""
+    c = cost or CostModel()
+    fault_ns = c.write_fault_ns
     npages = gib_to_pages(size_gib)
     nwords = -(-npages // 64)
     gl = GlobalLock(1, NS / (fault_ns - fault_lock_ns), fault_lock_ns / NS, virtual=True,
                     log_cap=0)
     t, end = 0, int(duration * NS)
     dirty = int(min(guest_pages, NS / fault_ns * max(period, 1e-9)))
-    c = cost
     while t < end:
         start = t
         if collector == "get":  # mmu_lock over the whole walk
-            h = int(c["call_ns"] + nwords * c["word_ns"] + dirty * c["reprotect_ns"]
-                    + c["flush_ns"])
+            h = int(c.ioctl_ns + nwords * c.word_ns + dirty * c.reprotect_ns + c.tlb_flush_ns)
             gl.hold("collect", t, t + h)
             t += h
         elif collector == "clear":  # GET copies without the lock, CLEAR per chunk
-            t += int(c["call_ns"] + nwords * c["word_ns"])
+            t += int(c.ioctl_ns + nwords * c.word_ns)
             nchunks = -(-npages // chunk_pages)
             k = max(1, min(nchunks, dirty))
             for _ in range(k):
-                h = int(c["call_ns"] + chunk_pages / 64 * c["word_ns"]
-                        + dirty / k * c["reprotect_ns"] + c["flush_ns"])
+                h = int(c.ioctl_ns + chunk_pages / 64 * c.word_ns + dirty / k * c.reprotect_ns
+                        + c.tlb_flush_ns)
                 gl.hold("collect", t, t + h)
                 t += h
         else:  # ring: harvest in user space, the reset takes the lock
-            t += int(dirty * c["harvest_ns"] + c["call_ns"])
-            h = int(c["call_ns"] + dirty * c["reset_ns"] + c["flush_ns"])
+            t += int(dirty * c.ring_harvest_ns + c.ioctl_ns)
+            h = int(c.ioctl_ns + dirty * c.ring_reset_ns + c.tlb_flush_ns)
             gl.hold("collect", t, t + h)
             t += h
         t = max(t, start + int(period * NS))
@@ -178,7 +180,8 @@ def kernel_model(size_gib, collector, duration, period, guest_pages, batch, chun
 
 def kernel_side_table(sizes_gib=(64, 512), collectors=KERNEL_COLLECTORS, duration=1.0,
                       period=0.05, guest_pages=4096, batch=16, chunk_pages=1 << 18,
-                      cost=COST_MODEL):
+                      cost=None):
+    cost = cost or CostModel()
     ok, why = backend_available("kvm")
     rows = []
     floors = bucket_floors()
@@ -214,7 +217,8 @@ def kernel_side_table(sizes_gib=(64, 512), collectors=KERNEL_COLLECTORS, duratio
                     row["ratio_hold"] = row["real"]["call_max_ns"] / row["model"]["hold_max_ns"]
             rows.append(row)
     return dict(settings=dict(duration=duration, period=period, guest_pages=guest_pages,
-                              batch=batch, chunk_pages=chunk_pages, fault_ns=FAULT_NS,
+                              batch=batch, chunk_pages=chunk_pages,
+                              fault_ns=cost.write_fault_ns,
                               fault_lock_ns=FAULT_LOCK_NS), rows=rows)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .._native import ffi, lib
 from ..errors import check
-from .vm import _u64_ptr
+from .boundary import u64_ptr as _u64_ptr
 
 HOLDERS = {
     lib.KD_BQL_HOLDER_NONE: "free",

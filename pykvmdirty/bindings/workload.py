@@ -1,21 +1,15 @@
 """The C workload generators (kd_workload): seeded streams of gfns for the
-kinds idle, uniform, hotspot, zipf, sequential and migration-test."""
+kinds idle, uniform, hotspot, zipf, sequential and migration-test; and
+WorkloadThreads, C threads (one per vCPU) running generators at a rate."""
 import numbers
+import weakref
 
 import numpy as np
 
 from .._native import ffi, lib
 from ..errors import check
-from .vm import _u64_ptr
-
-KINDS = {
-    "idle": lib.KD_WL_IDLE,
-    "uniform": lib.KD_WL_UNIFORM,
-    "hotspot": lib.KD_WL_HOTSPOT,
-    "zipf": lib.KD_WL_ZIPF,
-    "sequential": lib.KD_WL_SEQUENTIAL,
-    "migration-test": lib.KD_WL_MIGRATION_TEST,
-}
+from .boundary import u64_ptr, uint_arg
+from .constants import WORKLOAD_KINDS as KINDS
 
 
 def check_kind(kind):
@@ -40,6 +34,7 @@ def check_shape(hot_fraction, hot_share, zipf_s):
     if not isinstance(zipf_s, numbers.Real) or not 0 < zipf_s <= 10:
         raise ValueError("zipf_s must be in (0, 10], got %r" % (zipf_s,))
     return hot_fraction, hot_share, float(zipf_s)
+
 
 class Generator:
     """One seeded C generator over gfns [first_gfn, first_gfn + npages)."""
@@ -71,6 +66,64 @@ class Generator:
         (the sweep number for migration-test, else 0)."""
         if out is None:
             out = np.empty(max(int(n), 1), dtype=np.uint64)
-        k = check(lib.kd_workload_generate(self._h, _u64_ptr(out), int(n), self._hint),
+        k = check(lib.kd_workload_generate(self._h, u64_ptr(out, True), int(n), self._hint),
                   "workload.generate")
         return out[:k], self._hint[0]
+
+
+def _stop_threads(handle, n, keep_alive):
+    """Finalizer: stop, join and free the threads (keep_alive: VM, generators)."""
+    st = ffi.new("struct kd_workload_thread_stats[]", n)
+    rc = lib.kd_workload_threads_stop(handle, st, n)
+    return rc, [dict(writes=st[i].writes, ring_full_waits=st[i].ring_full_waits,
+                     error=st[i].error) for i in range(n)]
+
+
+class WorkloadThreads:
+    """kd_workload_threads: one C thread per generator writing into the VM at
+    `rate` pages/s in real time. Same lifetime rules as Writers: the VM and
+    the generators stay alive until the threads are joined (stop(), VM.close()
+    or the finalizer)."""
+
+    def __init__(self, vm, generators, rate, value_base, global_lock=None):
+        native = vm.handle
+        arr = ffi.new("kd_workload *[]", [g.handle for g in generators])
+        out = ffi.new("kd_workload_threads **")
+        self._n = len(generators)
+        check(lib.kd_workload_threads_start(native, arr, self._n, uint_arg(rate, "rate"),
+                                            uint_arg(value_base, "value_base"), out),
+              "workload threads (%d threads, %d pages/s)" % (self._n, rate))
+        self._handle = out[0]
+        self._vm = vm
+        self.stats = None  # per-thread stats once stopped (kept if a thread failed)
+        # the lock (guest_exits.GlobalLock) must outlive the threads: kept with them
+        self._finalizer = weakref.finalize(self, _stop_threads, self._handle, self._n,
+                                           (native, list(generators), arr, global_lock))
+        if global_lock is not None:
+            check(lib.kd_workload_threads_set_bql(self._handle, global_lock.handle),
+                  "workload threads: guest exits")
+        vm.register_pool(self)
+
+    @property
+    def running(self):
+        return self._finalizer.alive
+
+    def throttle(self, percent):
+        percent = uint_arg(percent, "percent", 32)
+        if self._finalizer.alive:
+            check(lib.kd_workload_threads_throttle(self._handle, percent),
+                  "throttle(%d)" % percent)
+
+    def stop(self):
+        """Stop and join; returns per-thread stats (dicts: writes,
+        ring_full_waits, error), or None if already stopped. Raises
+        KvmDirtyError with the first thread error."""
+        if not self._finalizer.alive:
+            return None
+        self._vm.unregister_pool(self)
+        rc, self.stats = self._finalizer()
+        check(rc, "workload threads")
+        return self.stats
+
+    def stop_and_join(self):
+        self.stop()

@@ -4,7 +4,8 @@ import time
 
 import numpy as np
 
-from ..bindings.vm import EMULATED_BACKENDS, MEM_LOG_DIRTY_PAGES, VM
+from ..bindings.constants import EMULATED_BACKENDS, MEM_LOG_DIRTY_PAGES
+from ..bindings.vm import VM
 
 
 def register(sub):

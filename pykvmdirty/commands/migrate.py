@@ -6,12 +6,12 @@ virtual clock, in-process destination, verified page by page.
 """
 import sys
 
-from ..migration.config import MODES, STRATEGIES, ZERO_ACCOUNTING, parse_size
+from ..migration.config import EXIT_SERVICE_S, MODES, ZERO_ACCOUNTING, parse_size
+from ..migration.strategies import STRATEGIES
 from ..migration.errors import MigrationError
 from ..migration.run import migrate
-from ..migration.guest_exits import EXIT_SERVICE_S
 from ..errors import SinkError
-from ..bindings.vm import BACKENDS
+from ..bindings.constants import BACKENDS
 from ..bindings.workload import KINDS
 
 
@@ -55,6 +55,9 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step", type=float, default=0.01,
                    help="virtual mode: workload interval, seconds (default 0.01)")
+    p.add_argument("--cost-model", metavar="FILE",
+                   help="virtual clock prices: a cost-model file (written by `pykvmdirty "
+                   "calibrate`, or {field: ns}); default: the package's measured defaults")
     p.add_argument("--loop-thread", default="migration-thread",
                    choices=["iothread", "migration-thread"],
                    help="where the loop runs: iothread holds the global lock for each "
@@ -102,7 +105,7 @@ def run(args):
             downtime_limit=args.downtime_limit, max_wait=args.max_wait,
             max_passes=args.max_passes, auto_converge=args.auto_converge,
             zero_pages=args.zero_pages, populate=args.populate, fill=args.fill,
-            sink=args.sink, seed=args.seed, step=args.step,
+            sink=args.sink, seed=args.seed, step=args.step, cost_model=args.cost_model,
             loop_thread=args.loop_thread, exit_rate=args.exit_rate,
             exit_service=args.exit_service,
             progress=None if args.quiet else True)

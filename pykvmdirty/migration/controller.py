@@ -1,169 +1,150 @@
-"""The pre-copy loop's controller: per-slot send bookkeeping, sync of the dirty
-log, the send loop around the C sender, pass accounting and verification."""
+"""The pre-copy loop: the Controller (clocks, modelled costs, carried gfns,
+the send loop around the C sender, pass accounting) and ``run_passes`` (bulk
+pass, iterate passes until the expected downtime fits, stop-and-copy).
+
+Clocks: in virtual mode the sender's virtual clock is advanced by the cost
+model (collect: per call, word, re-protected page, ring entry; send: per page
+read and bytes / link_bandwidth) and the workload writes what its rate gives
+for each elapsed ``step``; in real-time mode C threads write concurrently and
+every cost is measured.
+"""
 import time
 
 import numpy as np
 
-from .._native import ffi, lib
-from ..errors import check
-from ..bindings.vm import PAGE_SIZE, _u64_ptr
+from ..bindings.constants import (PAGE_SIZE, SEND_DEADLINE, SEND_DONE, SEND_FULL,
+                                  SEND_RATE_LIMITED, SEND_TIME_CAP)
+from ..bindings.guest_exits import GlobalLock
+from ..bindings.sender import LATENCY_BUCKET_FLOORS, clock_ns
+from ..bindings.wire import page_hashes
 from .config import NS, POPULATE_VALUE
 from .errors import MigrationError
-from .report import PassMetrics
-from ..bindings.wire import page_hashes
 from .loop_placement import LoopPlacement
+from .report import PassMetrics
+from .strategies import SyncItem
+from .trace import TraceWorkload
+from .workloads import ThreadWorkload, VirtualWorkload
 
-class SlotState:
-    """One memslot and the sender's per-page bookkeeping for it."""
-
-    def __init__(self, vm, slot_id, base_gfn, npages):
-        self.id = slot_id
-        self.base_gfn = base_gfn
-        self.npages = npages
-        self.nwords = (npages + 63) // 64
-        info = ffi.new("struct kd_slot_info *")
-        check(lib.kd_slot_info(vm.handle, slot_id, info), "slot_info(%d)" % slot_id)
-        if info.memory == ffi.NULL:
-            raise MigrationError("slot %d has no guest memory" % slot_id)
-        self.memory_ptr = info.memory
-        self.last_version = np.zeros(npages, dtype=np.uint64)
-        self.sent = np.zeros(self.nwords, dtype=np.uint64)
-        self.region = ffi.new("struct kd_send_region *")
-        r = self.region
-        r.memory = info.memory
-        r.base_gfn = base_gfn
-        r.npages = npages
-        r.last_version = ffi.from_buffer("uint64_t[]", self.last_version)
-        r.sent = ffi.from_buffer("uint64_t[]", self.sent)
-        r.vm = vm.handle
-        r.slot = slot_id
-        self._keep = []
-
-    def memory(self):
-        return np.frombuffer(ffi.buffer(self.memory_ptr, self.npages * PAGE_SIZE),
-                             dtype=np.uint8)
-
-    def set_clear(self, shift, mask):
-        r = self.region
-        if shift is None:
-            r.clear_shift = 0
-            r.clear_mask = ffi.NULL
-            r.chunk_cleared_ns = ffi.NULL
-            self._keep = []
-            return
-        nchunks = (self.npages + (1 << shift) - 1) >> shift
-        cleared = np.zeros(nchunks, dtype=np.uint64)
-        self._keep = [mask, cleared]
-        r.clear_shift = shift
-        r.clear_mask = ffi.from_buffer("uint64_t[]", mask)
-        r.chunk_cleared_ns = ffi.from_buffer("uint64_t[]", cleared)
+#: VM.stats counters and the cost-model field that prices each (virtual clock)
+_PRICED = (("get_calls", "ioctl_ns"), ("clear_calls", "ioctl_ns"),
+           ("collect_calls", "ioctl_ns"), ("words_scanned", "word_ns"),
+           ("summary_words_scanned", "summary_word_ns"),
+           ("bytemap_bytes_scanned", "bytemap_byte_ns"),
+           ("pages_reprotected", "reprotect_ns"), ("tlb_flushes", "tlb_flush_ns"),
+           ("ring_harvested", "ring_harvest_ns"), ("ring_reset", "ring_reset_ns"),
+           ("pages_collected", "gfn_ns"))
 
 
 class Controller:
-    def __init__(self, cfg, vm, slots, sender, sink, workload, threads, progress):
+    """One migration's loop state. The workload is built here (virtual: a
+    VirtualWorkload or a trace replay whose ring-full exits call reap();
+    real time: C threads), so nothing outside sets its attributes."""
+
+    def __init__(self, cfg, vm, slots, sender, sink, progress=None, recorder=None):
         self.cfg = cfg
+        self.costs = cfg.cost_model
+        self.strategy = cfg.sync
         self.vm = vm
         self.slots = slots
-        self.s = sender
+        self.sender = sender
         self.sink = sink
-        self.wl = workload          # virtual workload (or None)
-        self.threads = threads      # ThreadWorkload (or None)
         self.progress = progress
-        self.virtual = cfg["mode"] == "virtual"
-        self.step = cfg["step_ns"]
+        self.virtual = cfg.virtual
+        self.step = cfg.step_ns
         self.deadline = 0
-        self.wl_time = 0            # virtual workload has written up to here
+        self.wl_time = 0            # the virtual workload has written up to here
         self.carry = []             # gfns reaped early (ring full), for the next sync
-        self.pos = ffi.new("uint64_t *")
-        self.stats = ffi.new("struct kd_send_stats *")
-        self.hist = np.zeros(lib.KD_LAT_BUCKETS, dtype=np.uint64)
-        self.floors = np.array([lib.kd_latency_bucket_floor(i)
-                                for i in range(lib.KD_LAT_BUCKETS + 1)], dtype=np.float64)
-        self.buf = None
-        if sink.encodes:
-            self.buf = np.empty(cfg["batch_bytes"], dtype=np.uint8)
-            check(lib.kd_sender_set_buffer(sender, ffi.from_buffer(self.buf), self.buf.size),
-                  "set_buffer")
-        self.flushlen = ffi.new("uint64_t *")
-        self.ring_full_events = 0
+        self.ring_full_events = 0   # reaps (real time)
         self.bases = np.array([sl.base_gfn for sl in slots], dtype=np.uint64)
         self._last_progress = 0.0
         self.stopped = False
-        # where the loop runs: when it holds the global lock (run.py sets it)
-        self.placement = LoopPlacement("migration-thread", None, self.now, True)
-        self._ring_vm = vm.backend == "ring" or (vm.backend == "kvm" and bool(vm.ring_entries))
+        self.virtual_writer = None  # the VirtualWorkload (virtual mode)
+        self.workload = None        # what runs on the virtual clock (or a trace replay)
+        self.threads = None         # ThreadWorkload (real time)
+        # guest exits on the global lock, and when the loop holds it (loop_placement)
+        self.global_lock = GlobalLock(cfg.vcpus, cfg.exit_rate, cfg.exit_service,
+                                      virtual=self.virtual) if cfg.exit_rate else None
+        self.placement = LoopPlacement(cfg.loop_thread, self.global_lock, self.now,
+                                       ring_outside=bool(vm.ring_entries))
+        self._ring_vm = bool(vm.ring_entries)
+        if self.virtual:
+            self.virtual_writer = VirtualWorkload(vm, cfg.workload, 0, cfg.npages,
+                                                  on_ring_full=self.reap, recorder=recorder)
+            self.workload = (self.virtual_writer if cfg.trace is None else
+                             TraceWorkload(vm, cfg.trace, self.virtual_writer.write_gfns))
+        else:
+            self.threads = ThreadWorkload(vm, cfg.workload, 0, cfg.npages,
+                                          global_lock=self.global_lock)
 
     # -- clock ---------------------------------------------------------------
     def now(self):
-        return lib.kd_sender_now(self.s)
+        return self.sender.now()
+
+    def clock(self):
+        """The clock passes are timed with: virtual, or perf_counter_ns."""
+        return self.now() if self.virtual else time.perf_counter_ns()
+
+    def sample_time(self):
+        """When dirty information is taken, on the sender's latency clock."""
+        return self.now() if self.virtual else clock_ns()
 
     def charge(self, ns):
         """Virtual: advance the clock by a modelled cost, letting the workload run."""
         if self.virtual and ns > 0:
-            check(lib.kd_sender_advance(self.s, int(ns)), "advance")
+            self.sender.advance(int(ns))
             self.run_workload()
 
     def run_workload(self):
-        if not self.virtual or self.wl is None or self.stopped:
+        if not self.virtual or self.stopped:
             return
         now = self.now()
         if now > self.wl_time:
-            self.wl.advance(self.wl_time, now)
+            self.workload.advance(self.wl_time, now)
             self.wl_time = now
 
-    # -- sync --------------------------------------------------------------
-    def _stats_cost(self, before, after):
-        d = {k: after[k] - before[k] for k in after}
-        c = self.cfg["cost_model"]
-        calls = d["get_calls"] + d["clear_calls"] + d["collect_calls"]
-        return (calls * c["call_ns"]
-                + (d["words_scanned"] + d["summary_words_scanned"]) * c["word_ns"]
-                + d["bytemap_bytes_scanned"] * c["bytemap_byte_ns"]
-                + d["pages_reprotected"] * c["reprotect_ns"]
-                + d["tlb_flushes"] * c["flush_ns"]
-                + d["ring_harvested"] * c["harvest_ns"]
-                + d["ring_reset"] * c["reset_ns"]
-                + d["pages_collected"] * c["gfn_ns"])
+    def set_throttle(self, pct):
+        if self.workload is not None:
+            self.workload.throttle = pct
+        if self.threads is not None:
+            self.threads.throttle(pct)
 
-    def _timed(self, fn, *args, extra_calls=0):
+    # -- costs ---------------------------------------------------------------
+    def _stats_cost(self, before, after):
+        c = self.costs
+        return sum((after[k] - before[k]) * getattr(c, field) for k, field in _PRICED)
+
+    def timed(self, fn, *args, extra_calls=0):
         """Run a sync call; returns (result, cost ns): modelled (virtual) or measured."""
         with self.placement.sync(ring=self._ring_vm):
             if self.virtual:
                 before = self.vm.stats
                 out = fn(*args)
-                cost = self._stats_cost(before, self.vm.stats) + extra_calls * \
-                    self.cfg["cost_model"]["call_ns"]
+                cost = self._stats_cost(before, self.vm.stats) + extra_calls * self.costs.ioctl_ns
                 self.charge(cost)
                 return out, int(cost)
             t0 = time.perf_counter_ns()
             out = fn(*args)
             return out, time.perf_counter_ns() - t0
 
-    def _harvest_all(self):
-        parts = []
-        for v in range(self.vm.vcpus):
-            e = self.vm.harvest(v)
-            if e.size:
-                parts.append(self.vm.entries_to_gfns(e))
-        self.vm.reset_dirty_rings()
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+    def scan_cost(self, n, t0, per_word=False):
+        """Cost of a user-side scan of n gfns (or n log words): modelled, or
+        measured since t0."""
+        if self.virtual:
+            cost = n * (self.costs.word_ns if per_word else self.costs.gfn_ns)
+            self.charge(cost)
+            return int(cost)
+        return time.perf_counter_ns() - t0
 
+    # -- gfns reaped early -----------------------------------------------------
     def reap(self, vcpu=None):
-        """A ring filled (or is filling): take its entries now, send them next pass."""
+        """A ring filled (or is filling): take its pages now, send them next pass."""
         self.ring_full_events += 1
-        if self.cfg["strategy"] == "ring":
-            gfns, _ = self._timed(self._harvest_all, extra_calls=self.vm.vcpus + 1)
-        else:  # collect every slot: on a ring VM that harvests and resets
-            parts = []
-            for sl in self.slots:
-                g, _ = self._timed(self.vm.collect, sl.id)
-                parts.append(g)
-            gfns = np.concatenate(parts)
+        gfns = self.strategy.reap(self)
         if gfns.size:
             self.carry.append(gfns)
 
-    def _maybe_reap_realtime(self):
-        if self.virtual or self.vm.backend not in ("ring", "kvm") or not self.vm.ring_entries:
+    def maybe_reap_realtime(self):
+        if self.virtual or not self.vm.ring_entries:
             return
         for v in range(self.vm.vcpus):
             used, limit = self.vm.ring_usage(v)
@@ -171,140 +152,95 @@ class Controller:
                 self.reap(v)
                 return
 
-    def _take_carry(self):
+    def take_carry(self):
         if not self.carry:
             return None
         g = np.concatenate(self.carry)
         self.carry = []
         return g
 
-    def _split(self, gfns):
-        """Sorted unique gfns -> per-slot arrays."""
+    def take_carry_per_slot(self):
+        carry = self.take_carry()
+        return None if carry is None else self.split_by_slot(carry)
+
+    def take_carry_for(self, sl):
+        """The carried gfns inside slot sl (the rest stay carried)."""
+        cg = self.take_carry()
+        if cg is None:
+            return None
+        inside = (cg >= sl.base_gfn) & (cg < sl.base_gfn + sl.npages)
+        if (~inside).any():
+            self.carry.append(cg[~inside])
+        return cg[inside]
+
+    def split_by_slot(self, gfns):
+        """gfns -> sorted unique per-slot arrays."""
         gfns = np.unique(gfns)
-        cuts = np.searchsorted(gfns, self.bases)
-        cuts = np.append(cuts, gfns.size)
+        cuts = np.append(np.searchsorted(gfns, self.bases), gfns.size)
         return [gfns[cuts[i]:cuts[i + 1]] for i in range(len(self.slots))]
-
-    def sync_all(self, final=False):
-        """global/ring/chunked-clear sync of every slot. Returns (per-slot work
-        items, collect ns, scan ns)."""
-        strategy = self.cfg["strategy"]
-        collect_ns = scan_ns = 0
-        items = []
-        if strategy == "ring":
-            gfns, c = self._timed(self._harvest_all, extra_calls=self.vm.vcpus + 1)
-            collect_ns += c
-            carry = self._take_carry()
-            if carry is not None:
-                gfns = np.concatenate([gfns, carry])
-            t0 = time.perf_counter_ns()
-            per = self._split(gfns)
-            scan_ns += self._scan_cost(gfns.size, t0)
-            sample = self.now()
-            items = [(sl, g, sample, None) for sl, g in zip(self.slots, per)]
-        elif strategy == "chunked-clear" and not final:
-            carry = self._take_carry()
-            per_carry = self._split(carry) if carry is not None else None
-            for i, sl in enumerate(self.slots):
-                bm, c = self._timed(self.vm.get_dirty_log, sl.id)
-                collect_ns += c
-                t0 = time.perf_counter_ns()
-                g = _bitmap_to_gfns(bm, sl.npages, sl.base_gfn)
-                scan_ns += self._scan_cost(sl.nwords, t0, per="word")
-                if per_carry is not None and per_carry[i].size:
-                    g = np.union1d(g, per_carry[i])
-                items.append((sl, g, self.now(), bm))
-        else:  # global, and every final sync: collect and clear everything
-            carry = self._take_carry()
-            per_carry = self._split(carry) if carry is not None else None
-            for i, sl in enumerate(self.slots):
-                g, c = self._timed(self.vm.collect, sl.id)
-                collect_ns += c
-                if per_carry is not None and per_carry[i].size:
-                    g = np.union1d(g, per_carry[i])
-                items.append((sl, g, self.now(), None))
-        return items, collect_ns, scan_ns
-
-    def _scan_cost(self, n, t0, per="gfn"):
-        if self.virtual:
-            c = self.cfg["cost_model"]
-            cost = n * (c["word_ns"] if per == "word" else c["gfn_ns"])
-            self.charge(cost)
-            return int(cost)
-        return time.perf_counter_ns() - t0
 
     # -- send --------------------------------------------------------------
     def flush(self):
-        if self.buf is None:
+        if self.sender.buffer is None:  # counting only (null sink)
             return
-        check(lib.kd_sender_flush(self.s, self.flushlen), "flush")
-        n = self.flushlen[0]
-        if n:
-            self.sink.send(memoryview(self.buf)[:n])
+        data = self.sender.flush()
+        if data is not None:
+            self.sink.send(data)
 
-    def send(self, sl, gfns, sample, bitmap=None, final=False, pm=None, progress=None):
+    def put_control(self, put, what):
+        self.sender.put_control(put, self.sink.send, what)
+
+    def send(self, sl, gfns, sample, bitmap=None, final=False, progress=None):
         """Send gfns (None: the whole slot) of slot sl. Returns send ns."""
         if bitmap is not None:
-            sl.set_clear(self.cfg["clear_shift"], bitmap)
-        t0 = self.now() if self.virtual else time.perf_counter_ns()
+            sl.set_clear(self.cfg.clear_shift, bitmap)
+        t0 = self.clock()
         n = sl.npages if gfns is None else gfns.size
-        ptr = ffi.NULL if gfns is None else _u64_ptr(gfns)
-        self.pos[0] = 0
+        s = self.sender
+        s.rewind()
         while True:
             deadline = self.deadline if (self.virtual and not final) else 0
-            rc = lib.kd_send_pages(self.s, sl.region, ptr, n, self.pos, sample, deadline)
-            if rc == lib.KD_SEND_DONE:
+            rc = s.send_pages(sl, gfns, n, sample, deadline)
+            if rc == SEND_DONE:
                 break
-            if rc == lib.KD_SEND_FULL:
+            if rc == SEND_FULL:
                 self.flush()
-            elif rc == lib.KD_SEND_TIME_CAP:
-                # between iterations: what QEMU's migration thread does
+            elif rc == SEND_TIME_CAP:
                 self.placement.between_iterations()
-                check(lib.kd_sender_iteration_begin(self.s), "iteration_begin")
-            elif rc == lib.KD_SEND_RATE_LIMITED:
-                self._wait_budget_unlocked(final)
-            elif rc == lib.KD_SEND_DEADLINE:
+                s.iteration_begin()  # between iterations: what QEMU's migration thread does
+            elif rc == SEND_RATE_LIMITED:
+                self.wait_budget_unlocked(final)
+            elif rc == SEND_DEADLINE:
                 self.deadline = self.now() + self.step
             else:
-                check(rc, "kd_send_pages(slot %d)" % sl.id)
+                raise MigrationError("kd_send_pages returned unknown result %d" % rc)
             if self.virtual and not final:
                 self.run_workload()
             elif not final:
-                self._maybe_reap_realtime()
+                self.maybe_reap_realtime()
             if progress:
-                progress(self.pos[0], n)
+                progress(s.position, n)
         if self.virtual and not final:
             self.run_workload()
         if bitmap is not None:
-            sl.set_clear(None, None)
-        end = self.now() if self.virtual else time.perf_counter_ns()
-        return end - t0
+            sl.clear_off()
+        return self.clock() - t0
 
-    def _wait_budget_unlocked(self, final):
+    def wait_budget_unlocked(self, final):
         """Rate limited under the iothread placement: the iteration ends, the
         lock is dropped while the budget refills, the next iteration begins."""
         self.placement.iteration_end()
         while True:
             deadline = self.deadline if (self.virtual and not final) else 0
-            rc = lib.kd_sender_wait_budget(self.s, deadline)
-            if rc == lib.KD_SEND_DONE:
+            if self.sender.wait_budget(deadline) == SEND_DONE:
                 break
-            if rc != lib.KD_SEND_DEADLINE:
-                check(rc, "kd_sender_wait_budget")
             self.deadline = self.now() + self.step
             self.run_workload()
         self.placement.iteration_begin()
-        check(lib.kd_sender_iteration_begin(self.s), "iteration_begin")
-
-    def stats_now(self):
-        check(lib.kd_sender_stats(self.s, self.stats), "stats")
-        st = self.stats
-        return {k: getattr(st, k) for k in (
-            "pages", "zero_pages", "wire_bytes", "header_bytes", "accounted_bytes", "redundant",
-            "batches", "rate_waits", "time_cap_exits", "lat_count", "lat_sum_ns", "lat_max_ns")}
+        self.sender.iteration_begin()
 
     def finish_pass(self, pm, before, t_start):
-        after = self.stats_now()
+        after = self.sender.stats()
         d = {k: after[k] - before[k] for k in after}
         pm.pages_sent = d["pages"]
         pm.zero_pages = d["zero_pages"]
@@ -315,26 +251,13 @@ class Controller:
         pm.rate_waits = d["rate_waits"]
         pm.latency_mean_ns = d["lat_sum_ns"] / d["lat_count"] if d["lat_count"] else 0
         pm.latency_max_ns = after["lat_max_ns"]
-        check(lib.kd_sender_latency_histogram(self.s, ffi.from_buffer("uint64_t[]", self.hist),
-                                              lib.KD_LAT_BUCKETS, 1), "histogram")
-        pm.latency_p50_ns, pm.latency_p99_ns = self.percentiles(self.hist, (0.5, 0.99))
-        end = self.now() if self.virtual else time.perf_counter_ns()
-        pm.duration_ns = end - t_start
+        pm.latency_p50_ns, pm.latency_p99_ns = percentiles(
+            self.sender.latency_histogram(reset=True), (0.5, 0.99))
+        pm.duration_ns = self.clock() - t_start
         pm.bandwidth = pm.bytes * NS / pm.duration_ns if pm.duration_ns else 0.0
 
-    def percentiles(self, hist, qs):
-        total = int(hist.sum())
-        if not total:
-            return [0 for _ in qs]
-        cum = np.cumsum(hist)
-        out = []
-        for q in qs:
-            b = int(np.searchsorted(cum, q * total, side="left"))
-            lo, hi = self.floors[b], self.floors[b + 1]
-            out.append(int(lo if hi <= lo + 1 else (lo + hi) / 2))
-        return out
-
     def progress_cb(self, pass_index, total):
+        """(callback(done, n), state) reporting a pass's progress, or None."""
         if not self.progress:
             return None
         state = {"base": 0}
@@ -348,19 +271,18 @@ class Controller:
         return cb, state
 
 
-def _bitmap_to_gfns(bitmap, npages, base):
-    cap = npages
-    out = np.empty(max(cap, 1), dtype=np.uint64)
-    n = lib.kd_bitmap_to_gfns(_u64_ptr(bitmap), npages, base, _u64_ptr(out), cap)
-    check(n, "kd_bitmap_to_gfns")
-    return out[:n].copy() if n < cap // 4 else out[:n]
-
-
-
-def closed_windows(sender):
-    st = ffi.new("struct kd_send_stats *")
-    check(lib.kd_sender_stats(sender, st), "stats")
-    return st.windows
+def percentiles(hist, qs):
+    """Latency quantiles qs (0..1) from a histogram of LAT_BUCKETS buckets."""
+    total = int(hist.sum())
+    if not total:
+        return [0 for _ in qs]
+    cum = np.cumsum(hist)
+    out = []
+    for q in qs:
+        b = int(np.searchsorted(cum, q * total, side="left"))
+        lo, hi = LATENCY_BUCKET_FLOORS[b], LATENCY_BUCKET_FLOORS[b + 1]
+        out.append(int(lo if hi <= lo + 1 else (lo + hi) / 2))
+    return out
 
 
 def populate_guest(vm, slots, npages, fraction, fill, seed):
@@ -373,7 +295,7 @@ def populate_guest(vm, slots, npages, fraction, fill, seed):
         block = rng.integers(0, 256, size=(256, PAGE_SIZE), dtype=np.uint8)
         block[:, :8] |= 1  # never a zero page
         for sl in slots:
-            mem = sl.memory().reshape(sl.npages, PAGE_SIZE)
+            mem = vm.slot_memory(sl.slot).reshape(sl.npages, PAGE_SIZE)
             k = int(round(sl.npages * fraction))
             for at in range(0, k, 256):
                 m = min(256, k - at)
@@ -391,170 +313,151 @@ def populate_guest(vm, slots, npages, fraction, fill, seed):
             vm.reset_dirty_rings()
 
 
-def run_passes(ctl, report, slots, sink, sender, auto_converge, downtime_limit, max_passes,
-         bandwidth, recorder, duration_limit):
+def run_passes(ctl, report):
+    """The loop: bulk pass, iterate passes, stop-and-copy. Fills report."""
     cfg = ctl.cfg
-    strategy = cfg["strategy"]
-    virtual = ctl.virtual
-    clock = (lambda: ctl.now()) if virtual else time.perf_counter_ns
-    t_begin = clock()
+    strategy = ctl.strategy
+    slots = ctl.slots
+    sender = ctl.sender
+    t_begin = ctl.clock()
     total_pages = sum(sl.npages for sl in slots)
 
     # start of logging: whatever was dirty before migration is sent by the bulk pass
     for sl in slots:
-        ctl.vm.collect(sl.id)
-    if ctl.vm.backend == "ring":
-        ctl._harvest_all()
-    sink.open([sl.base_gfn * PAGE_SIZE for sl in slots], [sl.npages * PAGE_SIZE for sl in slots])
+        ctl.vm.collect(sl.slot)
+    if ctl.vm.backend == "ring":  # and drop what the rings hold
+        for v in range(ctl.vm.vcpus):
+            ctl.vm.harvest(v)
+        ctl.vm.reset_dirty_rings()
     gpas = np.array([sl.base_gfn * PAGE_SIZE for sl in slots], dtype=np.uint64)
     sizes = np.array([sl.npages * PAGE_SIZE for sl in slots], dtype=np.uint64)
-    rc = lib.kd_sender_put_mem_size(sender, _u64_ptr(gpas), _u64_ptr(sizes), len(slots))
-    check(rc, "put_mem_size")
+    ctl.sink.open([int(g) for g in gpas], [int(s) for s in sizes])
+    ctl.put_control(lambda: sender.put_mem_size(gpas, sizes), "the MEM_SIZE record")
     if ctl.threads is not None:
         ctl.threads.start()
-    check(lib.kd_sender_iteration_begin(sender), "iteration_begin")
+    sender.iteration_begin()
     ctl.deadline = ctl.now() + ctl.step
 
-    throttle = 0
-    high_cnt = 0
-    pending_est = None
-    index = 0
-
-    def set_throttle(pct):
-        if ctl.wl is not None:
-            ctl.wl.throttle = pct
-        if ctl.threads is not None:
-            ctl.threads.throttle(pct)
+    state = dict(throttle=0, index=0, last_dirty=total_pages)
 
     def run_pass(kind, items, collect_ns, scan_ns, t_start, final=False):
-        nonlocal index
-        index += 1
-        pm = PassMetrics(index, kind)
+        state["index"] += 1
+        pm = PassMetrics(state["index"], kind)
         pm.collect_ns = collect_ns
         pm.scan_ns = scan_ns
-        pm.throttle_pct = throttle
-        before = ctl.stats_now()
-        per_slot = strategy == "per-slot" and kind == "iterate"
+        pm.throttle_pct = state["throttle"]
+        before = sender.stats()
+        per_slot = strategy.collects_per_slot and kind == "iterate"
         pm.dirty_found = 0 if per_slot else sum(
-            sl.npages if g is None else g.size for sl, g, _, _ in items)
-        prog = ctl.progress_cb(index, last_dirty if per_slot else pm.dirty_found)
-        for sl, g, sample, bm in items:
+            it.slot.npages if it.gfns is None else it.gfns.size for it in items)
+        prog = ctl.progress_cb(pm.index, state["last_dirty"] if per_slot else pm.dirty_found)
+        for it in items:
+            sl, g, sample = it.slot, it.gfns, it.sample_ns
             if per_slot:
-                g, c = ctl._timed(ctl.vm.collect, sl.id)
-                carry_g = None
-                if ctl.carry:
-                    cg = np.concatenate(ctl.carry)
-                    ctl.carry = []
-                    inside = (cg >= sl.base_gfn) & (cg < sl.base_gfn + sl.npages)
-                    carry_g = cg[inside]
-                    if (~inside).any():
-                        ctl.carry.append(cg[~inside])
-                if carry_g is not None and carry_g.size:
-                    g = np.union1d(g, carry_g)
+                g, c = strategy.collect_slot(ctl, sl)
                 pm.collect_ns += c
                 pm.dirty_found += g.size
-                sample = ctl.now() if virtual else lib.kd_clock_ns()
-            cb = None
+                sample = ctl.sample_time()
+            pm.send_ns += ctl.send(sl, g, sample, it.bitmap, final=final,
+                                   progress=prog[0] if prog else None)
             if prog:
-                cb_fn, state = prog
-                cb = cb_fn
-            pm.send_ns += ctl.send(sl, g, sample, bm, final=final, progress=cb)
-            if prog:
-                state["base"] += sl.npages if g is None else g.size
+                prog[1]["base"] += sl.npages if g is None else g.size
         if final:
-            if lib.kd_sender_put_eos(sender) == lib.KD_SEND_FULL:
-                ctl.flush()
-                check(lib.kd_sender_put_eos(sender), "put_eos")
+            ctl.put_control(sender.put_eos, "the end-of-stream record")
             ctl.flush()
         ctl.finish_pass(pm, before, t_start)
         report.passes.append(pm)
-        if ctl.progress and hasattr(ctl.progress, "end_pass"):
-            ctl.progress.end_pass(pm)
+        end_pass = getattr(ctl.progress, "end_pass", None)
+        if end_pass is not None:
+            end_pass(pm)
         return pm
 
     # ---- bulk pass ----
-    t_start = clock()
-    sample = ctl.now() if virtual else lib.kd_clock_ns()
+    t_start = ctl.clock()
+    sample = ctl.sample_time()
     ctl.placement.iteration_begin()
-    pm = run_pass("bulk", [(sl, None, sample, None) for sl in slots], 0, 0, t_start)
+    pm = run_pass("bulk", [SyncItem(sl, None, sample, None) for sl in slots], 0, 0, t_start)
     ctl.placement.iteration_end()
-    last_dirty = total_pages
 
     # ---- iterate ----
+    high_cnt = 0
+    pending_est = None
     while True:
-        bw = pm.bandwidth or (bandwidth or 1)
-        t_start = clock()
+        bw = pm.bandwidth or (cfg.bandwidth or 1)
+        t_start = ctl.clock()
         ctl.placement.iteration_begin()
-        if strategy == "per-slot":
-            items = [(sl, None, 0, None) for sl in slots]  # collected per slot in run_pass
-            pending = last_dirty if pending_est is None else pending_est
+        if strategy.collects_per_slot:
+            items = [SyncItem(sl, None, 0, None) for sl in slots]  # collected in run_pass
+            pending = state["last_dirty"] if pending_est is None else pending_est
             collect_ns = scan_ns = 0
         else:
-            items, collect_ns, scan_ns = ctl.sync_all()
-            pending = sum(g.size for _, g, _, _ in items)
+            items, collect_ns, scan_ns = strategy.sync(ctl)
+            pending = sum(it.gfns.size for it in items)
         expected = pending * PAGE_SIZE * NS / bw if bw else 0
         pm.expected_downtime_ns = int(expected)
-        elapsed = clock() - t_begin
-        out_of_time = duration_limit is not None and elapsed > duration_limit * NS
-        if expected <= downtime_limit * NS or len(report.passes) >= max_passes or out_of_time:
-            report.converged = expected <= downtime_limit * NS
+        elapsed = ctl.clock() - t_begin
+        out_of_time = cfg.duration_limit is not None and elapsed > cfg.duration_limit * NS
+        if (expected <= cfg.downtime_limit * NS or len(report.passes) >= cfg.max_passes
+                or out_of_time):
+            report.converged = expected <= cfg.downtime_limit * NS
             ctl.placement.iteration_end()
             break
         # auto-converge (QEMU: dirtied > 50% of transferred, twice in a row)
-        if auto_converge and pm.kind != "bulk":
+        if cfg.auto_converge and pm.kind != "bulk":
             if pending * PAGE_SIZE * 2 > pm.bytes:
                 high_cnt += 1
             if high_cnt >= 2:
                 high_cnt = 0
-                throttle = 20 if throttle == 0 else min(throttle + 10, 99)
+                t = state["throttle"]
+                state["throttle"] = 20 if t == 0 else min(t + 10, 99)
                 report.auto_converge_triggers += 1
-                set_throttle(throttle)
+                ctl.set_throttle(state["throttle"])
         pm = run_pass("iterate", items, collect_ns, scan_ns, t_start)
         ctl.placement.iteration_end()
-        if strategy == "per-slot":
+        if strategy.collects_per_slot:
             pending_est = pm.dirty_found
-            last_dirty = pm.dirty_found
+            state["last_dirty"] = pm.dirty_found
 
     # ---- stop and copy ----
-    t_stop = clock()
-    report.t_stop_ns = t_stop
-    report.t_begin_ns = t_begin
+    t_stop = ctl.clock()
+    report.t_begin_ns, report.t_stop_ns = t_begin, t_stop  # the guest ran in between
     ctl.stopped = True
     if ctl.threads is not None:
         report.workload_writes = ctl.threads.stop()
-    if sender is not None:
-        check(lib.kd_sender_set_rate_limit(sender, 0), "rate limit off")
+    sender.set_rate_limit(0)
     # pages already synced for the pass that did not run are still to send
-    pending_items = [] if strategy == "per-slot" else items
-    final_items, c2, s2 = ctl.sync_all(final=True)
+    pending_items = [] if strategy.collects_per_slot else items
+    final_items, c2, s2 = strategy.sync(ctl, final=True)
     merged = []
     for i, sl in enumerate(slots):
-        parts = [it[1] for it in pending_items if it[0] is sl] + [final_items[i][1]]
-        merged.append((sl, np.unique(np.concatenate(parts)), final_items[i][2], None))
-    pm = run_pass("stop-and-copy", merged, c2, s2, t_stop, final=True)
-    report.downtime_ns = clock() - t_stop
-    report.total_ns = clock() - t_begin
-    report.final_throttle_pct = throttle
-    if ctl.wl is not None:
-        report.workload_writes = ctl.wl.writes
-        report.ring_full_events = getattr(ctl._vw, "ring_full", 0)
+        parts = [it.gfns for it in pending_items if it.slot is sl] + [final_items[i].gfns]
+        merged.append(SyncItem(sl, np.unique(np.concatenate(parts)), final_items[i].sample_ns,
+                               None))
+    run_pass("stop-and-copy", merged, c2, s2, t_stop, final=True)
+    report.downtime_ns = ctl.clock() - t_stop
+    report.total_ns = ctl.clock() - t_begin
+    report.final_throttle_pct = state["throttle"]
+    if ctl.virtual_writer is not None:
+        report.workload_writes = ctl.workload.writes
+        report.ring_full_events = ctl.virtual_writer.ring_full
     else:
         report.ring_full_events = ctl.ring_full_events
 
 
-def verify_destination(slots, result):
+def verify_destination(vm, slots, result):
     """Compare source and destination page hashes; (ok, first mismatched gfns)."""
     want = [(sl.base_gfn * PAGE_SIZE, sl.npages * PAGE_SIZE) for sl in slots]
     got = sorted((int(g), int(s)) for g, s in result.regions)
     if got != sorted(want):
         raise MigrationError("destination layout %s differs from the source %s" % (got, want))
-    src = np.concatenate([page_hashes(sl.memory()) for sl in
-                          sorted(slots, key=lambda s: s.base_gfn)])
+    ordered = sorted(slots, key=lambda s: s.base_gfn)
+    src = np.concatenate([page_hashes(vm.slot_memory(sl.slot)) for sl in ordered])
     dst = np.asarray(result.hashes, dtype=np.uint64)
     if dst.size != src.size:
         return False, []
     bad = np.flatnonzero(src != dst)
-    bases = np.concatenate([np.arange(sl.npages, dtype=np.uint64) + np.uint64(sl.base_gfn)
-                            for sl in sorted(slots, key=lambda s: s.base_gfn)]) \
-        if bad.size else None
-    return bad.size == 0, ([] if bad.size == 0 else [int(x) for x in bases[bad[:16]]])
+    if bad.size == 0:
+        return True, []
+    gfns = np.concatenate([np.arange(sl.npages, dtype=np.uint64) + np.uint64(sl.base_gfn)
+                           for sl in ordered])
+    return False, [int(x) for x in gfns[bad[:16]]]

@@ -4,7 +4,7 @@ import json
 import socket
 import time
 
-from .._native import lib
+from ..bindings.constants import WIRE_BATCH_HEADER
 from ..bindings.wire import WireDest
 from .sinks import PAGE_SIZE, REPORT_MAGIC, SinkError, parse_address
 
@@ -81,7 +81,7 @@ class Receiver:
         t0 = time.perf_counter()
         dest = WireDest(self.prefault)
         error = None
-        hdr_size = lib.KD_WIRE_BATCH_HEADER
+        hdr_size = WIRE_BATCH_HEADER
         buf = bytearray(4 << 20)
         try:
             # read exactly one batch at a time: header, then its payload

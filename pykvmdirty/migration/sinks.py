@@ -19,11 +19,10 @@ import socket
 
 import numpy as np
 
-from .._native import lib
+from ..bindings.constants import PAGE_SIZE
 from ..bindings.wire import WireDest
 from ..errors import SinkError
 
-PAGE_SIZE = lib.KD_PAGE_SIZE
 REPORT_MAGIC = b"KDRPT1 "
 
 

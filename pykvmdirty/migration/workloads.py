@@ -12,10 +12,9 @@ import numbers
 
 import numpy as np
 
-from .._native import ffi, lib
-from ..bindings.vm import EXIT_DIRTY_RING_FULL
-from ..bindings.workload import Generator, check_kind, check_shape
-from ..errors import check
+from ..bindings.constants import EXIT_DIRTY_RING_FULL
+from ..bindings.workload import Generator, WorkloadThreads, check_kind, check_shape
+from ..errors import RingFullError
 
 _SWEEPS = ("sequential", "migration-test")
 NS = 1_000_000_000
@@ -130,8 +129,7 @@ class VirtualWorkload:
             if res.exit_reason == EXIT_DIRTY_RING_FULL:
                 self.ring_full += 1
                 if self.on_ring_full is None:
-                    raise RuntimeError("vCPU %d's dirty ring is full and nobody reaps it"
-                                       % vcpu)
+                    raise RingFullError(vcpu, start)
                 self.on_ring_full(vcpu)
             elif res.applied == 0:
                 raise RuntimeError("write of %d gfns on vCPU %d made no progress"
@@ -148,48 +146,32 @@ class ThreadWorkload:
         self.vm = vm
         self.spec = spec
         self.gens = spec.generators(first_gfn, npages, vm.vcpus)
-        self._handle = None
+        self._threads = None
         self._value_base = value_base
-        self.stats = None
-        self.global_lock = global_lock  # the vCPUs' exits take it (guest_exits)
+        self.global_lock = global_lock  # its exits run on these threads (guest_exits)
+
+    @property
+    def stats(self):
+        """Per-thread stats (writes, ring_full_waits, error) once stopped."""
+        return None if self._threads is None else self._threads.stats
 
     def start(self):
         if self.spec.kind == "idle" and self.global_lock is None:
             return self
-        arr = ffi.new("kd_workload *[]", [g.handle for g in self.gens])
-        out = ffi.new("kd_workload_threads **")
         # an idle guest still runs (and exits): a rate makes its threads tick, not spin
         rate = self.spec.rate if self.spec.kind != "idle" else len(self.gens) * 1000
-        check(lib.kd_workload_threads_start(self.vm.handle, arr, len(self.gens),
-                                            rate, self._value_base, out),
-              "workload threads (%s, %d pages/s)" % (self.spec.kind, self.spec.rate))
-        self._arr = arr
-        self._handle = out[0]
-        if self.global_lock is not None:
-            check(lib.kd_workload_threads_set_bql(self._handle, self.global_lock.handle),
-                  "workload threads: guest exits")
+        self._threads = WorkloadThreads(self.vm, self.gens, rate, self._value_base,
+                                        self.global_lock)
         return self
 
     def throttle(self, percent):
-        if self._handle is not None:
-            check(lib.kd_workload_threads_throttle(self._handle, int(percent)),
-                  "throttle(%d)" % percent)
+        if self._threads is not None:
+            self._threads.throttle(percent)
 
     def stop(self):
         """Stop and join; returns total writes (and keeps per-thread stats)."""
-        if self._handle is None:
-            return 0 if self.stats is None else sum(s["writes"] for s in self.stats)
-        n = len(self.gens)
-        st = ffi.new("struct kd_workload_thread_stats[]", n)
-        handle, self._handle = self._handle, None
-        rc = lib.kd_workload_threads_stop(handle, st, n)
-        self.stats = [dict(writes=st[i].writes, ring_full_waits=st[i].ring_full_waits,
-                           error=st[i].error) for i in range(n)]
-        check(rc, "workload threads")
-        return sum(s["writes"] for s in self.stats)
-
-    def __del__(self):
-        try:
-            self.stop()
-        except Exception:
-            pass
+        if self._threads is None:
+            return 0
+        if self._threads.running:
+            self._threads.stop()
+        return sum(s["writes"] for s in self._threads.stats)
