@@ -29,8 +29,7 @@ import pytest
 import pykvmdirty as kd
 from pykvmdirty.analysis import guest_stalls as gs
 
-from pykvmdirty.analysis.compare import (RING_ENTRIES, _write_all, dirty_pages, gib_to_pages,
-                                         ring_vcpus)
+from pykvmdirty.analysis.compare import RING_ENTRIES, dirty_pages, gib_to_pages, ring_vcpus
 
 from benchutil import bench_sizes, rounds, untimed
 
@@ -57,7 +56,7 @@ def test_sync_and_exit_waits(benchmark, size, interface):
     with kd.VM(interface, **kw) as vm:
         vm.set_user_memory_region(0, 0, npages * 4096, kd.MEM_LOG_DIRTY_PAGES)
         vm.collect(0)
-        benchmark.pedantic(vm.collect, args=(0,), setup=lambda: untimed(_write_all, vm, pages, vcpus),
+        benchmark.pedantic(vm.collect, args=(0,), setup=lambda: untimed(gs.dirty_on_vcpus, vm, pages, vcpus),
                            rounds=rounds(5), iterations=1)
     sync = int(benchmark.stats.stats.median * 1e9)
     for bw in (128 << 20, 0):
