@@ -94,22 +94,23 @@ def text(gi):
 
 
 def plot_timeline(ax, events, t0_ns, title=None):
-    """Stall timeline: the loop's holds as bars, each exit's wait as a point."""
+    """Stall timeline: each hold of the lock by the loop as a line (at its start,
+    as high as it is long in ms) and each exit that found the lock held as a
+    point (arrival, wait)."""
     ev = np.sort(events, order="at_ns")
     holds = ev[ev["type"] == 2]
     waits = ev[ev["type"] == 1]
     colors = {1: "tab:red", 2: "tab:orange", 4: "tab:purple"}
     for h in np.unique(holds["holder"]):
-        sel = holds[holds["holder"] == h]
-        ax.broken_barh([((a - t0_ns) / 1e9, d / 1e9) for a, d in zip(sel["at_ns"], sel["dur_ns"])],
-                       (0, 0.0), label="loop holds the lock: %s" % HOLDER_NAMES[int(h)])
-        ax.vlines((sel["at_ns"] - t0_ns) / 1e9, 0, sel["dur_ns"] / 1e6,
-                  color=colors.get(int(h), "gray"), alpha=0.35, linewidth=1)
+        sel = holds[holds["holder"] == int(h)]
+        ax.vlines((sel["at_ns"].astype(np.int64) - t0_ns) / 1e9, 0, sel["dur_ns"] / 1e6,
+                  color=colors.get(int(h), "gray"), alpha=0.5, linewidth=1,
+                  label="loop holds the lock: %s" % HOLDER_NAMES[int(h)])
     if waits.size:
-        ax.plot((waits["at_ns"] - t0_ns) / 1e9, waits["dur_ns"] / 1e6, ".", markersize=3,
-                color="tab:blue", label="exit wait")
+        ax.plot((waits["at_ns"].astype(np.int64) - t0_ns) / 1e9, waits["dur_ns"] / 1e6, ".",
+                markersize=3, color="tab:blue", label="a vCPU exit's wait")
     ax.set_xlabel("time since migration start (s)")
-    ax.set_ylabel("ms (wait; hold length)")
+    ax.set_ylabel("ms (hold length, exit wait)")
     if title:
         ax.set_title(title)
     ax.legend(loc="upper right", fontsize=7)
