@@ -18,26 +18,26 @@
  * entry-duration histogram (the sender's latency buckets) and its maximum,
  * the collector's passes, calls and their longest call, and the longest
  * entry counted in the guest thread's CPU time (without the time the host
- * ran other work on a shared machine). Uses the public API
- * only, so the same harness runs on the real kernel (kvm) and the emulated
- * backends; on a ring VM a ring-full exit waits for the collector's reset,
- * as a vCPU in KVM_RUN does, and that wait counts in the entry.
+ * ran other work on a shared machine). The guest is a thread of the one
+ * vCPU thread pool (vcpu_pool.c); the rest uses the public API, so the same
+ * harness runs on the real kernel (kvm) and on the emulated backends. On a
+ * ring VM a ring-full exit waits for the collector's reset, as a vCPU in
+ * KVM_RUN does, and that wait counts in the entry.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "kvmdirty.h"
+#include "vcpu_pool.h"
 
 struct guest {
-	kd_vm *vm;
+	struct kd_vcpu_pool pool; /* one thread: vCPU 0 */
 	const struct kd_stall_config *cfg;
 	uint64_t base_gfn, stride;
-	int stop;
 	int error;
 	struct kd_stall_result *res;
 	uint64_t *hist;
@@ -74,29 +74,19 @@ static void *guest_main(void *arg)
 	const struct kd_stall_config *cfg = g->cfg;
 	uint64_t gfns[KD_STALL_MAX_BATCH], next = 0, value = 1, t_begin = kd_clock_ns();
 
-	while (!__atomic_load_n(&g->stop, __ATOMIC_ACQUIRE)) {
-		struct kd_write_result wr;
+	while (!kd_vcpu_pool_stopping(&g->pool)) {
 		uint64_t t0 = kd_clock_ns(), c0 = thread_cpu_ns(), dt, dc, done = 0;
+		int r;
 		for (uint32_t i = 0; i < cfg->batch; i++) {
 			gfns[i] = g->base_gfn + (next % cfg->guest_pages) * g->stride;
 			next++;
 		}
-		while (done < cfg->batch) {
-			int r = kd_write(g->vm, 0, gfns + done, cfg->batch - done, value, &wr);
-			if (r) {
-				g->error = r;
-				return NULL;
-			}
-			done += wr.applied;
-			if (wr.exit_reason == KD_EXIT_DIRTY_RING_FULL) {
-				uint32_t used, limit;
-				g->res->ring_full_waits++;
-				while (!__atomic_load_n(&g->stop, __ATOMIC_ACQUIRE) &&
-				       !kd_ring_usage(g->vm, 0, &used, &limit) && used >= limit)
-					sched_yield();
-				if (__atomic_load_n(&g->stop, __ATOMIC_ACQUIRE))
-					break;
-			}
+		/* one guest entry; a ring-full exit waits for the collector's reset */
+		r = kd_vcpu_pool_write(&g->pool, 0, gfns, cfg->batch, value, 0, &done,
+				       &g->res->ring_full_waits);
+		if (r < 0) {
+			__atomic_store_n(&g->error, r, __ATOMIC_RELEASE);
+			return NULL;
 		}
 		value++;
 		dt = kd_clock_ns() - t0;
@@ -176,7 +166,6 @@ KD_API int kd_collect_stall_run(kd_vm *vm, const struct kd_stall_config *cfg,
 	struct kd_slot_info si;
 	struct kd_vm_config vc;
 	struct guest g;
-	pthread_t tid;
 	uint64_t *bitmap = NULL, t_end, next;
 	struct kd_dirty_gfn *entries = NULL;
 	int r = 0, r2;
@@ -208,12 +197,16 @@ KD_API int kd_collect_stall_run(kd_vm *vm, const struct kd_stall_config *cfg,
 		if (!entries)
 			return -ENOMEM;
 	}
-	g = (struct guest){.vm = vm, .cfg = cfg, .base_gfn = si.base_gfn,
+	g = (struct guest){.cfg = cfg, .base_gfn = si.base_gfn,
 			   .stride = si.npages / cfg->guest_pages, .res = res, .hist = hist};
-	if (pthread_create(&tid, NULL, guest_main, &g)) {
+	r = kd_vcpu_pool_init(&g.pool, vm, 1);
+	if (!r)
+		r = kd_vcpu_pool_spawn(&g.pool, 0, guest_main, &g);
+	if (r) {
+		kd_vcpu_pool_join(&g.pool);
 		free(bitmap);
 		free(entries);
-		return -EAGAIN;
+		return r;
 	}
 	next = kd_clock_ns();
 	t_end = next + cfg->duration_ns;
@@ -241,13 +234,8 @@ KD_API int kd_collect_stall_run(kd_vm *vm, const struct kd_stall_config *cfg,
 		if (next < kd_clock_ns())
 			next = kd_clock_ns(); /* back to back when a pass outlasts the period */
 	}
-	__atomic_store_n(&g.stop, 1, __ATOMIC_RELEASE);
-	/* a guest waiting on a full ring needs one more reset to see stop */
-	if (cfg->collector == KD_STALL_RING) {
-		uint64_t n;
-		kd_reset_dirty_rings(vm, &n);
-	}
-	pthread_join(tid, NULL);
+	kd_vcpu_pool_stop(&g.pool);
+	kd_vcpu_pool_join(&g.pool);
 	r2 = g.error;
 	free(bitmap);
 	free(entries);

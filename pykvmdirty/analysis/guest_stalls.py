@@ -12,8 +12,10 @@
    guest write rate and longest stall while another thread collects
    (kd_collect_stall_run on /dev/kvm), next to the model of the same
    situation: the collector holds the slot lock for each call's modelled
-   time (cost model: per call, word, re-protected page, flush), the guest's
-   faults take it for FAULT_LOCK_NS and wait while the collector holds it.
+   time (cost model: per call, word, re-protected page, flush; classic GET
+   holds it over the whole slot, CLEAR per call, the ring's reset per
+   coalesced mask), the guest's faults (CostModel.write_fault_ns each) take it
+   for FAULT_LOCK_NS and wait while the collector holds it.
 """
 import statistics
 import time
@@ -171,11 +173,15 @@ def kernel_model(size_gib, collector, duration, period, guest_pages, batch, chun
                         + c.tlb_flush_ns)
                 gl.hold("collect", t, t + h)
                 t += h
-        else:  # ring: harvest in user space, the reset takes the lock
+        else:  # ring: harvest in user space; the reset takes the lock per 64-page
+            # mask it coalesces (scattered pages: one entry each), then flushes
             t += int(dirty * c.ring_harvest_ns + c.ioctl_ns)
-            h = int(c.ioctl_ns + dirty * c.ring_reset_ns + c.tlb_flush_ns)
-            gl.hold("collect", t, t + h)
-            t += h
+            h = max(1, int(c.ring_reset_ns))
+            for _ in range(dirty):
+                gl.hold("collect", t, t + h)
+                t += h
+            gl.hold("collect", t, t + int(c.tlb_flush_ns))
+            t += int(c.tlb_flush_ns)
         t = max(t, start + int(period * NS))
     gl.model(0, end)
     st = gl.stats()
