@@ -18,7 +18,7 @@ from ..errors import check
 from .boundary import u64_ptr as _u64_ptr
 
 HOLDERS = {
-    lib.KD_BQL_HOLDER_NONE: "free",
+    lib.KD_BQL_HOLDER_NONE: "nothing: the lock was free (the delay is the host's scheduling)",
     lib.KD_BQL_HOLDER_ITERATION: "migration iteration (sync + send, iothread)",
     lib.KD_BQL_HOLDER_SYNC: "dirty-bitmap sync",
     lib.KD_BQL_HOLDER_EXIT: "other vCPUs' exits",
