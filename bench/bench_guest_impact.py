@@ -56,7 +56,8 @@ def test_sync_and_exit_waits(benchmark, size, interface):
     with kd.VM(interface, **kw) as vm:
         vm.set_user_memory_region(0, 0, npages * 4096, kd.MEM_LOG_DIRTY_PAGES)
         vm.collect(0)
-        benchmark.pedantic(vm.collect, args=(0,), setup=lambda: untimed(gs.dirty_on_vcpus, vm, pages, vcpus),
+        benchmark.pedantic(vm.collect, args=(0,),
+                           setup=lambda: untimed(gs.dirty_on_vcpus, vm, pages, vcpus),
                            rounds=rounds(5), iterations=1)
     sync = int(benchmark.stats.stats.median * 1e9)
     for bw in (128 << 20, 0):

@@ -10,6 +10,7 @@ Python reads totals and a bounded event log, never one event at a time.
 """
 import math
 import numbers
+from typing import Any, Dict
 
 import numpy as np
 
@@ -42,6 +43,17 @@ def _real(value, name, lo=0.0):
     return float(value)
 
 
+def _int(value, name, lo, hi=None):
+    """An integer argument in [lo, hi], or ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError("%s must be an integer, got %r" % (name, value))
+    v = int(value)
+    if v < lo or (hi is not None and v > hi):
+        raise ValueError("%s must be in %d..%s, got %r" % (name, lo, "" if hi is None else hi,
+                                                           value))
+    return v
+
+
 def exit_timing(exit_rate, exit_service):
     """(interval ns, service ns) from exits/s per vCPU and seconds per exit,
     checked: the service must fit between two exits."""
@@ -66,10 +78,7 @@ class GlobalLock:
 
     def __init__(self, vcpus, exit_rate, exit_service, virtual=False, log_cap=1 << 16):
         self.interval_ns, self.service_ns = exit_timing(exit_rate, exit_service)
-        if isinstance(vcpus, bool) or not isinstance(vcpus, numbers.Integral) \
-                or not 1 <= vcpus <= lib.KD_MAX_VCPUS:
-            raise ValueError("vcpus must be an integer in 1..%d, got %r"
-                             % (lib.KD_MAX_VCPUS, vcpus))
+        vcpus = _int(vcpus, "vcpus", 1, int(lib.KD_MAX_VCPUS))
         cfg = ffi.new("struct kd_bql_config *")
         cfg.nvcpus = int(vcpus)
         cfg.flags = lib.KD_BQL_VIRTUAL if virtual else 0
@@ -113,7 +122,7 @@ class GlobalLock:
     def stats(self):
         st = ffi.new("struct kd_bql_stats *")
         check(lib.kd_bql_stats(self._h, st), "GlobalLock.stats")
-        d = {k: int(getattr(st, k)) for k in (
+        d: Dict[str, Any] = {k: int(getattr(st, k)) for k in (
             "exits", "waited_exits", "wait_sum_ns", "wait_max_ns", "wait_max_at_ns",
             "wait_max_holder", "wait_max_vcpu", "blocked_ns", "log_used", "log_dropped")}
         d["holds"] = {HOLDER_NAMES[i]: dict(count=int(st.holds[i]),
@@ -152,12 +161,9 @@ def collect_stall(vm, slot, collector, duration, period=0.05, guest_pages=4096, 
     cfg.period_ns = int(_real(period, "period") * NS)
     if cfg.duration_ns <= 0:
         raise ValueError("duration must be > 0 seconds, got %r" % (duration,))
-    if not isinstance(guest_pages, numbers.Integral) or guest_pages < 1:
-        raise ValueError("guest_pages must be a positive integer, got %r" % (guest_pages,))
-    if not isinstance(batch, numbers.Integral) or not 1 <= batch <= lib.KD_STALL_MAX_BATCH:
-        raise ValueError("batch must be in 1..%d, got %r" % (lib.KD_STALL_MAX_BATCH, batch))
-    if collector == "clear" and (not isinstance(chunk_pages, numbers.Integral)
-                                 or chunk_pages <= 0 or chunk_pages % 64):
+    guest_pages = _int(guest_pages, "guest_pages", 1)
+    batch = _int(batch, "batch", 1, int(lib.KD_STALL_MAX_BATCH))
+    if collector == "clear" and _int(chunk_pages, "chunk_pages", 64, 1 << 31) % 64:
         raise ValueError("chunk_pages must be a positive multiple of 64, got %r"
                          % (chunk_pages,))
     cfg.guest_pages = int(guest_pages)
@@ -169,8 +175,8 @@ def collect_stall(vm, slot, collector, duration, period=0.05, guest_pages=4096, 
           "collect_stall(%s, slot %d)", (collector, slot))
     out = {k: int(getattr(res, k)) for k in (
         "guest_pages_written", "guest_entries", "guest_ns", "ring_full_waits", "stall_max_ns",
-        "stall_max_at_ns", "stall_max_cpu_ns", "collects", "collect_sum_ns", "collect_max_ns", "collect_calls",
-        "call_max_ns")}
+        "stall_max_at_ns", "stall_max_cpu_ns", "collects", "collect_sum_ns", "collect_max_ns",
+        "collect_calls", "call_max_ns")}
     return out, hist
 
 
