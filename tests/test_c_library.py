@@ -158,6 +158,19 @@ def test_c_bad_input_table(tmp_path):
     assert m and int(m.group(1)) > 40
 
 
+@LIB_MISSING
+def test_concurrent_api_c_program(tmp_path):
+    """Stats reset under a running writer; memslot calls refused (-EBUSY)
+    while a writer pool or workload threads run, allowed after join/stop;
+    kd_vm_hold/kd_vm_release. CI runs it again against the sanitizer build."""
+    exe = str(tmp_path / "concurrent_api")
+    build(os.path.join(HERE, "c", "test_concurrent_api.c"), exe)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"^(\d+) passed, 0 failed$", r.stdout, flags=re.M)
+    assert m and int(m.group(1)) >= 38
+
+
 # The real-kernel backends' own C tests (built from csrc/ directly: they test
 # internal modules, not the installed library): the test program and every
 # file of the backend's folder but its ops table (which needs the core).

@@ -206,7 +206,9 @@ KD_API int kd_slot_info(kd_vm *vm, uint32_t slot, struct kd_slot_info *out);
 /* Number of slots; fills up to cap entries sorted by (as_id, base_gfn). */
 KD_API int kd_slot_list(kd_vm *vm, struct kd_slot_info *out, uint32_t cap);
 
-/* KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2). -EINVAL unknown flags. */
+/* KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2): flags 0 (off),
+ * KD_MANUAL_PROTECT_ENABLE, or both it and KD_INITIALLY_SET. -EINVAL
+ * unknown flags, or KD_INITIALLY_SET alone (as the kernel). */
 KD_API int kd_enable_manual_protect(kd_vm *vm, uint64_t flags);
 
 /*
@@ -253,6 +255,9 @@ KD_API int kd_reset_dirty_rings(kd_vm *vm, uint64_t *count);
 KD_API int kd_ring_usage(kd_vm *vm, uint32_t vcpu, uint32_t *used, uint32_t *soft_limit);
 
 KD_API int kd_stats_get(kd_vm *vm, struct kd_stats *out);
+/* Zero the counters. May run while writers run: writer-side counters then
+ * count exactly the writes published after the reset (a kd_write racing
+ * with it may count in some fields only), never an old total. */
 KD_API int kd_stats_reset(kd_vm *vm);
 
 /* Scan a bitmap for set bits: stores base + index of each set bit (ascending)

@@ -94,6 +94,21 @@ KD_API int kd_vm_config_get(const kd_vm *vm, struct kd_vm_config *out)
 	return 0;
 }
 
+/*
+ * virt/kvm/kvm_main.c kvm_vm_ioctl_enable_cap_generic: INITIALLY_SET is
+ * allowed only together with MANUAL_PROTECT_ENABLE (x86's
+ * KVM_DIRTY_LOG_MANUAL_CAPS); so 0, 1 and 3 pass, 2 and any other bit give
+ * EINVAL.
+ */
+static bool manual_protect_flags_ok(uint64_t flags)
+{
+	uint64_t allowed = KD_MANUAL_PROTECT_ENABLE;
+
+	if (flags & KD_MANUAL_PROTECT_ENABLE)
+		allowed |= KD_INITIALLY_SET;
+	return !(flags & ~allowed);
+}
+
 KD_API int kd_enable_manual_protect(kd_vm *vm, uint64_t flags)
 {
 	int r = 0;
@@ -101,7 +116,7 @@ KD_API int kd_enable_manual_protect(kd_vm *vm, uint64_t flags)
 	if (!vm)
 		return -EINVAL;
 	kd_vm_lock(vm);
-	if (flags & ~(KD_MANUAL_PROTECT_ENABLE | KD_INITIALLY_SET))
+	if (!manual_protect_flags_ok(flags))
 		r = -EINVAL;
 	else if (vm->ops->enable_manual_protect)
 		r = vm->ops->enable_manual_protect(vm, flags);
