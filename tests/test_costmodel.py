@@ -126,3 +126,19 @@ def test_bad_json_file(tmp_path):
     p.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         CostModel.load(p)
+
+
+def test_migrate_cli_reads_a_cost_model_file(tmp_path, capsys):
+    from pykvmdirty.cli import main
+    p = tmp_path / "m.json"
+    CostModel(page_ns=777.0).save(p)
+    out = tmp_path / "r.json"
+    rc = main(["migrate", "--guest-size", "8MiB", "--slots", "1", "--max-passes", "2",
+               "--quiet", "--cost-model", str(p), "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["config"]["cost_model"]["page_ns"] == 777.0
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"warp_ns": 1}')
+    rc = main(["migrate", "--guest-size", "8MiB", "--quiet", "--cost-model", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "warp_ns" in err and str(bad) in err

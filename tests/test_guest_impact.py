@@ -200,7 +200,9 @@ def test_stall_harness_runs_on_the_emulator(collector):
             vm.enable_manual_protect()
         res, hist = collect_stall(vm, 0, collector, duration=0.1, period=0.01,
                                   guest_pages=1024, batch=16, chunk_pages=4096)
-    assert res["guest_pages_written"] == 16 * res["guest_entries"] > 0
+    # whole entries of 16 writes, and the part of one cut short by the stop
+    assert 0 < 16 * res["guest_entries"] <= res["guest_pages_written"] \
+        < 16 * (res["guest_entries"] + 1)
     assert int(hist.sum()) == res["guest_entries"]
     assert (res["collects"] > 0) == (collector != "none")
     assert res["call_max_ns"] <= res["collect_max_ns"] or collector == "none"

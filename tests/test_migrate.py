@@ -1,7 +1,6 @@
 """Pre-copy migration in deterministic (virtual clock) mode: every backend and
 sync strategy verifies; exact counts for the rate limiter, zero pages, time cap,
 auto-converge and max passes; bad arguments are clear errors."""
-import numpy as np
 import pytest
 
 from pykvmdirty.migration import MigrationError, migrate

@@ -1,6 +1,5 @@
 """Trace files: format v1, validation with clear errors, record + replay."""
 import json
-import zipfile
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@ corruption, truncation and protocol errors are detected, never applied."""
 import numpy as np
 import pytest
 
-import pykvmdirty as kd
 from pykvmdirty._native import ffi, lib
 from pykvmdirty.bindings.wire import WireDest
 from pykvmdirty.errors import SinkError

@@ -88,6 +88,10 @@ static void *guest_main(void *arg)
 			__atomic_store_n(&g->error, r, __ATOMIC_RELEASE);
 			return NULL;
 		}
+		if (r == 1) { /* stopped inside the entry: its pages count, not the entry */
+			g->res->guest_pages_written += done;
+			break;
+		}
 		value++;
 		dt = kd_clock_ns() - t0;
 		dc = thread_cpu_ns() - c0;

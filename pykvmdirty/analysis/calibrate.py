@@ -34,23 +34,24 @@ import os
 import platform
 import statistics
 import time
+from typing import Any, Dict
 
 import numpy as np
 
-from ..bindings.constants import MEM_LOG_DIRTY_PAGES
+from ..bindings.constants import MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, RING_MAX_ENTRIES
 from ..bindings.vm import VM, backend_available
 from ..bindings.timing import TimedLogCalls
 from .costmodel import GIB_WORDS, CostModel
 from ..errors import KvmDirtyError
 
-GIB_PAGES = 1 << 18
+GIB_PAGES = (1 << 30) >> PAGE_SHIFT
 
 #: (measurement sizes, repeats) per mode
 SETTINGS = {
     "quick": dict(small_gib=1, big_gib=8, get_repeats=15, dirty=1000, dirty_repeats=4,
                   ring_entries=4096, ring_repeats=3, clear_repeats=50),
     "full": dict(small_gib=1, big_gib=64, get_repeats=40, dirty=4000, dirty_repeats=8,
-                 ring_entries=65536, ring_repeats=4, clear_repeats=200),
+                 ring_entries=RING_MAX_ENTRIES, ring_repeats=4, clear_repeats=200),
 }
 
 MEASURED = ("word_ns", "reprotect_ns", "tlb_flush_ns", "write_fault_ns", "ring_full_exit_ns",
@@ -216,7 +217,7 @@ def calibrate(quick=False, seed=0, progress=None):
         raise KvmUnusable(why)
     s = SETTINGS["quick" if quick else "full"]
     rng = np.random.default_rng(seed)
-    out = {"mode": "quick" if quick else "full", "settings": dict(s)}
+    out: Dict[str, Any] = {"mode": "quick" if quick else "full", "settings": dict(s)}
     steps = [("GET per GiB (clean)", lambda: measure_get(s, out)),
              ("re-protect and write fault per page", lambda: measure_dirty(s, out, rng)),
              ("CLEAR per call", lambda: measure_clear(s, out)),
@@ -228,7 +229,7 @@ def calibrate(quick=False, seed=0, progress=None):
             fn()
     except KvmDirtyError as e:
         raise KvmUnusable("/dev/kvm failed during calibration: %s" % e) from None
-    fields = {}
+    fields: Dict[str, float] = {}
     for f in MEASURED:
         v = out[f]
         if not (isinstance(v, float) and math.isfinite(v)):

@@ -1,5 +1,7 @@
 """Per-vCPU dirty rings (KVM_CAP_DIRTY_LOG_RING): harvest, the ring memory as a
 numpy view, KVM_RESET_DIRTY_RINGS and the fill level. Mixed into VM."""
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from .._native import ffi, lib
@@ -9,8 +11,14 @@ from .constants import DIRTY_GFN_DTYPE
 
 
 class RingMethods:
-    """The dirty-ring calls of VM (needs ``handle``, ``_native``,
-    ``ring_entries`` and ``slot_info`` from the VM)."""
+    """The dirty-ring calls of VM (needs ``handle``, ``ring_entries`` and
+    ``slot_info`` from the VM)."""
+
+    if TYPE_CHECKING:  # provided by VM
+        ring_entries: int
+        handle: Any
+
+        def slot_info(self, slot: int) -> Any: ...
 
     def harvest(self, vcpu=0, gfns=False):
         """Harvest vCPU's DIRTY ring entries in order (setting RESET on each).

@@ -7,6 +7,7 @@ bookkeeping (last version sent, sent bitmap) kept across passes. It keeps the
 C VM alive while it exists (the region points into the VM's slot memory).
 """
 import errno
+from typing import Tuple
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class SendRegion:
         r.sent = u64_ptr(self.sent, True)
         r.vm = self._vm_native
         r.slot = slot
-        self._clear_arrays = ()
+        self._clear_arrays: Tuple[np.ndarray, ...] = ()
 
     def set_clear(self, shift, mask):
         """Chunked clear: CLEAR each 2**shift-page chunk (pages set in mask, the

@@ -24,6 +24,7 @@ import collections
 import errno
 import threading
 import weakref
+from typing import Any, Dict
 
 import numpy as np
 
@@ -78,8 +79,9 @@ class VM(RingMethods):
                  dirty_tracking="write_protect", o1_protect=False, guest_memory=False,
                  address_spaces=None):
         self._native = None
-        self._pools = weakref.WeakSet()      # running thread pools (Writers, workloads)
-        self._slot_views = {}                # slot -> WeakSet of CMemory (live views)
+        # running thread pools (Writers, workloads); slot -> live CMemory views
+        self._pools: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._slot_views: "Dict[int, weakref.WeakSet[Any]]" = {}
         self._lock = threading.Lock()        # guards _npages, _slot_views, _pools
         if backend not in BACKENDS:
             raise ValueError("unknown backend %r; choose from %s" % (backend, ", ".join(BACKENDS)))

@@ -2,6 +2,7 @@
 bytes, get guest memory and per-page hashes back; and page hashing of any
 buffer. Numpy views of destination memory keep the destination alive."""
 import errno
+from typing import Any, List, Tuple
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class WireDest:
 
     def _regions(self):
         """[(gpa, size, void *memory)] of every region, in index order."""
-        out = []
+        out: List[Tuple[int, int, Any]] = []
         gpa = ffi.new("uint64_t *")
         size = ffi.new("uint64_t *")
         mem = ffi.new("void **")

@@ -20,18 +20,19 @@ def check_kind(kind):
 def check_fraction(value, name, lo_open=False):
     if not isinstance(value, numbers.Real):
         raise TypeError("%s must be a number, got %r" % (name, value))
-    ok = (0 < value <= 1) if lo_open else (0 <= value <= 1)
+    v = float(value)
+    ok = (0 < v <= 1) if lo_open else (0 <= v <= 1)
     if not ok:
         raise ValueError("%s must be in %s, got %r" % (name, "(0, 1]" if lo_open else "[0, 1]",
                                                        value))
-    return float(value)
+    return v
 
 
 def check_shape(hot_fraction, hot_share, zipf_s):
     """The distribution parameters, checked: (hot_fraction, hot_share, zipf_s)."""
     hot_fraction = check_fraction(hot_fraction, "hot_fraction", lo_open=True)
     hot_share = check_fraction(hot_share, "hot_share")
-    if not isinstance(zipf_s, numbers.Real) or not 0 < zipf_s <= 10:
+    if not isinstance(zipf_s, numbers.Real) or not 0 < float(zipf_s) <= 10:
         raise ValueError("zipf_s must be in (0, 10], got %r" % (zipf_s,))
     return hot_fraction, hot_share, float(zipf_s)
 
@@ -121,7 +122,10 @@ class WorkloadThreads:
         if not self._finalizer.alive:
             return None
         self._vm.unregister_pool(self)
-        rc, self.stats = self._finalizer()
+        result = self._finalizer()
+        if result is None:  # joined meanwhile (VM.close from another thread)
+            return self.stats
+        rc, self.stats = result
         check(rc, "workload threads")
         return self.stats
 

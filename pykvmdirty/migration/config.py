@@ -44,7 +44,9 @@ def check_number(value, name, lo=None, hi=None, integer=False, lo_open=False, al
         raise ValueError("%s must be %s %s, got %r" % (name, ">" if lo_open else ">=", lo, value))
     if hi is not None and value > hi:
         raise ValueError("%s must be <= %s, got %r" % (name, hi, value))
-    return int(value) if integer else value
+    if not integer:
+        return value
+    return value if isinstance(value, int) else int(float(value))
 
 
 def parse_size(text, name="size"):
@@ -127,8 +129,8 @@ class MigrationConfig:
     record: Optional[str] = None
     mode: str = "virtual"
     vcpus: int = 2
-    bandwidth: Optional[float] = 128 * MiB
-    link_bandwidth: Optional[float] = 1250 * 1000 * 1000
+    bandwidth: float = 128 * MiB         # None is taken as 0 (no limit)
+    link_bandwidth: float = 1250 * 1000 * 1000
     downtime_limit: float = 0.3
     max_wait: float = 0.05
     max_passes: int = 30
@@ -149,6 +151,11 @@ class MigrationConfig:
     exit_rate: float = 0
     exit_service: float = EXIT_SERVICE_S
     guest_baseline: float = 0.5
+    #: normalised by construction: guest size in bytes, the workload as a spec,
+    #: the prices as a CostModel
+    guest_bytes: int = dataclasses.field(init=False)
+    spec: WorkloadSpec = dataclasses.field(init=False)
+    costs: CostModel = dataclasses.field(init=False)
 
     def __post_init__(self):
         def put(name, value):
@@ -159,6 +166,7 @@ class MigrationConfig:
             raise ValueError("guest_size must be a positive multiple of %d bytes, got %d"
                              % (PAGE_SIZE, guest))
         put("guest_size", guest)
+        put("guest_bytes", guest)
         put("slots", check_number(self.slots, "slots", lo=1, hi=MAX_SLOTS, integer=True))
         if self.slots > self.npages:
             raise ValueError("slots (%d) must not exceed the guest's %d pages"
@@ -199,10 +207,10 @@ class MigrationConfig:
                                          integer=True))
         put("duration_limit", check_number(self.duration_limit, "duration_limit", lo=0,
                                            allow_none=True))
-        put("cost_model", as_cost_model(self.cost_model))
-        if not isinstance(self.workload, WorkloadSpec):
-            put("workload", WorkloadSpec(self.workload, self.rate, self.seed, self.hot_fraction,
-                                         self.hot_share, self.zipf_s))
+        put("costs", as_cost_model(self.cost_model))
+        put("spec", self.workload if isinstance(self.workload, WorkloadSpec) else
+            WorkloadSpec(self.workload, self.rate, self.seed, self.hot_fraction,
+                         self.hot_share, self.zipf_s))
         if self.trace is not None:
             if self.mode != "virtual":
                 raise ValueError("trace replay runs in virtual mode (mode='virtual'), not %r"
@@ -221,7 +229,7 @@ class MigrationConfig:
     # -- derived -------------------------------------------------------------
     @property
     def npages(self):
-        return self.guest_size // PAGE_SIZE
+        return self.guest_bytes // PAGE_SIZE
 
     @property
     def step_ns(self):
@@ -247,16 +255,16 @@ class MigrationConfig:
 
     def as_dict(self, sink_name):
         """The report's "config" object (JSON-ready)."""
-        return dict(guest_bytes=self.guest_size, slots=self.slots, backend=self.backend,
+        return dict(guest_bytes=self.guest_bytes, slots=self.slots, backend=self.backend,
                     strategy=self.strategy, mode=self.mode, vcpus=self.vcpus,
-                    workload=self.workload.as_dict(),
+                    workload=self.spec.as_dict(),
                     trace=None if self.trace is None else self.trace.meta,
                     bandwidth=self.bandwidth, link_bandwidth=self.link_bandwidth,
                     downtime_limit=self.downtime_limit, max_wait=self.max_wait,
                     max_passes=self.max_passes, auto_converge=self.auto_converge,
                     zero_pages=self.zero_pages, clear_shift=self.clear_shift,
                     populate=self.populate, fill=self.fill, sink=sink_name, step=self.step,
-                    cost_model=self.cost_model.to_dict(), batch_bytes=self.batch_bytes,
+                    cost_model=self.costs.to_dict(), batch_bytes=self.batch_bytes,
                     ring_entries=self.ring_entries, dirty_tracking=self.dirty_tracking,
                     step_ns=self.step_ns, loop_thread=self.loop_thread,
                     exit_rate=self.exit_rate, exit_service=self.exit_service)

@@ -42,7 +42,7 @@ class Controller:
 
     def __init__(self, cfg, vm, slots, sender, sink, progress=None, recorder=None):
         self.cfg = cfg
-        self.costs = cfg.cost_model
+        self.costs = cfg.costs
         self.strategy = cfg.sync
         self.vm = vm
         self.slots = slots
@@ -68,12 +68,12 @@ class Controller:
                                        ring_outside=bool(vm.ring_entries))
         self._ring_vm = bool(vm.ring_entries)
         if self.virtual:
-            self.virtual_writer = VirtualWorkload(vm, cfg.workload, 0, cfg.npages,
+            self.virtual_writer = VirtualWorkload(vm, cfg.spec, 0, cfg.npages,
                                                   on_ring_full=self.reap, recorder=recorder)
             self.workload = (self.virtual_writer if cfg.trace is None else
                              TraceWorkload(vm, cfg.trace, self.virtual_writer.write_gfns))
         else:
-            self.threads = ThreadWorkload(vm, cfg.workload, 0, cfg.npages,
+            self.threads = ThreadWorkload(vm, cfg.spec, 0, cfg.npages,
                                           global_lock=self.global_lock)
 
     # -- clock ---------------------------------------------------------------
@@ -95,7 +95,7 @@ class Controller:
             self.run_workload()
 
     def run_workload(self):
-        if not self.virtual or self.stopped:
+        if self.workload is None or self.stopped:
             return
         now = self.now()
         if now > self.wl_time:
@@ -103,8 +103,8 @@ class Controller:
             self.wl_time = now
 
     def set_throttle(self, pct):
-        if self.workload is not None:
-            self.workload.throttle = pct
+        if self.virtual_writer is not None:  # a trace replays what was recorded: no throttle
+            self.virtual_writer.set_throttle(pct)
         if self.threads is not None:
             self.threads.throttle(pct)
 

@@ -16,7 +16,7 @@ def guest_alone(vm, cfg):
     if cfg.guest_baseline <= 0:
         return None
     gl = GlobalLock(cfg.vcpus, cfg.exit_rate, cfg.exit_service)
-    th = ThreadWorkload(vm, cfg.workload, 0, cfg.npages, global_lock=gl)
+    th = ThreadWorkload(vm, cfg.spec, 0, cfg.npages, global_lock=gl)
     t0 = time.perf_counter_ns()
     th.start()
     end = t0 + int(cfg.guest_baseline * NS)
@@ -29,7 +29,7 @@ def guest_alone(vm, cfg):
     writes = th.stop()
     window = time.perf_counter_ns() - t0
     st = gl.stats()
-    return dict(pages_per_s=writes * NS / window if cfg.workload.kind != "idle" else None,
+    return dict(pages_per_s=writes * NS / window if cfg.spec.kind != "idle" else None,
                 window_ns=window, blocked_ns=st["blocked_ns"], exits=st["exits"],
                 wait_max_ns=st["wait_max_ns"])
 
@@ -43,7 +43,7 @@ def guest_report(gl, report, cfg, baseline):
         alone = GlobalLock(cfg.vcpus, cfg.exit_rate, cfg.exit_service, virtual=True, log_cap=0)
         alone.model(t0, t1)
         st = alone.stats()
-        baseline = dict(window_ns=t1 - t0, blocked_ns=st["blocked_ns"], rate=cfg.workload.rate)
+        baseline = dict(window_ns=t1 - t0, blocked_ns=st["blocked_ns"], rate=cfg.spec.rate)
     elif baseline is not None and baseline.get("pages_per_s") is not None:
         progress = report.workload_writes * NS / max(t1 - t0, 1)
     gi = guest_impact.summarize(gl, t0, t1, cfg.loop_thread, cfg.max_wait, baseline, progress)

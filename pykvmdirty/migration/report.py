@@ -1,26 +1,40 @@
 """What a migration did: per-pass metrics and totals (JSON, text summary, plot)."""
+import dataclasses
 import json
+from typing import List, Optional
 
 import numpy as np
 
 from .config import MiB
 
-class PassMetrics:
-    """One pass: what the sync found and what the loop sent."""
-    FIELDS = ("index", "kind", "dirty_found", "pages_sent", "zero_pages", "bytes",
-              "accounted_bytes", "redundant", "collect_ns", "scan_ns", "send_ns",
-              "duration_ns", "latency_p50_ns", "latency_p99_ns", "latency_mean_ns",
-              "latency_max_ns", "time_cap_exits", "rate_waits", "throttle_pct",
-              "expected_downtime_ns", "bandwidth")
 
-    def __init__(self, index, kind):
-        for f in self.FIELDS:
-            setattr(self, f, 0)
-        self.index = index
-        self.kind = kind  # "bulk", "iterate", "stop-and-copy"
+@dataclasses.dataclass(repr=False)
+class PassMetrics:
+    """One pass: what the sync found and what the loop sent (ns, pages, bytes)."""
+    index: int
+    kind: str  # "bulk", "iterate", "stop-and-copy"
+    dirty_found: int = 0
+    pages_sent: int = 0
+    zero_pages: int = 0
+    bytes: int = 0
+    accounted_bytes: int = 0
+    redundant: int = 0
+    collect_ns: int = 0
+    scan_ns: int = 0
+    send_ns: int = 0
+    duration_ns: int = 0
+    latency_p50_ns: int = 0
+    latency_p99_ns: int = 0
+    latency_mean_ns: float = 0
+    latency_max_ns: int = 0
+    time_cap_exits: int = 0
+    rate_waits: int = 0
+    throttle_pct: int = 0
+    expected_downtime_ns: int = 0
+    bandwidth: float = 0
 
     def as_dict(self):
-        return {f: getattr(self, f) for f in self.FIELDS}
+        return dataclasses.asdict(self)
 
     def __repr__(self):
         return "<pass %d %s dirty=%d sent=%d>" % (self.index, self.kind, self.dirty_found,
@@ -32,11 +46,11 @@ class MigrationReport:
 
     def __init__(self, config):
         self.config = config
-        self.passes = []
+        self.passes: List[PassMetrics] = []
         self.total_ns = 0
         self.downtime_ns = 0
-        self.verified = None        # True/False, None for the null sink
-        self.mismatched_pages = []  # gfns (first 16) whose hashes differ
+        self.verified: Optional[bool] = None  # None for the null sink
+        self.mismatched_pages: List[int] = []  # gfns (first 16) whose hashes differ
         self.converged = False
         self.auto_converge_triggers = 0
         self.final_throttle_pct = 0

@@ -11,9 +11,10 @@ starts a workload, and migrates it to a sink:
    sync, send the rest without the rate limit, end the stream;
 4. verify the destination page by page (64-bit hashes) against the source.
 
-Sync strategies (migration/strategies.py): ``global`` (collect every slot at the start of a pass, QEMU's
-migration_bitmap_sync), ``per-slot`` (collect each slot just before scanning
-it, the 2010 proposal), ``chunked-clear`` (manual protect: GET without
+Sync strategies (migration/strategies.py): ``global`` (collect every slot at
+the start of a pass, QEMU's migration_bitmap_sync), ``per-slot`` (collect
+each slot just before scanning it, the 2010 proposal), ``chunked-clear``
+(manual protect: GET without
 clearing at pass start, CLEAR each 2^clear_shift-page chunk just before its
 first page is sent, QEMU's clear_bmap), ``ring`` (harvest and reset the dirty
 rings at pass start and whenever a vCPU's ring fills).
@@ -103,7 +104,7 @@ def migrate(config=None, *, sink="local", progress=None, **options):
             regions.append(SendRegion(vm, i, first, n))
         populate_guest(vm, regions, cfg.npages, cfg.populate, cfg.fill, cfg.seed)
 
-        costs = cfg.cost_model
+        costs = cfg.costs
         sender = Sender(rate_limit=int(cfg.bandwidth), max_wait_ns=int(cfg.max_wait * NS),
                         zero_as_full=cfg.zero_pages == "full", virtual_clock=cfg.virtual,
                         link_bandwidth=int(cfg.link_bandwidth),
@@ -116,7 +117,7 @@ def migrate(config=None, *, sink="local", progress=None, **options):
         if cfg.window_log:
             sender.set_window_log(cfg.window_log)
 
-        recorder = Recorder(cfg.npages, dict(workload=cfg.workload.as_dict(), mode=cfg.mode,
+        recorder = Recorder(cfg.npages, dict(workload=cfg.spec.as_dict(), mode=cfg.mode,
                                              backend=cfg.backend, strategy=cfg.strategy)) \
             if cfg.record else None
         ctl = Controller(cfg, vm, regions, sender, sink_obj, progress, recorder)

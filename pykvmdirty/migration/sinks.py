@@ -16,6 +16,7 @@ address order.
 """
 import json
 import socket
+from typing import Optional
 
 import numpy as np
 
@@ -122,7 +123,7 @@ class TcpSink:
     def __init__(self, address, timeout=60.0):
         self.host, self.port = parse_address(address, "TCP sink address")
         self.timeout = timeout
-        self.sock = None
+        self.sock: Optional[socket.socket] = None
         self.sent = 0
 
     def _where(self):
@@ -140,9 +141,14 @@ class TcpSink:
         except OSError:
             pass
 
+    def _socket(self):
+        if self.sock is None:
+            raise SinkError("%s: not connected (open() first)" % self._where())
+        return self.sock
+
     def send(self, view):
         try:
-            self.sock.sendall(view)
+            self._socket().sendall(view)
         except OSError as e:
             raise SinkError("%s closed the connection after %d bytes of the stream (%s)"
                             % (self._where(), self.sent, e.strerror or e)) from None
@@ -151,11 +157,11 @@ class TcpSink:
     def finish(self):
         """Read the receiver's report: raises SinkError if it failed or vanished."""
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            self._socket().shutdown(socket.SHUT_WR)
         except OSError:
             pass
         try:
-            line, rest = _recv_line(self.sock)
+            line, rest = _recv_line(self._socket())
             if not line.endswith(b"\n"):
                 raise SinkError("%s closed the connection without a report after %d bytes "
                                 "of the stream" % (self._where(), self.sent))
@@ -166,11 +172,11 @@ class TcpSink:
                 raise SinkError("%s rejected the stream: %s" % (self._where(), rep.get("error")))
             npages = sum(size for _, size in rep["regions"]) // PAGE_SIZE
             hashes = np.empty(npages, dtype=np.uint64)
-            view = memoryview(hashes).cast("B")
+            view = hashes.data.cast("B")
             got = min(len(rest), len(view))
             view[:got] = rest[:got]
             while got < len(view):
-                n = self.sock.recv_into(view[got:])
+                n = self._socket().recv_into(view[got:])
                 if not n:
                     raise SinkError("%s report cut short: %d of %d hash bytes"
                                     % (self._where(), got, len(view)))

@@ -23,11 +23,12 @@ NS = 1_000_000_000
 def check_rate(rate, name="rate"):
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
         raise TypeError("%s must be a number of pages per second, got %r" % (name, rate))
-    if rate < 0:
+    r = float(rate)
+    if r < 0:
         raise ValueError("%s must be >= 0 pages per second, got %r" % (name, rate))
-    if rate > 1e9:
+    if r > 1e9:
         raise ValueError("%s must be at most 1e9 pages per second, got %r" % (name, rate))
-    return int(rate)
+    return int(r)
 
 
 class WorkloadSpec:
@@ -81,7 +82,7 @@ class VirtualWorkload:
         self.gens = spec.generators(first_gfn, npages, vm.vcpus)
         self.on_ring_full = on_ring_full
         self.recorder = recorder
-        self.throttle = 0
+        self._throttle = 0  # percent of the rate withheld (auto-converge)
         self._owed = 0
         self._value = 0
         self._next_vcpu = 0
@@ -89,10 +90,16 @@ class VirtualWorkload:
         self.writes = 0
         self.ring_full = 0
 
+    def set_throttle(self, percent):
+        """Withhold `percent` of the rate (QEMU's auto-converge CPU throttle)."""
+        if not 0 <= percent <= 100:
+            raise ValueError("throttle must be in [0, 100] percent, got %r" % (percent,))
+        self._throttle = percent
+
     def advance(self, t0, t1):
         if t1 <= t0 or self.spec.rate == 0 or self.spec.kind == "idle":
             return 0
-        self._owed += self.spec.rate * (t1 - t0) * (100 - self.throttle)
+        self._owed += self.spec.rate * (t1 - t0) * (100 - self._throttle)
         unit = NS * 100
         n = self._owed // unit
         self._owed -= n * unit
