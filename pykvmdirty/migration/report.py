@@ -62,6 +62,8 @@ class MigrationReport:
         self.vm_stats = None
         self.guest_impact = None    # guest exits on the global lock (analysis/guest_impact)
         self.guest_events = None    # their waits and the loop's holds (stall timeline)
+        self.t_begin_ns = 0         # the loop's clock when migration began / the VM stopped
+        self.t_stop_ns = 0
 
     @property
     def npasses(self):
