@@ -51,4 +51,6 @@ KD_SOURCES = \
 	migrate/sendpath.c \
 	migrate/vcpu_pool.c \
 	migrate/writers.c \
-	migrate/workload.c
+	migrate/workload.c \
+	migrate/guest_exits.c \
+	migrate/collect_stall.c

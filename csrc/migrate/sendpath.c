@@ -71,7 +71,7 @@ static inline uint64_t now_ns(const kd_sender *s)
 
 static int check_cfg(const struct kd_send_config *c)
 {
-	if (c->flags & ~(KD_SEND_VIRTUAL_CLOCK | KD_SEND_ZERO_AS_FULL))
+	if (c->flags & ~(KD_SEND_VIRTUAL_CLOCK | KD_SEND_ZERO_AS_FULL | KD_SEND_RATE_YIELD))
 		return -EINVAL;
 	if (c->reserved[0] || c->reserved[1] || c->reserved[2])
 		return -EINVAL;
@@ -333,6 +333,14 @@ static int rate_wait(kd_sender *s, uint64_t acc, uint64_t deadline)
 	}
 }
 
+KD_API int kd_sender_wait_budget(kd_sender *s, uint64_t deadline_ns)
+{
+	if (!s)
+		return -EINVAL;
+	if (!s->cfg.rate_limit)
+		return KD_SEND_DONE;
+	return rate_wait(s, PAGE_REC, s->virt ? deadline_ns : 0);
+}
 
 /* CLEAR the page's chunk if not yet done; returns 0 or negative errno. */
 static int chunk_clear(kd_sender *s, const struct kd_send_region *r, uint64_t rel)
@@ -418,6 +426,11 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 		rec = zero ? ZERO_REC : PAGE_REC;
 		acc = zero && !(s->cfg.flags & KD_SEND_ZERO_AS_FULL) ? ZERO_REC : PAGE_REC;
 		if (s->cfg.rate_limit) {
+			if (s->cfg.flags & KD_SEND_RATE_YIELD) {
+				roll_window(s, now_ns(s));
+				if (s->window_bytes + acc > s->cfg.rate_limit / 10)
+					return KD_SEND_RATE_LIMITED;
+			}
 			err = rate_wait(s, acc, deadline_ns);
 			if (err)
 				return err;

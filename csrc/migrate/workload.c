@@ -321,6 +321,7 @@ struct kd_workload_threads {
 	uint32_t n;
 	uint32_t throttle; /* percent */
 	uint64_t counter;  /* value source */
+	kd_bql *bql;       /* guest exits that take the global lock, or NULL */
 	struct wl_thread *th;
 };
 
@@ -369,8 +370,12 @@ static void *wl_main(void *arg)
 	}
 	while (!kd_vcpu_pool_stopping(&t->pool)) {
 		uint32_t thr = __atomic_load_n(&t->throttle, __ATOMIC_RELAXED);
+		kd_bql *bql = __atomic_load_n(&t->bql, __ATOMIC_ACQUIRE);
 		uint64_t now, k;
 		int r;
+
+		if (bql)
+			kd_bql_poll(bql, th->index);
 
 		if (th->rate == 0) { /* as fast as it goes, throttled by sleeping */
 			uint64_t t0 = kd_clock_ns();
@@ -456,6 +461,16 @@ KD_API int kd_workload_threads_start(kd_vm *vm, kd_workload *const *wls, uint32_
 		}
 	}
 	*out = t;
+	return 0;
+}
+
+KD_API int kd_workload_threads_set_bql(kd_workload_threads *t, kd_bql *b)
+{
+	struct kd_bql_stats st;
+
+	if (!t || (b && kd_bql_stats(b, &st)))
+		return -EINVAL;
+	__atomic_store_n(&t->bql, b, __ATOMIC_RELEASE);
 	return 0;
 }
 

@@ -84,12 +84,14 @@ class Sender:
     reprotect_ns); otherwise CLOCK_MONOTONIC and real time."""
 
     def __init__(self, rate_limit=0, max_wait_ns=0, zero_as_full=False, virtual_clock=False,
-                 link_bandwidth=0, page_cost_ns=0, clear_call_ns=0, reprotect_ns=0):
+                 link_bandwidth=0, page_cost_ns=0, clear_call_ns=0, reprotect_ns=0,
+                 rate_yield=False):
         cfg = ffi.new("struct kd_send_config *")
         cfg.rate_limit = uint_arg(rate_limit, "rate_limit")
         cfg.max_wait_ns = uint_arg(max_wait_ns, "max_wait_ns")
         cfg.flags = ((lib.KD_SEND_ZERO_AS_FULL if zero_as_full else 0)
-                     | (lib.KD_SEND_VIRTUAL_CLOCK if virtual_clock else 0))
+                     | (lib.KD_SEND_VIRTUAL_CLOCK if virtual_clock else 0)
+                     | (lib.KD_SEND_RATE_YIELD if rate_yield else 0))
         if virtual_clock:
             cfg.link_bandwidth = uint_arg(link_bandwidth, "link_bandwidth")
             cfg.page_cost_ns = uint_arg(page_cost_ns, "page_cost_ns")
@@ -130,6 +132,12 @@ class Sender:
 
     def advance(self, ns):
         check(lib.kd_sender_advance(self._s, uint_arg(ns, "ns")), "kd_sender_advance")
+
+    def wait_budget(self, deadline_ns=0):
+        """rate_yield: wait until a page fits the rate budget; SEND_DONE, or
+        SEND_DEADLINE (virtual clock) if deadline_ns came first."""
+        return check(lib.kd_sender_wait_budget(self._s, uint_arg(deadline_ns, "deadline_ns")),
+                     "kd_sender_wait_budget")
 
     def iteration_begin(self):
         check(lib.kd_sender_iteration_begin(self._s), "kd_sender_iteration_begin")

@@ -86,7 +86,7 @@ class WorkloadThreads:
     the generators stay alive until the threads are joined (stop(), VM.close()
     or the finalizer)."""
 
-    def __init__(self, vm, generators, rate, value_base):
+    def __init__(self, vm, generators, rate, value_base, global_lock=None):
         native = vm.handle
         arr = ffi.new("kd_workload *[]", [g.handle for g in generators])
         out = ffi.new("kd_workload_threads **")
@@ -97,8 +97,12 @@ class WorkloadThreads:
         self._handle = out[0]
         self._vm = vm
         self.stats = None  # per-thread stats once stopped (kept if a thread failed)
+        # the lock (guest_exits.GlobalLock) must outlive the threads: kept with them
         self._finalizer = weakref.finalize(self, _stop_threads, self._handle, self._n,
-                                           (native, list(generators), arr))
+                                           (native, list(generators), arr, global_lock))
+        if global_lock is not None:
+            check(lib.kd_workload_threads_set_bql(self._handle, global_lock.handle),
+                  "workload threads: guest exits")
         vm.register_pool(self)
 
     @property

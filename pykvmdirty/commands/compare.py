@@ -115,6 +115,10 @@ def register(sub):
                        "modelled kernel time, log memory (the main command)",
                        description=__doc__)
     add_scenario_options(p)
+    p.add_argument("--guest-impact", action="store_true",
+                   help="also what the guest feels: exit waits on the global lock per loop "
+                   "placement and interface, and the kernel's lock during collection (real "
+                   "kvm vs the emulated model) for the --sizes (analysis/guest_stalls.py)")
     p.set_defaults(func=run)
 
 
@@ -201,6 +205,11 @@ def run(args):
     finally:
         progress.close()
     print(cmp.format_table(result))
+    if args.guest_impact:
+        from ..analysis import guest_stalls
+        result["guest_impact"] = guest_stalls.section(args.sizes)
+        print()
+        print(guest_stalls.format_section(result["guest_impact"]))
     if args.json:
         write_json(args.json, result)
         print("wrote %s" % args.json)

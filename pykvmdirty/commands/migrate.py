@@ -7,7 +7,7 @@ virtual clock, in-process destination, verified page by page.
 import math
 import sys
 
-from ..migration.config import MODES, ZERO_ACCOUNTING, parse_size
+from ..migration.config import EXIT_SERVICE_S, MODES, ZERO_ACCOUNTING, parse_size
 from ..migration.strategies import STRATEGIES
 from ..migration.errors import MigrationError
 from ..migration.run import migrate
@@ -63,6 +63,15 @@ def register(sub):
     p.add_argument("--cost-model", metavar="FILE",
                    help="virtual clock prices: a cost-model file (written by `pykvmdirty "
                    "calibrate`, or {field: ns}); default: the package's measured defaults")
+    p.add_argument("--loop-thread", default="migration-thread",
+                   choices=["iothread", "migration-thread"],
+                   help="where the loop runs: iothread holds the global lock for each "
+                        "iteration (QEMU 2010), migration-thread only for the sync")
+    p.add_argument("--exit-rate", type=float, default=0,
+                   help="guest exits per second per vCPU that take the global lock "
+                        "(0: none; e.g. 1000, assumed)")
+    p.add_argument("--exit-service", type=float, default=EXIT_SERVICE_S,
+                   help="seconds the lock is held per exit (default 10e-6, assumed)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--plot", metavar="FILE", help="PNG of per-pass dirty/sent/latency")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -120,6 +129,8 @@ def run(args):
             max_passes=args.max_passes, auto_converge=args.auto_converge,
             zero_pages=args.zero_pages, populate=args.populate, fill=args.fill,
             sink=sink, seed=args.seed, step=args.step, cost_model=args.cost_model,
+            loop_thread=args.loop_thread, exit_rate=args.exit_rate,
+            exit_service=args.exit_service,
             progress=None if args.quiet else True, max_memory=args.max_memory)
     except (MigrationError, SinkError) as e:
         print("pykvmdirty migrate: failed: %s" % e, file=sys.stderr)

@@ -11,6 +11,8 @@ from ..bindings.constants import (
     EMULATED_BACKENDS, MAX_VCPUS, PAGE_SIZE, REAL_BACKENDS, TRACKING, WIRE_BATCH_HEADER,
     WIRE_MAX_PAYLOAD, WIRE_PAGE_RECORD,
 )
+from ..bindings.guest_exits import exit_timing
+from .loop_placement import LOOP_THREADS
 from .strategies import STRATEGIES, strategy_class
 from .trace import Trace
 from .trace import load as load_trace
@@ -24,6 +26,9 @@ MiB = 1 << 20
 GiB = 1 << 30
 POPULATE_VALUE = 1 << 62  # what populate stores: no workload value collides with it
 MAX_SLOTS = 4096
+#: seconds the global lock is held per guest exit. Assumed: a KVM_EXIT_MMIO/PIO
+#: round trip through QEMU's device emulation costs microseconds to tens of them.
+EXIT_SERVICE_S = 10e-6
 
 
 def check_number(value, name, lo=None, hi=None, integer=False, lo_open=False, allow_none=False):
@@ -103,6 +108,11 @@ class MigrationConfig:
       before migration; fill "random" fills them with random bytes instead.
     cost_model: the virtual clock's prices (CostModel, dict, or a file path).
     window_log: keep the accounted bytes of the first N rate-limit windows.
+    loop_thread: "iothread" (each iteration holds the global lock, QEMU 2010) or
+      "migration-thread" (only the sync does); exit_rate: guest exits per second
+      per vCPU that take the lock (0: none), each holding it exit_service
+      seconds (10 us, assumed); guest_baseline: real time, seconds the guest
+      runs alone first to measure its progress without the migration.
     """
 
     guest_size: Union[int, str] = "2GiB"
@@ -137,6 +147,10 @@ class MigrationConfig:
     window_log: int = 0
     verify: bool = True
     duration_limit: Optional[float] = None
+    loop_thread: str = "migration-thread"
+    exit_rate: float = 0
+    exit_service: float = EXIT_SERVICE_S
+    guest_baseline: float = 0.5
     #: normalised by construction: guest size in bytes, the workload as a spec,
     #: the prices as a CostModel
     guest_bytes: int = dataclasses.field(init=False)
@@ -206,6 +220,9 @@ class MigrationConfig:
                 raise ValueError("the trace covers %d pages but the guest has %d"
                                  % (trace.npages, self.npages))
             put("trace", trace)
+        _choice(self.loop_thread, "loop_thread", LOOP_THREADS)
+        exit_timing(self.exit_rate, self.exit_service)  # ValueError names the bad one
+        put("guest_baseline", check_number(self.guest_baseline, "guest_baseline", lo=0, hi=60))
         put("auto_converge", bool(self.auto_converge))
         put("verify", bool(self.verify))
 
@@ -249,4 +266,5 @@ class MigrationConfig:
                     populate=self.populate, fill=self.fill, sink=sink_name, step=self.step,
                     cost_model=self.costs.to_dict(), batch_bytes=self.batch_bytes,
                     ring_entries=self.ring_entries, dirty_tracking=self.dirty_tracking,
-                    step_ns=self.step_ns)
+                    step_ns=self.step_ns, loop_thread=self.loop_thread,
+                    exit_rate=self.exit_rate, exit_service=self.exit_service)

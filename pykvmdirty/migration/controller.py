@@ -12,11 +12,14 @@ import time
 
 import numpy as np
 
-from ..bindings.constants import PAGE_SIZE, SEND_DEADLINE, SEND_DONE, SEND_FULL, SEND_TIME_CAP
+from ..bindings.constants import (PAGE_SIZE, SEND_DEADLINE, SEND_DONE, SEND_FULL,
+                                  SEND_RATE_LIMITED, SEND_TIME_CAP)
+from ..bindings.guest_exits import GlobalLock
 from ..bindings.sender import LATENCY_BUCKET_FLOORS, clock_ns
 from ..bindings.wire import page_hashes
 from .config import NS, POPULATE_VALUE
 from .errors import MigrationError
+from .loop_placement import LoopPlacement
 from .report import PassMetrics
 from .strategies import SyncItem
 from .trace import TraceWorkload
@@ -58,13 +61,20 @@ class Controller:
         self.virtual_writer = None  # the VirtualWorkload (virtual mode)
         self.workload = None        # what runs on the virtual clock (or a trace replay)
         self.threads = None         # ThreadWorkload (real time)
+        # guest exits on the global lock, and when the loop holds it (loop_placement)
+        self.global_lock = GlobalLock(cfg.vcpus, cfg.exit_rate, cfg.exit_service,
+                                      virtual=self.virtual) if cfg.exit_rate else None
+        self.placement = LoopPlacement(cfg.loop_thread, self.global_lock, self.now,
+                                       ring_outside=bool(vm.ring_entries))
+        self._ring_vm = bool(vm.ring_entries)
         if self.virtual:
             self.virtual_writer = VirtualWorkload(vm, cfg.spec, 0, cfg.npages,
                                                   on_ring_full=self.reap, recorder=recorder)
             self.workload = (self.virtual_writer if cfg.trace is None else
                              TraceWorkload(vm, cfg.trace, self.virtual_writer.write_gfns))
         else:
-            self.threads = ThreadWorkload(vm, cfg.spec, 0, cfg.npages)
+            self.threads = ThreadWorkload(vm, cfg.spec, 0, cfg.npages,
+                                          global_lock=self.global_lock)
 
     # -- clock ---------------------------------------------------------------
     def now(self):
@@ -105,15 +115,16 @@ class Controller:
 
     def timed(self, fn, *args, extra_calls=0):
         """Run a sync call; returns (result, cost ns): modelled (virtual) or measured."""
-        if self.virtual:
-            before = self.vm.stats
+        with self.placement.sync(ring=self._ring_vm):
+            if self.virtual:
+                before = self.vm.stats
+                out = fn(*args)
+                cost = self._stats_cost(before, self.vm.stats) + extra_calls * self.costs.ioctl_ns
+                self.charge(cost)
+                return out, int(cost)
+            t0 = time.perf_counter_ns()
             out = fn(*args)
-            cost = self._stats_cost(before, self.vm.stats) + extra_calls * self.costs.ioctl_ns
-            self.charge(cost)
-            return out, int(cost)
-        t0 = time.perf_counter_ns()
-        out = fn(*args)
-        return out, time.perf_counter_ns() - t0
+            return out, time.perf_counter_ns() - t0
 
     def scan_cost(self, n, t0, per_word=False):
         """Cost of a user-side scan of n gfns (or n log words): modelled, or
@@ -195,7 +206,10 @@ class Controller:
             if rc == SEND_FULL:
                 self.flush()
             elif rc == SEND_TIME_CAP:
+                self.placement.between_iterations()
                 s.iteration_begin()  # between iterations: what QEMU's migration thread does
+            elif rc == SEND_RATE_LIMITED:
+                self.wait_budget_unlocked(final)
             elif rc == SEND_DEADLINE:
                 self.deadline = self.now() + self.step
             else:
@@ -211,6 +225,19 @@ class Controller:
         if bitmap is not None:
             sl.clear_off()
         return self.clock() - t0
+
+    def wait_budget_unlocked(self, final):
+        """Rate limited under the iothread placement: the iteration ends, the
+        lock is dropped while the budget refills, the next iteration begins."""
+        self.placement.iteration_end()
+        while True:
+            deadline = self.deadline if (self.virtual and not final) else 0
+            if self.sender.wait_budget(deadline) == SEND_DONE:
+                break
+            self.deadline = self.now() + self.step
+            self.run_workload()
+        self.placement.iteration_begin()
+        self.sender.iteration_begin()
 
     def finish_pass(self, pm, before, t_start):
         after = self.sender.stats()
@@ -348,7 +375,9 @@ def run_passes(ctl, report):
     # ---- bulk pass ----
     t_start = ctl.clock()
     sample = ctl.sample_time()
+    ctl.placement.iteration_begin()
     pm = run_pass("bulk", [SyncItem(sl, None, sample, None) for sl in slots], 0, 0, t_start)
+    ctl.placement.iteration_end()
 
     # ---- iterate ----
     high_cnt = 0
@@ -356,6 +385,7 @@ def run_passes(ctl, report):
     while True:
         bw = pm.bandwidth or (cfg.bandwidth or 1)
         t_start = ctl.clock()
+        ctl.placement.iteration_begin()
         if strategy.collects_per_slot:
             items = [SyncItem(sl, None, 0, None) for sl in slots]  # collected in run_pass
             pending = state["last_dirty"] if pending_est is None else pending_est
@@ -370,6 +400,7 @@ def run_passes(ctl, report):
         if (expected <= cfg.downtime_limit * NS or len(report.passes) >= cfg.max_passes
                 or out_of_time):
             report.converged = expected <= cfg.downtime_limit * NS
+            ctl.placement.iteration_end()
             break
         # auto-converge (QEMU: dirtied > 50% of transferred, twice in a row)
         if cfg.auto_converge and pm.kind != "bulk":
@@ -382,12 +413,14 @@ def run_passes(ctl, report):
                 report.auto_converge_triggers += 1
                 ctl.set_throttle(state["throttle"])
         pm = run_pass("iterate", items, collect_ns, scan_ns, t_start)
+        ctl.placement.iteration_end()
         if strategy.collects_per_slot:
             pending_est = pm.dirty_found
             state["last_dirty"] = pm.dirty_found
 
     # ---- stop and copy ----
     t_stop = ctl.clock()
+    report.t_begin_ns, report.t_stop_ns = t_begin, t_stop  # the guest ran in between
     ctl.stopped = True
     if ctl.threads is not None:
         report.workload_writes = ctl.threads.stop()

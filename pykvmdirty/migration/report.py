@@ -60,6 +60,10 @@ class MigrationReport:
         self.window_budget = None
         self.destination = None
         self.vm_stats = None
+        self.guest_impact = None    # guest exits on the global lock (analysis/guest_impact)
+        self.guest_events = None    # their waits and the loop's holds (stall timeline)
+        self.t_begin_ns = 0         # the loop's clock when migration began / the VM stopped
+        self.t_stop_ns = 0
 
     @property
     def npasses(self):
@@ -88,7 +92,8 @@ class MigrationReport:
                         workload_writes=self.workload_writes,
                         ring_full_events=self.ring_full_events,
                         mismatched_pages=self.mismatched_pages),
-            destination=self.destination, vm_stats=self.vm_stats)
+            destination=self.destination, vm_stats=self.vm_stats,
+            guest_impact=self.guest_impact)
 
     def to_json(self, path=None):
         text = json.dumps(self.as_dict(), indent=1, default=json_default)
@@ -113,6 +118,9 @@ class MigrationReport:
                          {True: "yes", False: "NO", None: "n/a (null sink)"}[self.verified],
                          ", auto-converge throttle %d%%" % self.final_throttle_pct
                          if self.auto_converge_triggers else ""))
+        if self.guest_impact:
+            from ..analysis.guest_impact import text
+            lines.append(text(self.guest_impact))
         return "\n".join(lines)
 
     def plot(self, path):
@@ -125,7 +133,13 @@ class MigrationReport:
             raise RuntimeError("--plot needs matplotlib: pip install 'pykvmdirty[plot]'") \
                 from None
         idx = [p.index for p in self.passes]
-        fig, (a, b) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+        if self.guest_events is not None:
+            fig, (a, b, g) = plt.subplots(3, 1, figsize=(8, 9))
+            from ..analysis.guest_impact import plot_timeline
+            plot_timeline(g, self.guest_events, self.t_begin_ns, "stall timeline (%s)"
+                          % self.config.get("loop_thread"))
+        else:
+            fig, (a, b) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
         a.plot(idx, [p.dirty_found for p in self.passes], "o-", label="dirty pages found")
         a.plot(idx, [p.pages_sent for p in self.passes], "s-", label="pages sent")
         a.plot(idx, [p.redundant for p in self.passes], "x-", label="redundant sends")

@@ -47,6 +47,7 @@ from .progress import ProgressPrinter
 from .report import MigrationReport
 from .sinks import LocalSink, NullSink, TcpSink
 from .trace import Recorder
+from .guest_exits import guest_alone, guest_report
 
 
 def make_sink(sink):
@@ -132,7 +133,8 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, **opti
                         link_bandwidth=int(cfg.link_bandwidth),
                         page_cost_ns=int(costs.page_ns),
                         clear_call_ns=int(costs.ioctl_ns + costs.tlb_flush_ns),
-                        reprotect_ns=int(costs.reprotect_ns))
+                        reprotect_ns=int(costs.reprotect_ns),
+                        rate_yield=cfg.loop_thread == "iothread")  # drops the lock when limited
         if sink_obj.encodes:
             sender.set_buffer(cfg.batch_bytes)
         if cfg.window_log:
@@ -142,7 +144,11 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, **opti
                                              backend=cfg.backend, strategy=cfg.strategy)) \
             if cfg.record else None
         ctl = Controller(cfg, vm, regions, sender, sink_obj, progress, recorder)
+        baseline = guest_alone(vm, cfg) if ctl.global_lock and not cfg.virtual else None
         run_passes(ctl, report)
+        if ctl.global_lock is not None:
+            report.guest_impact, report.guest_events = guest_report(ctl.global_lock, report,
+                                                                    cfg, baseline)
 
         if sender.window_log is not None:
             sender.close_window()
@@ -164,6 +170,8 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, **opti
     except SinkError as e:
         raise MigrationError(str(e)) from None
     finally:
+        if ctl is not None:
+            ctl.placement.close()  # never leave vCPU exits waiting on the lock
         if ctl is not None and ctl.threads is not None:
             try:
                 ctl.threads.stop()

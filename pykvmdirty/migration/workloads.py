@@ -151,12 +151,13 @@ class VirtualWorkload:
 class ThreadWorkload:
     """Runs a spec as C threads (one per vCPU) at the spec's rate in real time."""
 
-    def __init__(self, vm, spec, first_gfn, npages, value_base=1 << 32):
+    def __init__(self, vm, spec, first_gfn, npages, value_base=1 << 32, global_lock=None):
         self.vm = vm
         self.spec = spec
         self.gens = spec.generators(first_gfn, npages, vm.vcpus)
         self._threads = None
         self._value_base = value_base
+        self.global_lock = global_lock  # its exits run on these threads (guest_exits)
 
     @property
     def stats(self):
@@ -164,9 +165,12 @@ class ThreadWorkload:
         return None if self._threads is None else self._threads.stats
 
     def start(self):
-        if self.spec.kind == "idle":
+        if self.spec.kind == "idle" and self.global_lock is None:
             return self
-        self._threads = WorkloadThreads(self.vm, self.gens, self.spec.rate, self._value_base)
+        # an idle guest still runs (and exits): a rate makes its threads tick, not spin
+        rate = self.spec.rate if self.spec.kind != "idle" else len(self.gens) * 1000
+        self._threads = WorkloadThreads(self.vm, self.gens, rate, self._value_base,
+                                        self.global_lock)
         return self
 
     def throttle(self, percent):

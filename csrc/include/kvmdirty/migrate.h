@@ -107,6 +107,10 @@ KD_API int kd_wire_dest_region(const kd_wire_dest *d, uint32_t index, uint64_t *
 /* Sender: the scan-and-send loop (sendpath.c). */
 #define KD_SEND_VIRTUAL_CLOCK (1u << 0) /* deterministic clock and cost model */
 #define KD_SEND_ZERO_AS_FULL (1u << 1)  /* charge zero pages as full pages */
+/* Out of budget: return KD_SEND_RATE_LIMITED instead of waiting inside
+ * kd_send_pages; the caller waits with kd_sender_wait_budget (QEMU 2010's
+ * iothread left ram_save_live when rate limited, dropping the global lock). */
+#define KD_SEND_RATE_YIELD (1u << 2)
 #define KD_SEND_WINDOW_NS 100000000ull  /* rate-limit window (QEMU BUFFER_DELAY) */
 #define KD_LAT_BUCKETS 1024u
 /* kd_send_pages results (>= 0) */
@@ -114,6 +118,7 @@ KD_API int kd_wire_dest_region(const kd_wire_dest *d, uint32_t index, uint64_t *
 #define KD_SEND_FULL 1      /* batch buffer full: kd_sender_flush, call again */
 #define KD_SEND_TIME_CAP 2  /* max_wait_ns since kd_sender_iteration_begin */
 #define KD_SEND_DEADLINE 3  /* virtual clock reached deadline_ns */
+#define KD_SEND_RATE_LIMITED 4 /* KD_SEND_RATE_YIELD: the window's budget is spent */
 
 struct kd_send_config {
 	uint64_t rate_limit;     /* bytes/s, budget rate_limit/10 per window; 0 = none */
@@ -195,6 +200,9 @@ KD_API int kd_sender_iteration_begin(kd_sender *s);
  */
 KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uint64_t *gfns,
 			 uint64_t n, uint64_t *pos, uint64_t sample_ns, uint64_t deadline_ns);
+/* Wait until a page record fits the rate budget: KD_SEND_DONE, or
+ * KD_SEND_DEADLINE (virtual clock) if deadline_ns came first. */
+KD_API int kd_sender_wait_budget(kd_sender *s, uint64_t deadline_ns);
 KD_API int kd_sender_stats(const kd_sender *s, struct kd_send_stats *out);
 /* Copy (nbuckets == KD_LAT_BUCKETS) and optionally reset the latency histogram. */
 KD_API int kd_sender_latency_histogram(kd_sender *s, uint64_t *out, uint32_t nbuckets,
@@ -250,6 +258,98 @@ KD_API int kd_workload_threads_throttle(kd_workload_threads *t, uint32_t percent
  * thread error or 0. */
 KD_API int kd_workload_threads_stop(kd_workload_threads *t, struct kd_workload_thread_stats *out,
 				    uint32_t cap);
+
+/*
+ * The global lock (QEMU's BQL) and the guest exits that take it
+ * (migrate/guest_exits.c explains the model). Real time: the migration loop
+ * calls kd_bql_lock/unlock, vCPU threads kd_bql_poll. Virtual clock
+ * (KD_BQL_VIRTUAL): the loop records holds with kd_bql_hold, then
+ * kd_bql_model plays the exits of [t0, t1) against them (once).
+ */
+enum kd_bql_holder {
+	KD_BQL_HOLDER_NONE = 0,      /* the lock was free */
+	KD_BQL_HOLDER_ITERATION = 1, /* a migration iteration (iothread: sync + send) */
+	KD_BQL_HOLDER_SYNC = 2,      /* the dirty-bitmap sync (migration thread) */
+	KD_BQL_HOLDER_EXIT = 3,      /* another vCPU's exit */
+	KD_BQL_HOLDER_COLLECT = 4,   /* another collector call (kernel-lock model) */
+};
+#define KD_BQL_VIRTUAL 1u
+struct kd_bql_config {
+	uint32_t nvcpus;           /* 1..KD_MAX_VCPUS */
+	uint32_t flags;            /* KD_BQL_VIRTUAL */
+	uint64_t exit_interval_ns; /* guest run time between two exits of a vCPU; 0: none */
+	uint64_t service_ns;       /* lock held per exit; < exit_interval_ns */
+	uint64_t reserved[2];      /* must be zero */
+};
+enum { KD_BQL_EV_WAIT = 1, KD_BQL_EV_HOLD = 2 };
+struct kd_bql_event {
+	uint64_t at_ns;  /* exit arrival (WAIT) or hold start (HOLD) */
+	uint64_t dur_ns; /* the wait, or the hold */
+	uint16_t type;   /* KD_BQL_EV_* */
+	uint16_t holder; /* WAIT: what held the lock at arrival; HOLD: the holder */
+	uint32_t vcpu;   /* WAIT: the vCPU; HOLD: UINT32_MAX */
+};
+struct kd_bql_stats {
+	uint64_t exits, waited_exits;  /* exits, and those that found the lock held */
+	uint64_t wait_sum_ns, wait_max_ns, wait_max_at_ns;
+	uint32_t wait_max_holder, wait_max_vcpu;
+	uint64_t blocked_ns;           /* sum of wait + service over exits */
+	uint64_t holds[5], hold_sum_ns[5], hold_max_ns[5]; /* by enum kd_bql_holder */
+	uint64_t log_used, log_dropped;
+};
+typedef struct kd_bql kd_bql;
+KD_API int kd_bql_create(const struct kd_bql_config *cfg, kd_bql **out);
+KD_API void kd_bql_destroy(kd_bql *b);
+/* Log the waits of exits that found the lock held, and the loop's holds,
+ * into log[0..cap) until full. */
+KD_API int kd_bql_set_log(kd_bql *b, struct kd_bql_event *log, uint64_t cap);
+KD_API int kd_bql_lock(kd_bql *b, uint32_t holder);
+KD_API int kd_bql_unlock(kd_bql *b);
+/* On vCPU vcpu's thread between guest entries: perform the exit if one is
+ * due. Returns exits performed (0 or 1) or -EINVAL. */
+KD_API int kd_bql_poll(kd_bql *b, uint32_t vcpu);
+/* Virtual: a hold [start, end); holds in order, not overlapping (-EINVAL). */
+KD_API int kd_bql_hold(kd_bql *b, uint32_t holder, uint64_t start_ns, uint64_t end_ns);
+KD_API int kd_bql_model(kd_bql *b, uint64_t t0, uint64_t t1);
+KD_API int kd_bql_stats(kd_bql *b, struct kd_bql_stats *out);
+/* Wait histogram in the sender's latency buckets (nbuckets == KD_LAT_BUCKETS). */
+KD_API int kd_bql_histogram(kd_bql *b, uint64_t *out, uint32_t nbuckets);
+/* Real-time workload threads perform b's exits (NULL: none); set any time. */
+KD_API int kd_workload_threads_set_bql(kd_workload_threads *t, kd_bql *b);
+
+/*
+ * The kernel's side of a migration stall (migrate/collect_stall.c): vCPU 0
+ * writes guest_pages pages spread over slot `slot` on its own thread while
+ * the calling thread collects the slot every period_ns for duration_ns.
+ * hist: guest-entry durations in the latency buckets (KD_LAT_BUCKETS).
+ */
+enum kd_stall_collector {
+	KD_STALL_NONE = 0,  /* the guest alone (baseline) */
+	KD_STALL_GET = 1,   /* classic KVM_GET_DIRTY_LOG of the whole slot */
+	KD_STALL_CLEAR = 2, /* manual protect: GET copy + CLEAR per chunk_pages chunk */
+	KD_STALL_RING = 3,  /* harvest every ring + KVM_RESET_DIRTY_RINGS */
+};
+#define KD_STALL_MAX_BATCH 256u
+#define KD_STALL_RING_CAP 65536u
+struct kd_stall_config {
+	uint32_t slot;
+	uint32_t collector;    /* enum kd_stall_collector */
+	uint64_t duration_ns;  /* > 0 */
+	uint64_t period_ns;    /* a collection starts every period (0: back to back) */
+	uint64_t guest_pages;  /* 1..slot pages, spread evenly over the slot */
+	uint32_t batch;        /* stores per guest entry, 1..KD_STALL_MAX_BATCH */
+	uint32_t chunk_pages;  /* CLEAR: pages per call, a multiple of 64 */
+	uint64_t reserved[2];  /* must be zero */
+};
+struct kd_stall_result {
+	uint64_t guest_pages_written, guest_entries, guest_ns, ring_full_waits;
+	uint64_t stall_max_ns, stall_max_at_ns; /* longest guest entry, from the start */
+	uint64_t stall_max_cpu_ns; /* longest entry in the guest thread's CPU time */
+	uint64_t collects, collect_sum_ns, collect_max_ns; /* passes over the slot */
+	uint64_t collect_calls, call_max_ns;               /* ioctls, the longest one */
+};
+KD_API int kd_collect_stall_run(kd_vm *vm, const struct kd_stall_config *cfg,
+				struct kd_stall_result *res, uint64_t *hist, uint32_t nbuckets);
 
 #ifdef __cplusplus
 }
