@@ -32,6 +32,7 @@
 #include <time.h>
 
 #include "kvmdirty.h"
+#include "latency.h"
 #include "vcpu_pool.h"
 
 struct guest {
@@ -42,20 +43,6 @@ struct guest {
 	struct kd_stall_result *res;
 	uint64_t *hist;
 };
-
-static uint32_t bucket_of(uint64_t v)
-{
-	uint32_t lo = 0, hi = KD_LAT_BUCKETS - 1;
-
-	while (lo < hi) {
-		uint32_t mid = (lo + hi + 1) / 2;
-		if (kd_latency_bucket_floor(mid) <= v)
-			lo = mid;
-		else
-			hi = mid - 1;
-	}
-	return lo;
-}
 
 /* CPU time of the calling thread: a guest entry's CPU time leaves out the
  * time the host scheduler ran something else (a loaded machine's noise) but
@@ -99,7 +86,7 @@ static void *guest_main(void *arg)
 			g->res->stall_max_cpu_ns = dc;
 		g->res->guest_pages_written += done;
 		g->res->guest_entries++;
-		g->hist[bucket_of(dt)]++;
+		g->hist[kd_latency_bucket(dt)]++;
 		if (dt > g->res->stall_max_ns) {
 			g->res->stall_max_ns = dt;
 			g->res->stall_max_at_ns = t0 - t_begin;

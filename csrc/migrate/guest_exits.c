@@ -41,6 +41,7 @@
 #include <string.h>
 
 #include "kvmdirty.h"
+#include "latency.h"
 
 #define NKINDS (KD_BQL_HOLDER_COLLECT + 1)
 
@@ -61,22 +62,6 @@ struct kd_bql {
 	uint64_t nholds, holds_cap;
 	int modelled;
 };
-
-/* Bucket of the sender's latency histogram that counts v (the floors are
- * kd_latency_bucket_floor's: one definition of the buckets). */
-static uint32_t bucket_of(uint64_t v)
-{
-	uint32_t lo = 0, hi = KD_LAT_BUCKETS - 1;
-
-	while (lo < hi) {
-		uint32_t mid = (lo + hi + 1) / 2;
-		if (kd_latency_bucket_floor(mid) <= v)
-			lo = mid;
-		else
-			hi = mid - 1;
-	}
-	return lo;
-}
 
 static void log_event(kd_bql *b, uint32_t type, uint64_t at, uint64_t dur, uint32_t holder,
 		      uint32_t vcpu)
@@ -107,7 +92,7 @@ static void record_exit(kd_bql *b, uint32_t vcpu, uint64_t arrival, uint64_t wai
 		st->wait_max_holder = holder;
 		st->wait_max_vcpu = vcpu;
 	}
-	b->hist[bucket_of(wait)]++;
+	b->hist[kd_latency_bucket(wait)]++;
 	if (holder != KD_BQL_HOLDER_NONE)
 		log_event(b, KD_BQL_EV_WAIT, arrival, wait, holder, vcpu);
 }

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "kvmdirty.h"
+#include "latency.h"
 #include "simd.h"
 #include "wire_format.h"
 
@@ -242,16 +243,6 @@ KD_API int kd_sender_latency_histogram(kd_sender *s, uint64_t *out, uint32_t nbu
 	if (reset)
 		memset(s->hist, 0, sizeof(s->hist));
 	return 0;
-}
-
-/* HDR-style bucket: 16 sub-buckets per power of two (<= 6.25% error). */
-static inline uint32_t lat_bucket(uint64_t v)
-{
-	int e;
-	if (v < 16)
-		return (uint32_t)v;
-	e = 63 - __builtin_clzll(v);
-	return (uint32_t)((e - 3) * 16 + ((v >> (e - 4)) & 15));
 }
 
 KD_API uint64_t kd_latency_bucket_floor(uint32_t bucket)
@@ -482,7 +473,7 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 		s->window_bytes += acc;
 		{
 			uint64_t age = now > sample ? now - sample : 0;
-			s->hist[lat_bucket(age)]++;
+			s->hist[kd_latency_bucket(age)]++;
 			s->st.lat_count++;
 			s->st.lat_sum_ns += age;
 			if (age > s->st.lat_max_ns)

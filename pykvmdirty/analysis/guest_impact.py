@@ -9,7 +9,8 @@ the report's JSON, a text block, and a stall-timeline plot.
 """
 import numpy as np
 
-from ..bindings.guest_exits import HOLDER_NAMES, HOLDERS, bucket_floors, percentiles
+from ..bindings.guest_exits import HOLDER_NAMES, HOLDERS
+from ..bindings.sender import latency_percentiles
 
 NS = 1_000_000_000
 
@@ -24,7 +25,7 @@ def summarize(gl, t0_ns, t1_ns, loop_thread, max_wait_s, baseline=None, progress
     st = gl.stats()
     hist = gl.histogram()
     p50, p99 = [min(p, st["wait_max_ns"]) for p in  # bucket middles, never past the max
-                percentiles(hist, (0.5, 0.99), bucket_floors())]
+                latency_percentiles(hist, (0.5, 0.99))]
     window = max(t1_ns - t0_ns, 1)
     run_fraction = 1.0 - st["blocked_ns"] / (gl.vcpus * window)
     base_fraction = 1.0

@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-from ..bindings.guest_exits import GlobalLock, bucket_floors, collect_stall, percentiles
+from ..bindings.guest_exits import GlobalLock, collect_stall
+from ..bindings.sender import latency_percentiles
 from ..bindings.constants import MEM_LOG_DIRTY_PAGES, PAGE_SIZE
 from ..bindings.vm import VM, backend_available
 from .costmodel import CostModel
@@ -96,7 +97,7 @@ def placement_model(sync, send, loop_thread, ring, vcpus, exit_rate, exit_servic
         t += max(it_len, period, 1)
     gl.model(0, end)
     st = gl.stats()
-    p50, p99 = percentiles(gl.histogram(), (0.5, 0.99), bucket_floors())
+    p50, p99 = latency_percentiles(gl.histogram(), (0.5, 0.99))
     # time the vCPUs spent waiting, as a share of the window (the last waits
     # may run past its end: at most 100%)
     waited = min(1.0, st["wait_sum_ns"] / (vcpus * end))
@@ -196,7 +197,6 @@ def kernel_side_table(sizes_gib=(64, 512), collectors=KERNEL_COLLECTORS, duratio
     cost = cost or CostModel()
     ok, why = backend_available("kvm")
     rows = []
-    floors = bucket_floors()
     for size in sizes_gib:
         for coll in ("none",) + tuple(collectors):
             row = dict(size_gib=size, collector=coll)
@@ -215,7 +215,7 @@ def kernel_side_table(sizes_gib=(64, 512), collectors=KERNEL_COLLECTORS, duratio
                         vm.enable_manual_protect()
                     res, hist = collect_stall(vm, 0, coll, duration, period, guest_pages,
                                               batch, chunk_pages)
-                p50, p99 = percentiles(hist, (0.5, 0.99), floors)
+                p50, p99 = latency_percentiles(hist, (0.5, 0.99))
                 row["real"] = dict(rate=res["guest_pages_written"] * NS / res["guest_ns"],
                                    stall_max_ns=res["stall_max_ns"],
                                    stall_max_cpu_ns=res["stall_max_cpu_ns"], entry_p50_ns=p50,

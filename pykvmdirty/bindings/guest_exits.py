@@ -179,22 +179,3 @@ def collect_stall(vm, slot, collector, duration, period=0.05, guest_pages=4096, 
         "collect_calls", "call_max_ns")}
     return out, hist
 
-
-def bucket_floors():
-    return np.array([lib.kd_latency_bucket_floor(i) for i in range(lib.KD_LAT_BUCKETS + 1)],
-                    dtype=np.float64)
-
-
-def percentiles(hist, qs, floors=None):
-    """Percentiles (ns) of a latency-bucket histogram: each the middle of its bucket."""
-    floors = bucket_floors() if floors is None else floors
-    total = int(hist.sum())
-    if not total:
-        return [0 for _ in qs]
-    cum = np.cumsum(hist)
-    out = []
-    for q in qs:
-        b = int(np.searchsorted(cum, q * total, side="left"))
-        lo, hi = floors[b], floors[b + 1]
-        out.append(int(lo if hi <= lo + 1 else (lo + hi) / 2))
-    return out

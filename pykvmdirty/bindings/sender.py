@@ -23,6 +23,21 @@ LATENCY_BUCKET_FLOORS = np.array([lib.kd_latency_bucket_floor(i) for i in range(
                                  + [lib.kd_latency_bucket_floor(LAT_BUCKETS)], dtype=np.float64)
 
 
+def latency_percentiles(hist, qs):
+    """Quantiles qs (0..1) in ns of a C latency histogram (KD_LAT_BUCKETS
+    buckets, any of the migrate layer's): each the middle of its bucket."""
+    total = int(hist.sum())
+    if not total:
+        return [0 for _ in qs]
+    cum = np.cumsum(hist)
+    out = []
+    for q in qs:
+        b = int(np.searchsorted(cum, q * total, side="left"))
+        lo, hi = LATENCY_BUCKET_FLOORS[b], LATENCY_BUCKET_FLOORS[b + 1]
+        out.append(int(lo if hi <= lo + 1 else (lo + hi) / 2))
+    return out
+
+
 def clock_ns():
     """CLOCK_MONOTONIC in ns: the clock the real-time sender and collect use."""
     return lib.kd_clock_ns()

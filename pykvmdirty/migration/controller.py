@@ -15,7 +15,7 @@ import numpy as np
 from ..bindings.constants import (PAGE_SIZE, SEND_DEADLINE, SEND_DONE, SEND_FULL,
                                   SEND_RATE_LIMITED, SEND_TIME_CAP)
 from ..bindings.guest_exits import GlobalLock
-from ..bindings.sender import LATENCY_BUCKET_FLOORS, clock_ns
+from ..bindings.sender import clock_ns, latency_percentiles
 from ..bindings.wire import page_hashes
 from .config import NS, POPULATE_VALUE
 from .errors import MigrationError
@@ -251,7 +251,7 @@ class Controller:
         pm.rate_waits = d["rate_waits"]
         pm.latency_mean_ns = d["lat_sum_ns"] / d["lat_count"] if d["lat_count"] else 0
         pm.latency_max_ns = after["lat_max_ns"]
-        pm.latency_p50_ns, pm.latency_p99_ns = percentiles(
+        pm.latency_p50_ns, pm.latency_p99_ns = latency_percentiles(
             self.sender.latency_histogram(reset=True), (0.5, 0.99))
         pm.duration_ns = self.clock() - t_start
         pm.bandwidth = pm.bytes * NS / pm.duration_ns if pm.duration_ns else 0.0
@@ -270,19 +270,6 @@ class Controller:
             self.progress(pass_index, _state["base"] + done, total)
         return cb, state
 
-
-def percentiles(hist, qs):
-    """Latency quantiles qs (0..1) from a histogram of LAT_BUCKETS buckets."""
-    total = int(hist.sum())
-    if not total:
-        return [0 for _ in qs]
-    cum = np.cumsum(hist)
-    out = []
-    for q in qs:
-        b = int(np.searchsorted(cum, q * total, side="left"))
-        lo, hi = LATENCY_BUCKET_FLOORS[b], LATENCY_BUCKET_FLOORS[b + 1]
-        out.append(int(lo if hi <= lo + 1 else (lo + hi) / 2))
-    return out
 
 
 def populate_guest(vm, slots, npages, fraction, fill, seed):
