@@ -8,14 +8,14 @@ them into benchmarks and a live-migration scan-and-send loop.
 """
 from ._native import lib as _lib, ffi as _ffi
 from .errors import KvmDirtyError
-from .vm import (
+from .bindings.vm import (
     BACKENDS, CHUNK_PAGES, DIRTY_GFN_DTYPE, DIRTY_GFN_F_DIRTY, DIRTY_GFN_F_RESET,
     EMULATED_BACKENDS, EXIT_DIRTY_RING_FULL, EXIT_NONE, INITIALLY_SET,
     MANUAL_PROTECT_ENABLE, MEM_LOG_DIRTY_PAGES, MEM_READONLY, PAGE_SHIFT, PAGE_SIZE,
     USER_MEM_SLOTS, VM, SlotInfo, WriteResult, as_gfn_array, backend_available,
 )
-from .writers import Writers
-from .migrate import migrate  # noqa: E402  (the function; the module stays importable)
+from .bindings.writers import Writers
+from .migration import migrate
 
 __version__ = _ffi.string(_lib.kd_version()).decode()
 

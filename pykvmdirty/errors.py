@@ -11,6 +11,14 @@ class RingFullError(KvmDirtyError):
     """Raised only by helpers that cannot report a partial write (see VM.write)."""
 
 
+class SinkError(RuntimeError):
+    """The migration destination failed: connection lost, stream rejected, bad report."""
+
+
+class WireError(SinkError):
+    """The wire decoder rejected a migration stream (corrupt or truncated)."""
+
+
 def check(rc, what, args=None):
     """Raise KvmDirtyError if a C call returned a negative errno; else return rc.
 

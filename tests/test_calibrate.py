@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from pykvmdirty import calibrate as cal
+from pykvmdirty.analysis import calibrate as cal
 from pykvmdirty import cli
-from pykvmdirty.costmodel import CostModel
+from pykvmdirty.analysis.costmodel import CostModel
 
 
 @pytest.fixture(scope="module")

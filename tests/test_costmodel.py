@@ -4,7 +4,7 @@ import json
 import pytest
 
 import pykvmdirty as kd
-from pykvmdirty.costmodel import GIB_WORDS, WRITE_SIDE, CostModel
+from pykvmdirty.analysis.costmodel import GIB_WORDS, WRITE_SIDE, CostModel
 
 
 def test_defaults_follow_measured_kernel_get():

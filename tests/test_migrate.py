@@ -4,7 +4,7 @@ auto-converge and max passes; bad arguments are clear errors."""
 import numpy as np
 import pytest
 
-from pykvmdirty.migrate import MigrationError, migrate
+from pykvmdirty.migration import MigrationError, migrate
 
 COMBOS = [(b, s) for b in ("flat", "twolevel", "bytemap") for s in
           ("global", "per-slot", "chunked-clear")] + [("ring", s) for s in
@@ -164,7 +164,7 @@ def test_sink_failure_is_a_migration_error():
             pass
 
         def send(self, view):
-            from pykvmdirty.sinks import SinkError
+            from pykvmdirty.errors import SinkError
             raise SinkError("disk on fire")
 
         def finish(self):

@@ -5,8 +5,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from pykvmdirty import trace as tr
-from pykvmdirty.migrate import migrate
+from pykvmdirty.migration import trace as tr
+from pykvmdirty.migration import migrate
 
 
 def _trace():

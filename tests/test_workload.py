@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import pykvmdirty as kd
-from pykvmdirty.workloads import Generator, ThreadWorkload, VirtualWorkload, WorkloadSpec
+from pykvmdirty.bindings.workload import Generator
+from pykvmdirty.migration.workloads import ThreadWorkload, VirtualWorkload, WorkloadSpec
 
 N = 1 << 16
 

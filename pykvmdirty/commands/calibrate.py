@@ -21,7 +21,7 @@ def register(sub):
 
 
 def run(args):
-    from ..calibrate import KvmUnusable, calibrate, summary
+    from ..analysis.calibrate import KvmUnusable, calibrate, summary
 
     log = sys.stdout if args.out else sys.stderr
     try:

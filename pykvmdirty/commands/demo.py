@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from .. import VM, MEM_LOG_DIRTY_PAGES, EMULATED_BACKENDS
+from ..bindings.vm import EMULATED_BACKENDS, MEM_LOG_DIRTY_PAGES, VM
 
 
 def register(sub):

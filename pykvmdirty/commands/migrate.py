@@ -6,10 +6,12 @@ virtual clock, in-process destination, verified page by page.
 """
 import sys
 
-from ..migrate import MODES, STRATEGIES, ZERO_ACCOUNTING, MigrationError, migrate, parse_size
-from ..sinks import SinkError
-from ..vm import BACKENDS
-from ..workloads import KINDS
+from ..migration.config import MODES, STRATEGIES, ZERO_ACCOUNTING, parse_size
+from ..migration.errors import MigrationError
+from ..migration.run import migrate
+from ..errors import SinkError
+from ..bindings.vm import BACKENDS
+from ..bindings.workload import KINDS
 
 
 def register(sub):

@@ -5,8 +5,8 @@ index); on a dirty-ring-full exit it waits for the collector's reset.
 """
 import numpy as np
 
-from ._native import ffi, lib
-from .errors import check
+from .._native import ffi, lib
+from ..errors import check
 from .vm import _u64_ptr, _uint, as_gfn_array
 
 

@@ -10,8 +10,8 @@ import operator
 
 import numpy as np
 
-from ._native import ffi, lib
-from .errors import check
+from .._native import ffi, lib
+from ..errors import check
 
 BACKENDS = {
     "flat": lib.KD_BACKEND_FLAT,

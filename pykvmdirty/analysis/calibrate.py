@@ -1,7 +1,7 @@
 """Calibrate the cost model on the real kernel (/dev/kvm) of this machine.
 
 Each measurement drives the real backend (``VM(backend="kvm")``) and prices
-one event of :class:`~pykvmdirty.costmodel.CostModel`:
+one event of :class:`~pykvmdirty.analysis.costmodel.CostModel`:
 
 =====================  ====================================================
 field                  measured as
@@ -34,10 +34,10 @@ import time
 
 import numpy as np
 
-from . import VM, MEM_LOG_DIRTY_PAGES, backend_available
-from ._native import ffi, lib
+from ..bindings.vm import MEM_LOG_DIRTY_PAGES, VM, backend_available
+from .._native import ffi, lib
 from .costmodel import GIB_WORDS, CostModel
-from .errors import KvmDirtyError, check
+from ..errors import KvmDirtyError, check
 
 GIB_PAGES = 1 << 18
 

@@ -30,9 +30,9 @@ import time
 
 import numpy as np
 
-from ._native import ffi, lib
+from .._native import ffi, lib
 from .costmodel import CostModel
-from .vm import BACKENDS, MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, VM, backend_available
+from ..bindings.vm import BACKENDS, MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, VM, backend_available
 
 GIB = 1 << 30
 PAGES_PER_GIB = GIB >> PAGE_SHIFT
