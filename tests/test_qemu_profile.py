@@ -55,7 +55,7 @@ def test_ab_guest_syncs_when_pending_falls_below_the_threshold():
     # pending 0 < threshold: sync 2 -> 10 range pages + status = 45056 < threshold:
     # completion, sync 3 (nothing new: the guest has not run since), 11 pages in the
     # downtime = 11 ms.
-    g = GuestModel("ab", 64, 8, 10, rate=1e9, written_before=10)
+    g = GuestModel("ab", 64, 8, 10, rate=1e9, fault_rate=1e9, written_before=10)
     r = predict(g, QemuSettings(bandwidth=BUDGET_10_PAGES, downtime_limit=0.3), PLAT)
     assert r.dirty_sync_count == 3
     assert [it["pending"] for it in r.iterations] == [112, 11, 11]
@@ -67,7 +67,7 @@ def test_ab_guest_syncs_when_pending_falls_below_the_threshold():
 
 def test_no_pass_limit_a_loop_that_cannot_converge_runs_to_the_timeout():
     # 1000 pages rewritten continuously, 10 pages per window: never under the threshold
-    g = GuestModel("ab", 2048, 256, 1000, rate=1e9, written_before=1000)
+    g = GuestModel("ab", 2048, 256, 1000, rate=1e9, fault_rate=1e9, written_before=1000)
     r = predict(g, QemuSettings(bandwidth=BUDGET_10_PAGES, downtime_limit=0.3, timeout=30),
                 PLAT)
     assert r.status == "timeout"
@@ -80,7 +80,7 @@ def test_auto_converge_rule():
     # every ~17 windows. A throttle check happens only at a sync more than 1 s after
     # the previous check, each increase takes two "high" checks (dirtied > 50 % of
     # transferred): 20, then +10, at most 99; a guest this fast stays unconverged.
-    g = GuestModel("ab", 2048, 256, 200, rate=1e9, written_before=200)
+    g = GuestModel("ab", 2048, 256, 200, rate=1e9, fault_rate=1e9, written_before=200)
     r = predict(g, QemuSettings(bandwidth=BUDGET_10_PAGES, downtime_limit=0.3,
                                 auto_converge=True, timeout=40), PLAT)
     assert r.status == "timeout"

@@ -26,9 +26,10 @@ What it follows, step by step:
 - no pass limit: a loop that never gets under the threshold runs until the
   time limit (status "timeout", like a real migration someone cancels).
 
-Measured inputs (never guessed): the guest's dirtying rate from the real
-guest's counter, and the platform's per-page send costs (:class:`Platform`,
-measured by :func:`calibrate` from a real QEMU migration on this machine).
+Measured inputs (never guessed): the guest's write rate and its rate of
+first writes to write-protected pages (each faults under dirty logging) from
+the real guest's counter, and the platform's per-page send costs
+(:class:`Platform`, measured by measure.calibrate on this machine).
 Only the guest's write pattern is modelled: a-b sweeps [start, end) in order;
 uniform and hotspot draw pages as the guest does (hotspot: a share of the
 writes to the hot set, the rest to the other pages); every workload also
@@ -68,6 +69,7 @@ class Platform:
     downtime_overhead_s: float = 0.003      # stop, final sync, device state, EOS
     setup_s: float = 0.002
     sync_s: float = 0.0005                  # one bitmap sync
+    fault_rate: float = 30000.0             # guest first writes/s to protected pages
     measured: bool = False                  # False: these defaults, not a measurement
 
     def as_dict(self):
@@ -76,12 +78,13 @@ class Platform:
 
 @dataclass
 class GuestModel:
-    """The guest's write pattern and its measured rate (pages/s, unthrottled)."""
+    """The guest's write pattern and its measured rates (pages/s, unthrottled)."""
     workload: str
     guest_pages: int
     start_page: int
     npages: int
-    rate: float
+    rate: float                             # page writes per second (uniform, hotspot)
+    fault_rate: float = 30000.0             # first writes per second to protected pages
     hot_first: int = 0
     hot_pages: int = 0
     hot_share: float = 0.0
@@ -104,47 +107,59 @@ class GuestModel:
             if 0 < self.written_before < self.npages:
                 nonzero[self.start_page + self.written_before:r.stop] = False
             return
-        self.dirty_into(nonzero, self.written_before)
+        k = min(self.written_before, 4 * self.npages)
+        nonzero[self.start_page + self._draw(k)] = True
 
-    def writes(self, seconds, throttle):
-        """How many page writes the guest makes in `seconds` at `throttle` %."""
-        x = self.rate * seconds * (1 - throttle / 100.0) + self._carry
-        n = int(x)
-        self._carry = x - n
-        return n
+    def step(self, log, nonzero, seconds, throttle):
+        """The guest runs `seconds` at `throttle` %: mark what it dirties in `log`.
 
-    def dirty_into(self, mask, nwrites):
-        """Set mask[page] for the pages of `nwrites` writes (the status page always)."""
-        mask[STATUS_PAGE] = True
-        if nwrites <= 0 or self.workload == "idle":
+        Dirty logging write-protects every page again at each sync (QEMU clears the
+        KVM log of a chunk before sending from it), so a write to a page not yet
+        dirtied since the sync faults: at most ``fault_rate`` such first writes per
+        second; writes to pages already dirtied run at the guest's own rate.
+        """
+        log[STATUS_PAGE] = nonzero[STATUS_PAGE] = True
+        run = seconds * (1 - throttle / 100.0)
+        if run <= 0 or self.workload == "idle":
             return
+        x = self.fault_rate * run + self._carry
+        cap = int(x)
+        self._carry = x - cap
         s, n = self.start_page, self.npages
         if self.workload == "ab":
-            if nwrites >= n:
-                mask[s:s + n] = True
-            else:
-                a, b = self._pos, self._pos + nwrites
-                mask[s + a:s + min(b, n)] = True
-                if b > n:
-                    mask[s:s + b - n] = True
-            self._pos = (self._pos + nwrites) % n
-            return
-        k = min(nwrites, 4 * n)              # beyond 4n draws the set is (nearly) all pages
-        if self.workload == "uniform":
-            pages = self._rng.integers(0, n, size=k)
+            idx = np.flatnonzero(~log[s:s + n])
+            if idx.size == 0 or cap == 0:
+                return
+            order = np.concatenate((idx[idx >= self._pos], idx[idx < self._pos]))
+            new = order[:cap]
+            self._pos = int(new[-1]) + 1 if new.size < order.size else self._pos
         else:
-            hot = self._rng.random(k) < self.hot_share
-            pages = np.empty(k, dtype=np.int64)
-            nh = int(hot.sum())
-            pages[hot] = self.hot_first + self._rng.integers(0, self.hot_pages, size=nh)
-            cold_n = n - self.hot_pages
-            if cold_n > 0:
-                c = self._rng.integers(0, cold_n, size=k - nh)
-                c[c >= self.hot_first] += self.hot_pages
-                pages[~hot] = c
-            else:
-                pages[~hot] = self.hot_first + self._rng.integers(0, self.hot_pages, size=k - nh)
-        mask[s + pages] = True
+            nwrites = min(int(self.rate * run + 0.5), 4 * n)
+            pages = self._draw(nwrites)
+            pages = pages[~log[s + pages]]
+            if pages.size == 0:
+                return
+            _, first = np.unique(pages, return_index=True)
+            new = pages[np.sort(first)][:cap]
+        log[s + new] = True
+        nonzero[s + new] = True
+
+    def _draw(self, k):
+        n = self.npages
+        if self.workload == "uniform":
+            return self._rng.integers(0, n, size=k)
+        hot = self._rng.random(k) < self.hot_share
+        pages = np.empty(k, dtype=np.int64)
+        nh = int(hot.sum())
+        pages[hot] = self.hot_first + self._rng.integers(0, self.hot_pages, size=nh)
+        cold_n = n - self.hot_pages
+        if cold_n > 0:
+            c = self._rng.integers(0, cold_n, size=k - nh)
+            c[c >= self.hot_first] += self.hot_pages
+            pages[~hot] = c
+        else:
+            pages[~hot] = self.hot_first + self._rng.integers(0, self.hot_pages, size=k - nh)
+        return pages
 
 
 @dataclass
@@ -202,11 +217,7 @@ class QemuLoop:
     def _run_guest(self, until):
         dt = until - self.t_guest
         if dt > 0:
-            n = self.g.writes(dt, self.throttle)
-            w = np.zeros(self.total, dtype=bool)
-            self.g.dirty_into(w, n)
-            self.log |= w
-            self.nonzero |= w
+            self.g.step(self.log, self.nonzero, dt, self.throttle)
             self.t_guest = until
 
     # -- ram.c --------------------------------------------------------------------------
