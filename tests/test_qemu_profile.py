@@ -94,3 +94,29 @@ def test_auto_converge_rule():
     assert times[0] > 2.0
     assert max(seen) == r.throttle_max == 99
     assert [th for _, th in changes][:3] == [20, 30, 40]
+
+
+def test_migrate_profile_qemu_entry_points(capsys):
+    import pykvmdirty as kd
+    from pykvmdirty.cli import main
+    p = kd.migrate(guest_size="256MiB", workload="hotspot", rate=20000, profile="qemu")
+    assert p.status == "completed" and p.dirty_sync_count >= 2
+    assert p.normal + p.duplicate >= (256 << 20) // 4096
+    with pytest.raises(ValueError, match="profile"):
+        kd.migrate(profile="xen")
+    with pytest.raises(ValueError, match="zipf"):
+        kd.migrate(workload="zipf", profile="qemu")
+    with pytest.raises(ValueError, match="at least"):
+        kd.migrate(guest_size="64MiB", workload="uniform", profile="qemu")
+    assert main(["migrate", "--profile", "qemu", "--guest-size", "256MiB", "--workload",
+                 "migration-test", "--rate", "30000"]) == 0
+    assert "bitmap syncs" in capsys.readouterr().out
+    assert main(["migrate", "--profile", "qemu", "--workload", "zipf"]) == 2
+    assert "zipf" in capsys.readouterr().err
+
+
+def test_qemu_command_rejects_a_bad_cell_in_one_line(capsys):
+    from pykvmdirty.cli import main
+    assert main(["qemu", "--workload", "uniform", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "rate > 0" in err and "Traceback" not in err

@@ -57,6 +57,8 @@ def register(sub):
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--plot", metavar="FILE", help="PNG of per-pass dirty/sent/latency")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--profile", choices=["qemu"],
+                   help="qemu: predict with the model of QEMU 7.2's loop instead")
     p.set_defaults(func=run)
 
 
@@ -81,6 +83,9 @@ def _bw(text, name):
 
 
 def run(args):
+    if args.profile:
+        from ..qemu.entry import cli_run
+        return cli_run(args, _bw(args.bandwidth, "--bandwidth"))
     try:
         report = migrate(
             guest_size=args.guest_size, slots=args.slots, backend=args.backend,

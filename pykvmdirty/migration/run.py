@@ -74,7 +74,7 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
             clear_shift=18, populate=0.25, fill="version", sink="local", step=0.01,
             cost_model=None, batch_bytes=MiB, ring_entries=4096,
             dirty_tracking="write_protect", window_log=0, progress=None, verify=True,
-            duration_limit=None):
+            duration_limit=None, profile=None):
     """Migrate a freshly built guest; returns a MigrationReport.
 
     guest_size: bytes or a string like "2GiB", split into `slots` memslots.
@@ -89,7 +89,15 @@ def migrate(guest_size="2GiB", slots=4, backend="flat", strategy="global",
       before migration; fill "random" fills them with random bytes instead.
     sink: "local" (in-process destination), "null", "tcp://HOST:PORT" or an object.
     window_log: keep the accounted bytes of the first N rate-limit windows.
+    profile: None (this emulator's loop) or "qemu": QEMU 7.2's loop as a model
+      (pykvmdirty/qemu/profile.py); returns its Prediction instead of a report.
     """
+    if profile is not None:
+        from ..qemu.entry import migrate_qemu_profile, check_profile
+        check_profile(profile)
+        return migrate_qemu_profile(parse_size(guest_size, "guest_size"), workload, rate,
+                                    hot_fraction, hot_share, seed, bandwidth, downtime_limit,
+                                    auto_converge, duration_limit)
     # ---- arguments ----
     guest_bytes = parse_size(guest_size, "guest_size")
     if guest_bytes <= 0 or guest_bytes % PAGE_SIZE:
