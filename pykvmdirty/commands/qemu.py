@@ -57,8 +57,16 @@ def print_table(cells, out=sys.stdout):
                                               _fmt(k, c["predicted"][k]))) for k, _ in COLS)
         print(row, file=out)
         missed = [g for g, ok in c["goals"].items() if not ok]
-        print("%-16s guest %.0f writes/s, %.0f first writes/s under logging; goals missed: %s"
-              % ("", c["guest_rate"], c["fault_rate"], ", ".join(missed) or "none"), file=out)
+        fi = c.get("fault_rate_iter")
+        print("%-16s inputs: guest %.0f writes/s while migrating, first writes/s under logging "
+              "%.0f (bulk pass)%s; goals met %d/%d%s"
+              % ("", c["guest_rate"], c["fault_rate"],
+                 ", %.0f (after)" % fi if fi else "", len(c["goals"]) - len(missed),
+                 len(c["goals"]), "" if missed else " (all)"), file=out)
+        for g in missed:
+            for i, why in enumerate(c["why"][g]):
+                print("%-16s %s %s" % ("", ("missed %s:" % g) if i == 0 else
+                                       " " * len("missed %s:" % g), why), file=out)
 
 
 def plot(cells, path):

@@ -12,7 +12,8 @@ from dataclasses import replace
 
 from .config import QemuConfig
 from .layout import GIB, MIB, PAGE
-from .measure import fault_rate, guest_rate_under_migration
+from .diagnose import explain, measured_mechanisms, model_mechanisms
+from .measure import fault_rate, guest_rate_under_migration, iter_fault_rate, run_costs
 from .profile import KEYS, GuestModel, QemuSettings, predict
 from .runner import run_migration
 
@@ -27,9 +28,10 @@ DEFAULT_GRID = (
 )
 
 
-def model_for(config: QemuConfig, rate, written_before, fault_rate):
+def model_for(config: QemuConfig, rate, written_before, fault_rate, fault_rate_iter=None):
     guest = GuestModel(config.workload, config.guest_size // PAGE, config.start // PAGE,
                        config.npages, rate, fault_rate=fault_rate,
+                       fault_rate_iter=fault_rate_iter,
                        hot_first=config.hot_first() if config.workload == "hotspot" else 0,
                        hot_pages=config.hot_pages() if config.workload == "hotspot" else 0,
                        hot_share=config.hot_share, seed=config.seed,
@@ -61,22 +63,37 @@ def goals(measured, predicted):
 
 
 def run_cell(config: QemuConfig, platform, on_sample=None, name=None):
-    """One cell: measured (real QEMU) and predicted (the model), same keys."""
+    """One cell: measured (real QEMU) and predicted (the model), same keys.
+
+    The model's inputs from this run: the guest's write rate while migrating
+    (its counter; a paced guest falls short of its nominal rate on a loaded
+    host), an a-b guest's first-write rate in the bulk pass and after it, the
+    sender's per-page costs and the setup time (measure.run_costs); the rest
+    (costs with the VM stopped, the fixed downtime overhead, the fault rate of
+    a paced guest) from the calibration."""
     res = run_migration(config, on_sample=on_sample)
-    rate = res.guest_rate                        # its own pace, before dirty logging
-    faults = None
-    if config.workload == "ab":                  # this run's first sweep under logging
+    rate = guest_rate_under_migration(res)
+    faults = faults_iter = None
+    if config.workload == "ab":                  # this run's sweeps under logging
         faults = fault_rate(res, config.npages)
+        faults_iter = iter_fault_rate(res, config.npages)
     faults = faults or platform.fault_rate       # else the calibration's a-b guest's
     written = int(res.samples[0]["guest_pages"]) if res.samples else 0
-    guest, settings = model_for(config, rate, written, faults)
-    pred = predict(guest, settings, platform)
+    guest, settings = model_for(config, rate, written, faults, faults_iter)
+    plat, fitted = run_costs(res, platform, config.bandwidth)
+    pred = predict(guest, settings, plat)
     m, p = measured_summary(res), pred.summary()
+    g = goals(m, p)
+    rd, pd = res.as_dict(), pred.as_dict()
+    mm = measured_mechanisms(rd, plat.downtime_overhead_s)
+    pm = model_mechanisms(pd, plat.as_dict())
     return {"name": name or config.workload, "config": config.as_dict(), "accel": res.accel,
-            "accel_note": res.accel_note, "guest_rate": rate, "fault_rate": faults,
-            "guest_rate_migrating": guest_rate_under_migration(res), "measured": m, "predicted": p,
-            "goals": goals(m, p), "verification": res.verification,
-            "platform": platform.as_dict()}
+            "accel_note": res.accel_note, "guest_rate": rate, "guest_rate_warmup": res.guest_rate,
+            "fault_rate": faults, "fault_rate_iter": faults_iter,
+            "measured": m, "predicted": p, "goals": g, "why": explain(g, mm, pm),
+            "mechanisms": {"measured": mm, "model": pm}, "fitted_from_run": fitted,
+            "verification": res.verification, "platform": plat.as_dict(),
+            "samples": res.samples, "iterations": pred.iterations}
 
 
 def grid_configs(base: QemuConfig, grid=DEFAULT_GRID):

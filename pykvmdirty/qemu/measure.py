@@ -13,6 +13,8 @@
   depends on what the guest does to the host (a guest faulting on every first
   write under KVM dirty logging takes a core), so the a-b guest is the grid's.
 """
+from dataclasses import replace
+
 import numpy as np
 
 from .config import QemuConfig
@@ -36,21 +38,28 @@ def guest_rate_under_migration(result):
 
 
 def fault_rate(result, npages):
-    """First writes per second to write-protected pages, from an a-b guest's counter.
+    """First writes per second to write-protected pages in the bulk pass, from an
+    a-b guest's counter (it moves by `npages` at the end of each sweep).
 
-    Once QEMU starts sending, every page of the range is write-protected, so the
-    guest's first sweep after `migrate` faults on each of its `npages` pages; the
-    counter moves when that sweep ends. Sampled every 100 ms: the midpoint of the
-    samples around the first change (None if it never moved while active)."""
+    Once QEMU starts sending, every page of the range is write-protected; the
+    sweep under way at `migrate` ends first (part of it ran before logging), so
+    the whole sweep between the first two counter changes is the one measured:
+    npages / (time between the changes), each change placed at the midpoint of
+    its 100 ms samples.  With a single change: npages / time to it (an upper
+    bound).  None if the counter never moved while active."""
     s = result.samples
     if not s:
         return None
-    p0 = s[0]["guest_pages"]
+    changes = []
     for a, b in zip(s, s[1:]):
-        if b["guest_pages"] != p0:
+        if b["guest_pages"] != a["guest_pages"]:
             if b["status"] != "active" and a["status"] != "active":
-                return None
-            return npages / max((a["t"] + b["t"]) / 2, 1e-3)
+                break
+            changes.append((a["t"] + b["t"]) / 2)
+            if len(changes) == 2:
+                return npages / max(changes[1] - changes[0], 1e-3)
+    if changes:
+        return npages / max(changes[0], 1e-3)
     return None
 
 
@@ -100,3 +109,79 @@ def calibrate(accel="auto", on_progress=None):
     return Platform(normal_page_s=normal_s, zero_page_s=zero_s, stopped_normal_page_s=stopped_s,
                     downtime_overhead_s=overhead, setup_s=(idle.setup_time + ab.setup_time) / 2,
                     fault_rate=faults or Platform.fault_rate, measured=True)
+
+
+def iter_fault_rate(result, npages):
+    """An a-b guest's page writes per second after the bulk pass (from the second
+    bitmap sync on, unthrottled, still active): with syncs closer together than
+    one sweep, each of these writes is a first write after a re-protection, so
+    this is the fault-bound rate of the iterative phase.  The counter moves once
+    per sweep of `npages`: None unless at least one whole sweep was seen."""
+    s = [x for x in result.samples if x["status"] == "active" and x["dirty_sync_count"] >= 2
+         and x["throttle"] == 0]
+    if len(s) < 2:
+        return None
+    dp, dt = s[-1]["guest_pages"] - s[0]["guest_pages"], s[-1]["t"] - s[0]["t"]
+    if dp < npages or dt < 0.15:
+        return None
+    return dp / dt
+
+
+def _cost_rows(samples, bandwidth, phase):
+    rows, dts = [], []
+    s = [x for x in samples if x["status"] == "active"]
+    for a, b in zip(s, s[1:]):
+        if (b["dirty_sync_count"] >= 2) != (phase == "iter"):
+            continue
+        dt = b["t"] - a["t"]
+        dn, dd = b["normal"] - a["normal"], b["duplicate"] - a["duplicate"]
+        if dt <= 0 or not (dn or dd):
+            continue
+        if bandwidth and (b["transferred"] - a["transferred"]) / dt > 0.5 * bandwidth:
+            continue
+        rows.append((dn, dd))
+        dts.append(dt)
+    return np.array(rows, dtype=float).reshape(-1, 2), np.array(dts)
+
+
+def _fit(A, y, normal_s, zero_s):
+    """(normal_s, zero_s, which were fitted) by least squares dt = a n + b d."""
+    if not len(y):
+        return normal_s, zero_s, []
+    if A[:, 0].any() and A[:, 1].any():
+        sol, *_ = np.linalg.lstsq(A, y, rcond=None)
+        if sol.min() > 0:
+            return float(sol[0]), float(sol[1]), ["normal", "zero"]
+    if A[:, 1].any() and not A[:, 0].any():
+        return normal_s, float(A[:, 1] @ y / (A[:, 1] @ A[:, 1])), ["zero"]
+    if A[:, 0].any():
+        y2 = y - A[:, 1] * zero_s
+        return max(float(A[:, 0] @ y2 / (A[:, 0] @ A[:, 0])), 1e-7), zero_s, ["normal"]
+    return normal_s, zero_s, []
+
+
+def run_costs(result, base: Platform, bandwidth):
+    """The sender's per-page costs in this run, from its own 100 ms samples.
+
+    Least squares dt = a x normal + b x duplicate over consecutive active samples
+    whose throughput stayed under half of max-bandwidth (an interval near the limit
+    includes sleeps to the ends of 100 ms windows, not per-page costs), separately
+    for the bulk pass (before the 2nd sync: the sender competes with the vCPU
+    faulting on its first writes) and for the iterative phase after it.  A
+    coefficient the samples cannot determine (no such pages, a negative fit, or
+    every interval rate-limited: the sender kept up with max-bandwidth) keeps the
+    calibrated value.  The setup time is the run's own (QEMU's ram_save_setup:
+    bitmaps and starting dirty logging).  Returns (Platform, names of the values
+    taken from the run)."""
+    A, y = _cost_rows(result.samples, bandwidth, "bulk")
+    normal_s, zero_s, how = _fit(A, y, base.normal_page_s, base.zero_page_s)
+    A, y = _cost_rows(result.samples, bandwidth, "iter")
+    A[:, 1] = 0.0                       # zero pages after the bulk pass: too few to fit
+    iter_s, _, how_iter = _fit(A, y, base.normal_page_s, zero_s)
+    p = replace(base, normal_page_s=normal_s, zero_page_s=zero_s,
+                normal_page_s_iter=iter_s if how_iter else base.normal_page_s,
+                setup_s=result.setup_time or base.setup_s)
+    how = [h + " (bulk)" for h in how] + [h + " (after)" for h in how_iter]
+    if result.setup_time:
+        how.append("setup")
+    return p, how

@@ -29,14 +29,28 @@ What it follows, step by step:
 Measured inputs (never guessed): the guest's write rate and its rate of
 first writes to write-protected pages (each faults under dirty logging) from
 the real guest's counter, and the platform's per-page send costs
-(:class:`Platform`, measured by measure.calibrate on this machine).
+(:class:`Platform`, measured by measure.calibrate on this machine, or fitted
+from the real run's own 100 ms samples by measure.run_costs).
+
+The fault-bound rate has two phases: during the bulk pass (before the second
+bitmap sync) the sender copies every page once and competes with the faulting
+vCPU for this machine's cores, afterwards it sends only re-dirtied pages, so
+the guest's first-write rate is measured separately for each phase
+(``fault_rate`` and ``fault_rate_iter``).  The re-protection itself follows
+QEMU's clear_bmap: KVM_CLEAR_DIRTY_LOG of a 1 GiB chunk just before the first
+page of that chunk is sent after a sync; a 1 GiB guest is one chunk and its
+first page is sent right after the sync, so the model re-protects at the sync.
+
+auto-converge and QEMU's dirty-pages-rate count, as ram.c does, only the
+pages a sync newly sets in the migration bitmap (num_dirty_pages_period), not
+pages re-dirtied while still waiting to be sent.
 Only the guest's write pattern is modelled: a-b sweeps [start, end) in order;
 uniform and hotspot draw pages as the guest does (hotspot: a share of the
 writes to the hot set, the rest to the other pages); every workload also
 rewrites its status page.  Vectorised over pages with numpy.
 """
 from dataclasses import asdict, dataclass, field
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -64,6 +78,7 @@ KEYS = ("status", "total_time", "setup_time", "downtime", "dirty_sync_count", "t
 class Platform:
     """Per-page costs of QEMU's sender on this machine (seconds)."""
     normal_page_s: float = 1.0 / 120_000    # one normal page while the guest runs
+    normal_page_s_iter: Optional[float] = None  # the same after the bulk pass (None: as above)
     zero_page_s: float = 1.0 / 2_000_000    # one zero page (buffer_is_zero + header)
     stopped_normal_page_s: float = 1.0 / 300_000   # one normal page in the downtime
     downtime_overhead_s: float = 0.003      # stop, final sync, device state, EOS
@@ -84,7 +99,8 @@ class GuestModel:
     start_page: int
     npages: int
     rate: float                             # page writes per second (uniform, hotspot)
-    fault_rate: float = 30000.0             # first writes per second to protected pages
+    fault_rate: float = 30000.0             # first writes/s to protected pages, bulk pass
+    fault_rate_iter: Optional[float] = None  # the same after the bulk pass (None: as above)
     hot_first: int = 0
     hot_pages: int = 0
     hot_share: float = 0.0
@@ -95,6 +111,13 @@ class GuestModel:
         self._rng = np.random.default_rng(self.seed)
         self._pos = 0                        # a-b: next page of the range
         self._carry = 0.0
+        self.bulk_done = False               # set by the loop at the second bitmap sync
+
+    @property
+    def current_fault_rate(self):
+        if self.bulk_done and self.fault_rate_iter is not None:
+            return self.fault_rate_iter
+        return self.fault_rate
 
     def initial_nonzero(self, nonzero):
         """Mark the pages that hold data when the migration starts."""
@@ -122,7 +145,7 @@ class GuestModel:
         run = seconds * (1 - throttle / 100.0)
         if run <= 0 or self.workload == "idle":
             return
-        x = self.fault_rate * run + self._carry
+        x = self.current_fault_rate * run + self._carry
         cap = int(x)
         self._carry = x - cap
         s, n = self.start_page, self.npages
@@ -185,6 +208,8 @@ class Prediction:
     normal: int = 0
     duplicate: int = 0
     throttle_max: int = 0
+    dirty_pages_rate: float = 0.0           # as QEMU reports it: new pages/s, last period
+    downtime_normal: int = 0                # normal pages sent with the VM stopped
     iterations: List[dict] = field(default_factory=list)   # one per bitmap sync
 
     def as_dict(self):
@@ -230,7 +255,9 @@ class QemuLoop:
         self.log[:] = False
         self.t += self.p.sync_s
         self.out.dirty_sync_count += 1
-        self.period_dirty += real
+        self.period_dirty += new            # ram.c: num_dirty_pages_period (new bits only)
+        if self.out.dirty_sync_count == 2:
+            self.g.bulk_done = True
         if self.last_check is None:
             self.last_check = self.t
         elif self.t > self.last_check + THROTTLE_CHECK_PERIOD:
@@ -245,13 +272,19 @@ class QemuLoop:
                                          MAX_THROTTLE))
                     self.out.throttle_max = max(self.out.throttle_max, self.throttle)
             self.dirty_rate_known = True
+            self.out.dirty_pages_rate = self.period_dirty / (self.t - self.last_check)
             self.last_check, self.period_dirty, self.period_bytes = self.t, 0, self.bytes
         self.out.iterations.append(dict(t=self.t, pending=int(self.bmap.sum()), new=new,
-                                        real=real, throttle=self.throttle))
+                                        real=real, throttle=self.throttle,
+                                        normal=self.out.normal, transferred=self.bytes))
 
     def _costs(self, idx, stopped=False):
         nz = self.nonzero[idx]
-        per_normal = self.p.stopped_normal_page_s if stopped else self.p.normal_page_s
+        per_normal = self.p.normal_page_s
+        if stopped:
+            per_normal = self.p.stopped_normal_page_s
+        elif self.g.bulk_done and self.p.normal_page_s_iter is not None:
+            per_normal = self.p.normal_page_s_iter
         secs = np.where(nz, per_normal, self.p.zero_page_s)
         nbytes = np.where(nz, PAGE_RECORD, ZERO_RECORD)
         return nz, secs, nbytes
@@ -352,6 +385,7 @@ class QemuLoop:
         idx = np.flatnonzero(self.bmap)
         nz, secs, nbytes = self._costs(idx, stopped=True)
         self._send_pages(idx, nz, nbytes)
+        out.downtime_normal = int(nz.sum())
         self.bytes += EOS_RECORD
         self.t += float(secs.sum()) + p.downtime_overhead_s
         out.downtime = self.t - t_stop

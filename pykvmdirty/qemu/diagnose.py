@@ -1,0 +1,130 @@
+"""Why a grid cell misses a goal: the mechanisms of the pre-copy loop, each
+measured in the real run (from its 100 ms query-migrate and guest-counter
+samples) and in the model (from its own iteration records), side by side.
+
+For every missed goal, the mechanisms that bear on it are compared and those
+that differ by more than ``DIFFERS`` (relative) are named, largest first,
+with both figures: e.g. "pages dirtied per second as QEMU counts them
+(dirty-pages-rate): measured 13.4k/s, model 40.2k/s".  A miss where no
+mechanism differs that much names the closest one and says so.
+"""
+PAGE_RECORD = 4104
+DIFFERS = 0.25
+
+# goal -> the mechanisms that decide it
+MECHANISMS = {
+    "status": ("dirty_rate", "throttle", "sync_interval"),
+    "syncs": ("dirty_rate", "sync_interval", "throttle", "bulk_time"),
+    "transferred": ("iter_normal", "dirty_rate", "throttle", "downtime_pages"),
+    "normal": ("iter_normal", "dirty_rate", "throttle", "downtime_pages"),
+    "total_time": ("bulk_time", "iter_time", "setup", "downtime_ms"),
+    "downtime": ("downtime_pages", "stopped_cost"),
+}
+
+LABELS = {
+    "dirty_rate": ("pages newly dirtied per second as QEMU counts them at its syncs "
+                   "(dirty-pages-rate)", "rate"),
+    "sync_interval": ("time between bitmap syncs after the bulk pass", "ms"),
+    "throttle": ("auto-converge throttle reached", "pct"),
+    "bulk_time": ("bulk pass (setup to the 2nd sync: every page once; sender speed, "
+                  "+-0.1 s sampling)", "ms"),
+    "iter_time": ("iterative phase (2nd sync to the stop)", "ms"),
+    "iter_normal": ("normal pages re-sent after the bulk pass", "count"),
+    "setup": ("setup time", "ms"),
+    "downtime_ms": ("downtime", "ms"),
+    "downtime_pages": ("normal pages sent with the VM stopped", "count"),
+    "stopped_cost": ("send time per normal page with the VM stopped", "us"),
+}
+
+
+def _fmt(v, unit):
+    if v is None:
+        return "n/a"
+    if unit == "rate":
+        return "%.1fk/s" % (v / 1000)
+    if unit == "ms":
+        return "%.0f ms" % (v * 1000)
+    if unit == "us":
+        return "%.1f us" % (v * 1e6)
+    if unit == "pct":
+        return "%d%%" % v
+    return "%d" % v
+
+
+def measured_mechanisms(result_dict, overhead_s):
+    """The mechanism figures of a real run (a QemuResult.as_dict())."""
+    r = result_dict
+    s = [x for x in r["samples"] if x["status"] in ("active", "completed")]
+    rates = [x["dirty_pages_rate"] for x in s if x["dirty_pages_rate"]]
+    second = next((x for x in s if x["dirty_sync_count"] >= 2 and x["status"] == "active"),
+                  None)
+    stop = r["total_time"] - r["downtime"]
+    dpages = r["downtime_bytes"] // PAGE_RECORD
+    m = {"dirty_rate": rates[-1] if rates else 0.0, "throttle": r["throttle_max"],
+         "setup": r["setup_time"], "downtime_ms": r["downtime"],
+         "downtime_pages": dpages,
+         "stopped_cost": (max(r["downtime"] - overhead_s, 0) / dpages) if dpages else None}
+    if second is not None:
+        m["bulk_time"] = second["t"]
+        m["iter_time"] = max(stop - second["t"], 0.0)
+        m["iter_normal"] = max(r["normal"] - dpages - second["normal"], 0)
+        n = r["dirty_sync_count"] - 1 - second["dirty_sync_count"]   # syncs before the stop
+        m["sync_interval"] = m["iter_time"] / n if n > 0 else None
+    else:
+        m.update(bulk_time=stop, iter_time=0.0, iter_normal=0, sync_interval=None)
+    return m
+
+
+def model_mechanisms(pred_dict, platform):
+    """The same figures from the model's Prediction.as_dict()."""
+    p = pred_dict
+    its = p["iterations"]
+    stop = p["total_time"] - p["downtime"]
+    m = {"dirty_rate": p["dirty_pages_rate"], "throttle": p["throttle_max"],
+         "setup": p["setup_time"], "downtime_ms": p["downtime"],
+         "downtime_pages": p["downtime_normal"],
+         "stopped_cost": platform["stopped_normal_page_s"]}
+    if len(its) >= 3:          # the last sync is the one with the VM stopped
+        m["bulk_time"] = its[1]["t"]
+        m["iter_time"] = max(stop - its[1]["t"], 0.0)
+        m["iter_normal"] = max(p["normal"] - p["downtime_normal"] - its[1]["normal"], 0)
+        n = len(its) - 3
+        m["sync_interval"] = m["iter_time"] / n if n > 0 else None
+    else:
+        m.update(bulk_time=stop, iter_time=0.0, iter_normal=0, sync_interval=None)
+    return m
+
+
+def _diff(a, b):
+    if a is None or b is None:
+        return None
+    if a == b:
+        return 0.0
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def explain(goals, measured_mech, model_mech):
+    """{missed goal: [sentence, ...]} naming the mechanisms that differ."""
+    out = {}
+    for goal, ok in goals.items():
+        if ok:
+            continue
+        found = []
+        for k in MECHANISMS[goal]:
+            d = _diff(measured_mech.get(k), model_mech.get(k))
+            if d is not None:
+                found.append((d, k))
+        found.sort(reverse=True)
+        lines = []
+        for d, k in found:
+            if d <= DIFFERS and lines:
+                break
+            label, unit = LABELS[k]
+            lines.append("%s: measured %s, model %s%s" % (
+                label, _fmt(measured_mech.get(k), unit), _fmt(model_mech.get(k), unit),
+                "" if d > DIFFERS else " (closest; no mechanism differs by > %d%%)"
+                % (DIFFERS * 100)))
+            if len(lines) == 2:
+                break
+        out[goal] = lines or ["no mechanism measurable in this run"]
+    return out

@@ -1,0 +1,101 @@
+"""The model's inputs measured from a real run's samples (pykvmdirty/qemu/measure.py)
+and the per-goal diagnosis (diagnose.py), on hand-made samples with hand-computed
+results; and the model's phase switch (profile.py) after the bulk pass."""
+from types import SimpleNamespace
+
+import pytest
+
+from pykvmdirty.qemu.diagnose import explain
+from pykvmdirty.qemu.measure import fault_rate, iter_fault_rate, run_costs
+from pykvmdirty.qemu.profile import GuestModel, Platform, QemuSettings, predict
+
+
+def S(t, gp, sync=1, normal=0, dup=0, xfer=0, status="active", thr=0):
+    return dict(t=t, guest_pages=gp, dirty_sync_count=sync, normal=normal, duplicate=dup,
+                transferred=xfer, status=status, throttle=thr)
+
+
+def test_fault_rate_measures_the_whole_sweep_between_the_first_two_counter_changes():
+    # counter moves between 0.2/0.3 (midpoint 0.25: the partial sweep) and 0.5/0.7
+    # (midpoint 0.6): one whole sweep of 1000 pages in 0.35 s
+    r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(0.5, 1000),
+                                 S(0.7, 2000)])
+    assert fault_rate(r, 1000) == pytest.approx(1000 / 0.35)
+    # one change only: npages / time to it (midpoint 0.25)
+    r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(0.5, 1000)])
+    assert fault_rate(r, 1000) == pytest.approx(4000)
+    assert fault_rate(SimpleNamespace(samples=[S(0.1, 5), S(0.2, 5)]), 1000) is None
+
+
+def test_iter_fault_rate_uses_unthrottled_samples_from_the_second_sync():
+    # from t=1.0 (sync 2) to t=2.0: 3000 pages; the throttled sample at 2.5 is left out
+    r = SimpleNamespace(samples=[S(0.5, 0, 1), S(1.0, 1000, 2), S(1.5, 2000, 3),
+                                 S(2.0, 4000, 4), S(2.5, 9000, 5, thr=20)])
+    assert iter_fault_rate(r, 1000) == pytest.approx(3000)
+    # less than one whole sweep seen: not measurable
+    r = SimpleNamespace(samples=[S(1.0, 0, 2), S(2.0, 500, 3)])
+    assert iter_fault_rate(r, 1000) is None
+
+
+def test_run_costs_fits_each_phase_and_skips_rate_limited_intervals():
+    # bulk: 0.1 s = 1000 normal x a + 0 zero; 0.1 s = 0 normal + 10000 zero x b
+    #   -> a = 100 us, b = 10 us. After: 0.1 s with 2000 normal pages -> 50 us; an
+    #   interval moving 90 MB in 0.1 s (> half of 1 GB/s... over the limit) is skipped.
+    bw = 1 << 30
+    samples = [S(0.0, 0, 1, 0, 0, 0), S(0.1, 0, 1, 1000, 0, 4e6),
+               S(0.2, 0, 1, 1000, 10000, 4.1e6), S(0.3, 0, 2, 3000, 10000, 12.3e6),
+               S(0.4, 0, 2, 25000, 10000, 102.3e6)]
+    r = SimpleNamespace(samples=samples, setup_time=0.03)
+    p, how = run_costs(r, Platform(), bw)
+    assert p.normal_page_s == pytest.approx(100e-6)
+    assert p.zero_page_s == pytest.approx(10e-6)
+    assert p.normal_page_s_iter == pytest.approx(50e-6)
+    assert p.setup_s == 0.03
+    assert how == ["normal (bulk)", "zero (bulk)", "normal (after)", "setup"]
+    # every interval after the bulk pass rate-limited: the calibrated cost is kept
+    r = SimpleNamespace(samples=samples[:3] + [S(0.3, 0, 2, 26000, 10000, 98e6)],
+                        setup_time=0.0)
+    p, how = run_costs(r, Platform(normal_page_s=7e-6), bw)
+    assert p.normal_page_s_iter == 7e-6 and "normal (after)" not in how
+
+
+def test_the_guest_switches_to_its_iterative_fault_rate_after_the_bulk_pass():
+    # a-b over 1000 pages: 0.01 s at 1000 first writes/s = 10 pages in the bulk pass;
+    # once the loop marks the bulk pass done (its second sync), 0.01 s at 50000/s =
+    # 500 more; the status page is always dirty.
+    import numpy as np
+    g = GuestModel("ab", 2048, 256, 1000, rate=0, fault_rate=1000, fault_rate_iter=50000)
+    log, nz = np.zeros(2048, bool), np.zeros(2048, bool)
+    g.step(log, nz, 0.01, 0)
+    assert log[256:1256].sum() == 10 and log[256:266].all()
+    g.bulk_done = True
+    g.step(log, nz, 0.01, 0)
+    assert log[256:1256].sum() == 510 and log[256:766].all()
+    # without an iterative rate the bulk rate stays; a 50 % throttle halves it
+    g = GuestModel("ab", 2048, 256, 1000, rate=0, fault_rate=1000)
+    g.bulk_done = True
+    log[:] = False
+    g.step(log, nz, 0.02, 50)
+    assert log[256:1256].sum() == 10
+
+
+def test_the_loop_marks_the_bulk_pass_done_at_its_second_sync():
+    plat = Platform(normal_page_s=1e-6, zero_page_s=0, stopped_normal_page_s=0,
+                    downtime_overhead_s=0, setup_s=0, sync_s=0)
+    g = GuestModel("idle", 64, 0, 0, rate=0)
+    r = predict(g, QemuSettings(bandwidth=0), plat)
+    assert r.dirty_sync_count == 2 and g.bulk_done
+
+
+def test_explain_names_the_mechanism_that_differs_with_both_figures():
+    goals = {"syncs": False, "total_time": True, "downtime": False}
+    m = {"dirty_rate": 10000.0, "sync_interval": 0.2, "throttle": 0, "bulk_time": 1.0,
+         "downtime_pages": 100, "stopped_cost": 20e-6}
+    p = {"dirty_rate": 40000.0, "sync_interval": 0.21, "throttle": 0, "bulk_time": 1.05,
+         "downtime_pages": 104, "stopped_cost": 21e-6}
+    why = explain(goals, m, p)
+    assert set(why) == {"syncs", "downtime"}
+    assert why["syncs"] == ["pages newly dirtied per second as QEMU counts them at its syncs "
+                            "(dirty-pages-rate): measured 10.0k/s, model 40.0k/s"]
+    assert len(why["downtime"]) == 1 and "closest" in why["downtime"][0]
+    assert "measured 21.0 us" not in why["downtime"][0]
