@@ -17,7 +17,7 @@ MECHANISMS = {
     "syncs": ("dirty_rate", "sync_interval", "throttle", "bulk_time"),
     "transferred": ("iter_normal", "dirty_rate", "throttle", "downtime_pages"),
     "normal": ("iter_normal", "dirty_rate", "throttle", "downtime_pages"),
-    "total_time": ("bulk_time", "iter_time", "setup", "downtime_ms"),
+    "total_time": ("bulk_time", "iter_time", "stalls", "setup", "downtime_ms"),
     "downtime": ("downtime_pages", "stopped_cost"),
 }
 
@@ -31,6 +31,7 @@ LABELS = {
     "iter_time": ("iterative phase (2nd sync to the stop)", "ms"),
     "iter_normal": ("normal pages re-sent after the bulk pass", "count"),
     "setup": ("setup time", "ms"),
+    "stalls": ("sender stalled (100 ms samples with pages pending and none sent)", "ms"),
     "downtime_ms": ("downtime", "ms"),
     "downtime_pages": ("normal pages sent with the VM stopped", "count"),
     "stopped_cost": ("send time per normal page with the VM stopped", "us"),
@@ -60,7 +61,11 @@ def measured_mechanisms(result_dict, overhead_s):
                   None)
     stop = r["total_time"] - r["downtime"]
     dpages = r["downtime_bytes"] // PAGE_RECORD
+    stalls = sum(b["t"] - a["t"] for a, b in zip(s, s[1:])
+                 if a["status"] == b["status"] == "active" and a["remaining"] and
+                 (a["normal"], a["duplicate"]) == (b["normal"], b["duplicate"]))
     m = {"dirty_rate": rates[-1] if rates else 0.0, "throttle": r["throttle_max"],
+         "stalls": stalls,
          "setup": r["setup_time"], "downtime_ms": r["downtime"],
          "downtime_pages": dpages,
          "stopped_cost": (max(r["downtime"] - overhead_s, 0) / dpages) if dpages else None}
@@ -81,6 +86,7 @@ def model_mechanisms(pred_dict, platform):
     its = p["iterations"]
     stop = p["total_time"] - p["downtime"]
     m = {"dirty_rate": p["dirty_pages_rate"], "throttle": p["throttle_max"],
+         "stalls": 0.0,                  # the model's sender never waits with work to do
          "setup": p["setup_time"], "downtime_ms": p["downtime"],
          "downtime_pages": p["downtime_normal"],
          "stopped_cost": platform["stopped_normal_page_s"]}

@@ -127,57 +127,75 @@ def iter_fault_rate(result, npages):
     return dp / dt
 
 
-def _cost_rows(samples, bandwidth, phase):
-    rows, dts = [], []
+def _cost_rows(samples, phase, bandwidth):
+    """Per interval of one phase: [normal, duplicate] pages, seconds, and whether
+    its throughput stayed under ``LIMITED`` of max-bandwidth (then it did not
+    sleep to the end of a rate-limited window)."""
+    rows, dts, free = [], [], []
     s = [x for x in samples if x["status"] == "active"]
     for a, b in zip(s, s[1:]):
         if (b["dirty_sync_count"] >= 2) != (phase == "iter"):
             continue
         dt = b["t"] - a["t"]
         dn, dd = b["normal"] - a["normal"], b["duplicate"] - a["duplicate"]
-        if dt <= 0 or not (dn or dd):
-            continue
-        if bandwidth and (b["transferred"] - a["transferred"]) / dt > 0.5 * bandwidth:
-            continue
-        rows.append((dn, dd))
-        dts.append(dt)
-    return np.array(rows, dtype=float).reshape(-1, 2), np.array(dts)
+        if dt > 0 and (dn or dd):
+            rows.append((dn, dd))
+            dts.append(dt)
+            free.append(not bandwidth or
+                        (b["transferred"] - a["transferred"]) / dt < LIMITED * bandwidth)
+    return (np.array(rows, dtype=float).reshape(-1, 2), np.array(dts),
+            np.array(free, dtype=bool))
 
 
-def _fit(A, y, normal_s, zero_s):
-    """(normal_s, zero_s, which were fitted) by least squares dt = a n + b d."""
+LIMITED = 0.8            # throughput share of max-bandwidth that counts as rate limited
+MIN_ZERO_PAGES = 1000    # zero pages in zero-only intervals needed to fit their cost
+MIN_NORMAL_PAGES = 1000  # normal pages in unlimited intervals needed to fit their cost
+
+
+def _fit(A, y, free, normal_s, zero_s, fastest=False):
+    """(normal_s, zero_s, names fitted).
+
+    Zero pages (9 bytes: never rate limited) cost the time of the intervals that
+    sent only zero pages over their count.  A normal page costs the time of the
+    intervals that were not rate limited and mostly sent normal pages (less
+    their zero pages) over their normal pages.  When every such interval was
+    rate limited, the sender kept up with max-bandwidth: its fastest interval
+    bounds the cost (which then no longer decides anything).  ``fastest``: that
+    bound in any case (the iterative phase: its intervals mix sends with bitmap
+    syncs and sleeps to the ends of windows, which the model accounts for
+    itself)."""
+    how = []
     if not len(y):
-        return normal_s, zero_s, []
-    if A[:, 0].any() and A[:, 1].any():
-        sol, *_ = np.linalg.lstsq(A, y, rcond=None)
-        if sol.min() > 0:
-            return float(sol[0]), float(sol[1]), ["normal", "zero"]
-    if A[:, 1].any() and not A[:, 0].any():
-        return normal_s, float(A[:, 1] @ y / (A[:, 1] @ A[:, 1])), ["zero"]
-    if A[:, 0].any():
-        y2 = y - A[:, 1] * zero_s
-        return max(float(A[:, 0] @ y2 / (A[:, 0] @ A[:, 0])), 1e-7), zero_s, ["normal"]
-    return normal_s, zero_s, []
+        return normal_s, zero_s, how
+    only_zero = (A[:, 0] == 0) & (A[:, 1] > 0)
+    if A[only_zero, 1].sum() >= MIN_ZERO_PAGES:
+        zero_s = float(y[only_zero].sum() / A[only_zero, 1].sum())
+        how.append("zero")
+    mostly = (A[:, 0] > 0) & (A[:, 1] * zero_s < 0.5 * y)
+    rows = mostly & free
+    if not fastest and A[rows, 0].sum() >= MIN_NORMAL_PAGES:
+        normal_s = float((y[rows] - A[rows, 1] * zero_s).sum() / A[rows, 0].sum())
+        how.insert(0, "normal")
+    elif (mostly & (A[:, 0] >= 200)).any():
+        rows = mostly & (A[:, 0] >= 200)
+        normal_s = float(((y[rows] - A[rows, 1] * zero_s) / A[rows, 0]).min())
+        how.insert(0, "normal (fastest)")
+    return max(normal_s, 1e-7), zero_s, how
 
 
 def run_costs(result, base: Platform, bandwidth):
-    """The sender's per-page costs in this run, from its own 100 ms samples.
-
-    Least squares dt = a x normal + b x duplicate over consecutive active samples
-    whose throughput stayed under half of max-bandwidth (an interval near the limit
-    includes sleeps to the ends of 100 ms windows, not per-page costs), separately
-    for the bulk pass (before the 2nd sync: the sender competes with the vCPU
-    faulting on its first writes) and for the iterative phase after it.  A
-    coefficient the samples cannot determine (no such pages, a negative fit, or
-    every interval rate-limited: the sender kept up with max-bandwidth) keeps the
+    """The sender's per-page costs in this run, from its own 100 ms samples (see
+    _fit), separately for the bulk pass (before the 2nd sync: the sender competes
+    for this machine's cores with a vCPU faulting on its first writes) and for
+    the iterative phase after it.  A cost the samples cannot determine keeps the
     calibrated value.  The setup time is the run's own (QEMU's ram_save_setup:
     bitmaps and starting dirty logging).  Returns (Platform, names of the values
     taken from the run)."""
-    A, y = _cost_rows(result.samples, bandwidth, "bulk")
-    normal_s, zero_s, how = _fit(A, y, base.normal_page_s, base.zero_page_s)
-    A, y = _cost_rows(result.samples, bandwidth, "iter")
-    A[:, 1] = 0.0                       # zero pages after the bulk pass: too few to fit
-    iter_s, _, how_iter = _fit(A, y, base.normal_page_s, zero_s)
+    A, y, free = _cost_rows(result.samples, "bulk", bandwidth)
+    normal_s, zero_s, how = _fit(A, y, free, base.normal_page_s, base.zero_page_s)
+    A, y, free = _cost_rows(result.samples, "iter", bandwidth)
+    iter_s, _, how_iter = _fit(A, y, free, base.normal_page_s, zero_s, fastest=True)
+    how_iter = [h for h in how_iter if h.startswith("normal")]
     p = replace(base, normal_page_s=normal_s, zero_page_s=zero_s,
                 normal_page_s_iter=iter_s if how_iter else base.normal_page_s,
                 setup_s=result.setup_time or base.setup_s)

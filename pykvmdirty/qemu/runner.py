@@ -370,9 +370,12 @@ class QemuMigration:
             out["pages_compared"] += size // layout.PAGE
             out["differing_pages"] += int(bad.size)
             if bad.size:
-                problems.append("%d of %d pages of [%#x, %#x) differ, first at %#x" % (
-                    bad.size, size // layout.PAGE, addr, addr + size,
-                    addr + int(bad[0]) * layout.PAGE))
+                fa, fb = first_bytes(a), first_bytes(b)
+                shown = ", ".join("%#x src %d dst %d" % (addr + int(i) * layout.PAGE, fa[i], fb[i])
+                                  for i in bad[:8])
+                problems.append("%d of %d pages of [%#x, %#x) differ (first byte of each: %s%s)"
+                                % (bad.size, size // layout.PAGE, addr, addr + size, shown,
+                                   ", ..." if bad.size > 8 else ""))
             if cfg.workload == "ab" and addr == cfg.start:
                 ab = ab_invariant(first_bytes(b))
                 out["ab_edge_page"] = ab.edge_page
