@@ -46,19 +46,23 @@ def test_run_costs_per_phase():
     samples = [S(0.0, 0, 1, 0, 0, 0), S(0.1, 0, 1, 1000, 0, 4e6),
                S(0.2, 0, 1, 1000, 10000, 4.1e6), S(0.3, 0, 2, 3000, 10000, 12.3e6),
                S(0.4, 0, 2, 25000, 10000, 102.3e6)]
+    # with the VM stopped: at most the fastest running interval's 0.1 / 22000
     r = SimpleNamespace(samples=samples, setup_time=0.03)
-    p, how = run_costs(r, Platform(), bw)
+    p, how = run_costs(r, Platform(stopped_normal_page_s=1e-3), bw)
     assert p.normal_page_s == pytest.approx(100e-6)
     assert p.zero_page_s == pytest.approx(10e-6)
     assert p.normal_page_s_iter == pytest.approx(0.1 / 22000)
+    assert p.stopped_normal_page_s == pytest.approx(0.1 / 22000)
     assert p.setup_s == 0.03
-    assert how == ["normal (bulk)", "zero (bulk)", "normal (fastest) (after)", "setup"]
+    assert how == ["normal (bulk)", "zero (bulk)", "normal (fastest) (after)",
+                   "stopped (fastest running)", "setup"]
     # bulk pass rate limited throughout (1000 pages at 41 MB/s of a 40 MB/s limit):
     # its fastest interval bounds the cost; nothing after it: the calibration's cost
     r = SimpleNamespace(samples=samples[:3], setup_time=0.0)
-    p, how = run_costs(r, Platform(normal_page_s=7e-6), 40e6)
+    p, how = run_costs(r, Platform(normal_page_s=7e-6, stopped_normal_page_s=5e-6), 40e6)
     assert p.normal_page_s == pytest.approx(100e-6)
     assert p.normal_page_s_iter == 7e-6
+    assert p.stopped_normal_page_s == 5e-6      # already below the bound
     assert how == ["normal (fastest) (bulk)", "zero (bulk)"]
 
 

@@ -162,3 +162,17 @@ def test_auto_accel_falls_back_to_tcg_when_the_guest_stalls():
     assert "no progress" in r.accel_note and "KVM" in r.accel_note
     assert len(run.pids) == 3                     # kvm source, tcg source, destination
     assert_clean(run)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PYKVMDIRTY_SLOW", "") in ("", "0"),
+                    reason="a 1 GiB TCG migration (~15 s): set PYKVMDIRTY_SLOW=1")
+def test_tcg_uniform_migration_keeps_every_write():
+    """QEMU 7.2 under TCG, uniform 20000 pages/s at 128 MiB/s, 1 GiB guest: the
+    stopped destination must equal the stopped source (pykvmdirty/qemu/
+    tcg_lost_writes.py).  On this machine it lost the source's last writes to a
+    few pages in most runs: a QEMU finding, so this fails while it reproduces;
+    slow: PYKVMDIRTY_SLOW=1 pytest -m slow."""
+    from pykvmdirty.qemu.tcg_lost_writes import run_once
+    lost, msg = run_once("tcg")
+    assert not lost, msg

@@ -69,14 +69,18 @@ def run_cell(config: QemuConfig, platform, on_sample=None, name=None):
     (its counter; a paced guest falls short of its nominal rate on a loaded
     host), an a-b guest's first-write rate in the bulk pass and after it, the
     sender's per-page costs and the setup time (measure.run_costs); the rest
-    (costs with the VM stopped, the fixed downtime overhead, the fault rate of
-    a paced guest) from the calibration."""
+    (the fixed downtime overhead, what the run cannot determine) from the
+    calibration."""
     res = run_migration(config, on_sample=on_sample)
     rate = guest_rate_under_migration(res)
     faults = faults_iter = None
     if config.workload == "ab":                  # this run's sweeps under logging
         faults = fault_rate(res, config.npages)
         faults_iter = iter_fault_rate(res, config.npages)
+    if config.workload in ("uniform", "hotspot"):
+        # a paced guest's writes/s were measured under dirty logging, faults
+        # included; its first writes are a subset of them
+        faults = rate
     faults = faults or platform.fault_rate       # else the calibration's a-b guest's
     written = int(res.samples[0]["guest_pages"]) if res.samples else 0
     guest, settings = model_for(config, rate, written, faults, faults_iter)

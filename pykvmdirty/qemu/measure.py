@@ -63,26 +63,6 @@ def fault_rate(result, npages):
     return None
 
 
-def _fit_costs(samples, zero_page_s=None):
-    """Least squares dt = a x normal + b x duplicate over consecutive active samples."""
-    rows, dts = [], []
-    s = [x for x in samples if x["status"] == "active"]
-    for a, b in zip(s, s[1:]):
-        dn, dd = b["normal"] - a["normal"], b["duplicate"] - a["duplicate"]
-        if dn or dd:
-            rows.append((dn, dd))
-            dts.append(b["t"] - a["t"])
-    if not rows:
-        return None, None
-    A, y = np.array(rows, dtype=float), np.array(dts)
-    if zero_page_s is not None:
-        y = y - A[:, 1] * zero_page_s
-        n = A[:, 0]
-        return (float(n @ y / (n @ n)) if n @ n else None), zero_page_s
-    sol, *_ = np.linalg.lstsq(A, y, rcond=None)
-    return max(float(sol[0]), 0.0), max(float(sol[1]), 0.0)
-
-
 def calibrate(accel="auto", on_progress=None):
     """Platform costs measured with two real migrations (about 10 s)."""
     idle = run_migration(QemuConfig(workload="idle", bandwidth=UNLIMITED, accel=accel,
@@ -98,8 +78,9 @@ def calibrate(accel="auto", on_progress=None):
                                   warmup=0.3, verify=False))
     if on_progress:
         on_progress("a-b calibration done")
-    normal_s, _ = _fit_costs(ab.samples, zero_page_s=zero_s)
-    if normal_s is None:   # everything went in one sample: whole precopy phase
+    fitted, how = run_costs(ab, Platform(zero_page_s=zero_s), 0)
+    normal_s = fitted.normal_page_s if how and how[0].startswith("normal") else None
+    if normal_s is None:   # no sample with enough normal pages: the whole precopy phase
         pre = max(ab.total_time - ab.downtime - ab.setup_time, 1e-3)
         pages_pre = max(ab.normal - ab.downtime_bytes // 4104, 1)
         normal_s = max(pre - zero_s * ab.duplicate, 1e-6) / pages_pre
@@ -183,23 +164,43 @@ def _fit(A, y, free, normal_s, zero_s, fastest=False):
     return max(normal_s, 1e-7), zero_s, how
 
 
+def _fastest_normal(A, y, zero_s):
+    """The least time per normal page over intervals that mostly sent normal pages."""
+    if not len(y):
+        return float("inf")
+    rows = (A[:, 0] >= 200) & (A[:, 1] * zero_s < 0.5 * y)
+    if not rows.any():
+        return float("inf")
+    return max(float(((y[rows] - A[rows, 1] * zero_s) / A[rows, 0]).min()), 1e-7)
+
+
 def run_costs(result, base: Platform, bandwidth):
     """The sender's per-page costs in this run, from its own 100 ms samples (see
     _fit), separately for the bulk pass (before the 2nd sync: the sender competes
     for this machine's cores with a vCPU faulting on its first writes) and for
     the iterative phase after it.  A cost the samples cannot determine keeps the
-    calibrated value.  The setup time is the run's own (QEMU's ram_save_setup:
+    calibrated value.  With the VM stopped the sender competes with no vCPU:
+    its per-page cost is at most the fastest running interval's.  The setup
+    time is the run's own (QEMU's ram_save_setup:
     bitmaps and starting dirty logging).  Returns (Platform, names of the values
     taken from the run)."""
-    A, y, free = _cost_rows(result.samples, "bulk", bandwidth)
-    normal_s, zero_s, how = _fit(A, y, free, base.normal_page_s, base.zero_page_s)
+    A0, y0, free = _cost_rows(result.samples, "bulk", bandwidth)
+    normal_s, zero_s, how = _fit(A0, y0, free, base.normal_page_s, base.zero_page_s)
     A, y, free = _cost_rows(result.samples, "iter", bandwidth)
     iter_s, _, how_iter = _fit(A, y, free, base.normal_page_s, zero_s, fastest=True)
     how_iter = [h for h in how_iter if h.startswith("normal")]
+    iter_fitted = bool(how_iter)
+    # with the VM stopped the sender has no vCPU to compete with: at least as
+    # fast as in its fastest interval while the guest ran
+    fastest = min(_fastest_normal(A0, y0, zero_s), _fastest_normal(A, y, zero_s))
+    stopped_s = min(base.stopped_normal_page_s, fastest)
     p = replace(base, normal_page_s=normal_s, zero_page_s=zero_s,
-                normal_page_s_iter=iter_s if how_iter else base.normal_page_s,
+                normal_page_s_iter=iter_s if iter_fitted else base.normal_page_s,
+                stopped_normal_page_s=stopped_s,
                 setup_s=result.setup_time or base.setup_s)
     how = [h + " (bulk)" for h in how] + [h + " (after)" for h in how_iter]
+    if stopped_s < base.stopped_normal_page_s:
+        how.append("stopped (fastest running)")
     if result.setup_time:
         how.append("setup")
     return p, how
