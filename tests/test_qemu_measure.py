@@ -24,14 +24,22 @@ def test_fault_rate_measures_the_whole_sweep_between_the_first_two_counter_chang
     # one change only: npages / time to it (midpoint 0.25)
     r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(0.5, 1000)])
     assert fault_rate(r, 1000) == pytest.approx(4000)
-    assert fault_rate(SimpleNamespace(samples=[S(0.1, 5), S(0.2, 5)]), 1000) is None
+    # no change while active: at most 1000 pages in 0.2 s
+    assert fault_rate(SimpleNamespace(samples=[S(0.1, 5), S(0.2, 5)]), 1000) == \
+        pytest.approx(5000)
+    assert fault_rate(SimpleNamespace(samples=[]), 1000) is None
 
 
 def test_iter_fault_rate_uses_unthrottled_samples_from_the_second_sync():
-    # from t=1.0 (sync 2) to t=2.0: 3000 pages; the throttled sample at 2.5 is left out
-    r = SimpleNamespace(samples=[S(0.5, 0, 1), S(1.0, 1000, 2), S(1.5, 2000, 3),
-                                 S(2.0, 4000, 4), S(2.5, 9000, 5, thr=20)])
+    # from t=1.0 (sync 2) to t=2.0: 3000 pages; the throttled sample at 2.5 is left out.
+    # 6 syncs in that second: a sync every 0.167 s, a sweep of 1000 pages 0.33 s
+    r = SimpleNamespace(samples=[S(0.5, 0, 1), S(1.0, 1000, 2), S(1.5, 2000, 5),
+                                 S(2.0, 4000, 8), S(2.5, 9000, 9, thr=20)])
     assert iter_fault_rate(r, 1000) == pytest.approx(3000)
+    # 4 syncs in 1 s but 5000 pages/s sweeps 1000 pages in 0.2 s < 0.25 s per sync:
+    # rewrites at native speed, not fault-bound
+    r = SimpleNamespace(samples=[S(1.0, 0, 2), S(2.0, 5000, 6)])
+    assert iter_fault_rate(r, 1000) is None
     # less than one whole sweep seen: not measurable
     r = SimpleNamespace(samples=[S(1.0, 0, 2), S(2.0, 500, 3)])
     assert iter_fault_rate(r, 1000) is None

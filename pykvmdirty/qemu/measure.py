@@ -45,8 +45,9 @@ def fault_rate(result, npages):
     sweep under way at `migrate` ends first (part of it ran before logging), so
     the whole sweep between the first two counter changes is the one measured:
     npages / (time between the changes), each change placed at the midpoint of
-    its 100 ms samples.  With a single change: npages / time to it (an upper
-    bound).  None if the counter never moved while active."""
+    its 100 ms samples.  With a single change: npages / time to it; with none,
+    npages / the last active sample's time (both upper bounds).  None without
+    active samples."""
     s = result.samples
     if not s:
         return None
@@ -60,7 +61,9 @@ def fault_rate(result, npages):
                 return npages / max(changes[1] - changes[0], 1e-3)
     if changes:
         return npages / max(changes[0], 1e-3)
-    return None
+    # no sweep ended while migrating: fewer than npages first writes in that time
+    active = [x["t"] for x in s if x["status"] == "active"]
+    return npages / max(active[-1], 1e-3) if active else None
 
 
 def calibrate(accel="auto", on_progress=None):
@@ -87,6 +90,9 @@ def calibrate(accel="auto", on_progress=None):
     faults = fault_rate(ab, ab.config["end"] // 4096 - ab.config["start"] // 4096)
     final_pages = max(ab.downtime_bytes // 4104, 1)
     stopped_s = max(ab.downtime - overhead, 1e-4) / final_pages
+    # a page sent while the guest runs costs at least one sent with it stopped
+    # (a precopy phase too short to fit leaves the whole-phase estimate at ~0)
+    normal_s = max(normal_s, stopped_s)
     return Platform(normal_page_s=normal_s, zero_page_s=zero_s, stopped_normal_page_s=stopped_s,
                     downtime_overhead_s=overhead, setup_s=(idle.setup_time + ab.setup_time) / 2,
                     fault_rate=faults or Platform.fault_rate, measured=True)
@@ -97,7 +103,9 @@ def iter_fault_rate(result, npages):
     bitmap sync on, unthrottled, still active): with syncs closer together than
     one sweep, each of these writes is a first write after a re-protection, so
     this is the fault-bound rate of the iterative phase.  The counter moves once
-    per sweep of `npages`: None unless at least one whole sweep was seen."""
+    per sweep of `npages`: None unless at least one whole sweep was seen, or if
+    a sweep took less than a sync interval (then part of the writes were to
+    pages already unprotected, at the guest's native speed)."""
     s = [x for x in result.samples if x["status"] == "active" and x["dirty_sync_count"] >= 2
          and x["throttle"] == 0]
     if len(s) < 2:
@@ -105,6 +113,9 @@ def iter_fault_rate(result, npages):
     dp, dt = s[-1]["guest_pages"] - s[0]["guest_pages"], s[-1]["t"] - s[0]["t"]
     if dp < npages or dt < 0.15:
         return None
+    syncs = s[-1]["dirty_sync_count"] - s[0]["dirty_sync_count"]
+    if syncs and npages / (dp / dt) < dt / syncs:
+        return None     # a sweep is shorter than a sync interval: rewrites ran native
     return dp / dt
 
 

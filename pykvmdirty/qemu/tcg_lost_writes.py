@@ -12,6 +12,18 @@ status block (the guest's write counter) is equal on both sides but some pages
 of the range differ, the destination's first byte one less than the source's:
 writes the source guest made before it stopped never reached the destination.
 
+Seen here (3 of 3 runs, 11:38 UTC 2026-12-01): the destination's status
+page (0x2000) is behind the source's by ~350 batches (~700 page writes), its
+CPL3 stack page (0x7000) differs, and 2-6 of the 25344 range pages read one
+less on the destination (e.g. 0x2065000 src 2 dst 1): the destination holds
+an older copy of pages the guest kept writing, so writes after their last
+transfer were never marked dirty.  A hypothesis, not verified in QEMU's
+source: a race in TCG's dirty tracking between a vCPU's notdirty_write (which
+clears TLB_NOTDIRTY after checking the page is dirty) and the migration
+thread clearing the dirty bit and re-arming TLB_NOTDIRTY; the hot status page
+and stack are the likeliest victims.  With ``--accel kvm`` the same
+configuration matches in every run.
+
     python -m pykvmdirty.qemu.tcg_lost_writes [--runs 3] [--accel tcg]
 
 prints one line per run and exits 1 if any run lost writes.  About 15 s per
