@@ -114,3 +114,16 @@ def test_explain_names_the_mechanism_that_differs_with_both_figures():
                             "(dirty-pages-rate): measured 10.0k/s, model 40.0k/s"]
     assert len(why["downtime"]) == 1 and "closest" in why["downtime"][0]
     assert "measured 21.0 us" not in why["downtime"][0]
+
+
+def test_explain_says_when_dirtying_matches_the_send_rate():
+    # 4104 B per page at 41.04 MB/s: 10000 pages/s; measured 9000 pages/s: 0.90 x
+    goals = {"syncs": False}
+    m = {"dirty_rate": 9000.0, "sync_interval": 0.2, "throttle": 0, "bulk_time": 1.0}
+    p = {"dirty_rate": 12000.0, "sync_interval": 0.2, "throttle": 0, "bulk_time": 1.0}
+    why = explain(goals, m, p, bandwidth=41_040_000)
+    assert why["syncs"][0] == ("knife edge: the guest dirtied 9.0k/s (median dirty-pages-rate), "
+                               "0.90 x the 10.0k/s max-bandwidth sends; model 12.0k/s")
+    assert "measured 9.0k/s, model 12.0k/s" in why["syncs"][1]
+    # 2x the send rate: no knife edge
+    assert "knife" not in explain(goals, m, p, bandwidth=82_080_000 * 10)["syncs"][0]

@@ -94,7 +94,8 @@ def run_cell(config: QemuConfig, platform, on_sample=None, name=None):
     return {"name": name or config.workload, "config": config.as_dict(), "accel": res.accel,
             "accel_note": res.accel_note, "guest_rate": rate, "guest_rate_warmup": res.guest_rate,
             "fault_rate": faults, "fault_rate_iter": faults_iter,
-            "measured": m, "predicted": p, "goals": g, "why": explain(g, mm, pm),
+            "measured": m, "predicted": p, "goals": g,
+            "why": explain(g, mm, pm, config.bandwidth),
             "mechanisms": {"measured": mm, "model": pm}, "fitted_from_run": fitted,
             "verification": res.verification, "platform": plat.as_dict(),
             "samples": res.samples, "iterations": pred.iterations}
