@@ -170,8 +170,9 @@ def test_auto_accel_falls_back_to_tcg_when_the_guest_stalls():
 def test_tcg_uniform_migration_keeps_every_write():
     """QEMU 7.2 under TCG, uniform 20000 pages/s at 128 MiB/s, 1 GiB guest: the
     stopped destination must equal the stopped source (pykvmdirty/qemu/
-    tcg_lost_writes.py).  On this machine it lost the source's last writes to a
-    few pages in most runs: a QEMU finding, so this fails while it reproduces;
+    tcg_lost_writes.py).  QEMU 7.2 loses the last writes to a few pages here
+    (3 of 3 runs): the TCG dirty-bitmap bug fixed upstream in 2024 (see the
+    module), so this fails on 7.2 and passes on a fixed QEMU;
     slow: PYKVMDIRTY_SLOW=1 pytest -m slow."""
     from pykvmdirty.qemu.tcg_lost_writes import run_once
     lost, msg = run_once("tcg")

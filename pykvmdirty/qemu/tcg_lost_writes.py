@@ -7,22 +7,26 @@ pages/s over pages [1 MiB, 100 MiB) (each write increments the first byte of
 a random page), max-bandwidth 128 MiB/s, downtime-limit 300 ms, no
 auto-converge, accelerator TCG, migrated over loopback TCP.  After
 "completed" both QEMUs are stopped (source: postmigrate; destination: -S) and
-their memory is compared with pmemsave.  A run reproduces the finding when the
-status block (the guest's write counter) is equal on both sides but some pages
-of the range differ, the destination's first byte one less than the source's:
-writes the source guest made before it stopped never reached the destination.
+their memory is compared with pmemsave.  A run reproduces the finding when
+pages differ: the destination holds older contents (a lower write counter in
+the status block, range pages whose first byte is one less than the
+source's): writes the source guest made before it stopped never reached the
+destination.
 
 Seen here (3 of 3 runs, 11:38 UTC 2026-12-01): the destination's status
 page (0x2000) is behind the source's by ~350 batches (~700 page writes), its
 CPL3 stack page (0x7000) differs, and 2-6 of the 25344 range pages read one
 less on the destination (e.g. 0x2065000 src 2 dst 1): the destination holds
 an older copy of pages the guest kept writing, so writes after their last
-transfer were never marked dirty.  A hypothesis, not verified in QEMU's
-source: a race in TCG's dirty tracking between a vCPU's notdirty_write (which
-clears TLB_NOTDIRTY after checking the page is dirty) and the migration
-thread clearing the dirty bit and re-arming TLB_NOTDIRTY; the hot status page
-and stack are the likeliest victims.  With ``--accel kvm`` the same
-configuration matches in every run.
+transfer were never marked dirty.  This matches a known QEMU bug, fixed
+after 7.2: "system/physmem: Fix migration dirty bitmap coherency with TCG
+memory access" (Nicholas Piggin, qemu-devel, 2024-02-19; Fixes aa8dc044772
+"migration: synchronize memory bitmap 64bits at a time"): the 64-bit fast
+path of cpu_physical_memory_sync_dirty_bitmap clears the migration dirty
+bits without re-arming TCG's TLB_NOTDIRTY, so later stores through the TCG
+TLB do not mark the page dirty.  The hot status page and stack are the
+likeliest to be written through such a TLB entry.  With ``--accel kvm`` the
+same configuration matched in every run (2 of 2 here).
 
     python -m pykvmdirty.qemu.tcg_lost_writes [--runs 3] [--accel tcg]
 
