@@ -21,9 +21,16 @@ def test_fault_rate_measures_the_whole_sweep_between_the_first_two_counter_chang
     r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(0.5, 1000),
                                  S(0.7, 2000)])
     assert fault_rate(r, 1000) == pytest.approx(1000 / 0.35)
-    # one change only: npages / time to it (midpoint 0.25)
+    # one change only (midpoint 0.25), no other by the last sample at 0.5: the sweep
+    # begun at 0.25 took more than 0.25 s -> at most 4000/s
     r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(0.5, 1000)])
     assert fault_rate(r, 1000) == pytest.approx(4000)
+    # ... and with the last sample at 1.25: at most 1000 pages/s
+    r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(1.25, 1000)])
+    assert fault_rate(r, 1000) == pytest.approx(1000)
+    # the change at the very end (< 0.1 s before the last sample): npages / time to it
+    r = SimpleNamespace(samples=[S(0.1, 0), S(0.4, 0), S(0.45, 1000)])
+    assert fault_rate(r, 1000) == pytest.approx(1000 / 0.425)
     # no change while active: at most 1000 pages in 0.2 s
     assert fault_rate(SimpleNamespace(samples=[S(0.1, 5), S(0.2, 5)]), 1000) == \
         pytest.approx(5000)

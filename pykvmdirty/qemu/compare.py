@@ -89,7 +89,7 @@ def run_cell(config: QemuConfig, platform, on_sample=None, name=None):
     m, p = measured_summary(res), pred.summary()
     g = goals(m, p)
     rd, pd = res.as_dict(), pred.as_dict()
-    mm = measured_mechanisms(rd, plat.downtime_overhead_s)
+    mm = measured_mechanisms(rd, plat.downtime_overhead_s, config.downtime_limit)
     pm = model_mechanisms(pd, plat.as_dict())
     return {"name": name or config.workload, "config": config.as_dict(), "accel": res.accel,
             "accel_note": res.accel_note, "guest_rate": rate, "guest_rate_warmup": res.guest_rate,

@@ -14,9 +14,9 @@ DIFFERS = 0.25
 # goal -> the mechanisms that decide it
 MECHANISMS = {
     "status": ("dirty_rate", "throttle", "sync_interval"),
-    "syncs": ("dirty_rate", "sync_interval", "throttle", "bulk_time"),
-    "transferred": ("iter_normal", "dirty_rate", "throttle", "downtime_pages"),
-    "normal": ("iter_normal", "dirty_rate", "throttle", "downtime_pages"),
+    "syncs": ("dirty_rate", "sync_interval", "threshold", "throttle", "bulk_time"),
+    "transferred": ("iter_normal", "threshold", "dirty_rate", "throttle", "downtime_pages"),
+    "normal": ("iter_normal", "threshold", "dirty_rate", "throttle", "downtime_pages"),
     "total_time": ("bulk_time", "iter_time", "stalls", "setup", "downtime_ms"),
     "downtime": ("downtime_pages", "stopped_cost"),
 }
@@ -29,8 +29,11 @@ LABELS = {
     "bulk_time": ("bulk pass (setup to the 2nd sync: every page once; sender speed, "
                   "+-0.1 s sampling)", "ms"),
     "iter_time": ("iterative phase (2nd sync to the stop)", "ms"),
-    "iter_normal": ("normal pages re-sent after the bulk pass", "count"),
+    "iter_normal": ("normal pages re-sent after the bulk pass, VM running (+-0.1 s "
+                    "sampling)", "count"),
     "setup": ("setup time", "ms"),
+    "threshold": ("switch-over threshold at the end of the bulk pass (bandwidth of the last "
+                  "100 ms window x downtime-limit; measured from QEMU's mbps)", "MB"),
     "stalls": ("sender stalled (100 ms samples with pages pending and none sent)", "ms"),
     "downtime_ms": ("downtime", "ms"),
     "downtime_pages": ("normal pages sent with the VM stopped", "count"),
@@ -47,12 +50,14 @@ def _fmt(v, unit):
         return "%.0f ms" % (v * 1000)
     if unit == "us":
         return "%.1f us" % (v * 1e6)
+    if unit == "MB":
+        return "%.1f MB" % (v / 1e6)
     if unit == "pct":
         return "%d%%" % v
     return "%d" % v
 
 
-def measured_mechanisms(result_dict, overhead_s):
+def measured_mechanisms(result_dict, overhead_s, downtime_limit=None):
     """The mechanism figures of a real run (a QemuResult.as_dict())."""
     r = result_dict
     s = [x for x in r["samples"] if x["status"] in ("active", "completed")]
@@ -72,10 +77,16 @@ def measured_mechanisms(result_dict, overhead_s):
          "setup": r["setup_time"], "downtime_ms": r["downtime"],
          "downtime_pages": dpages,
          "stopped_cost": (max(r["downtime"] - overhead_s, 0) / dpages) if dpages else None}
+    before = [x for x in s if x["dirty_sync_count"] < 2 and x["mbps"]]
+    if downtime_limit and before:
+        m["threshold"] = before[-1]["mbps"] * 1e6 / 8 * downtime_limit
     if second is not None:
         m["bulk_time"] = second["t"]
         m["iter_time"] = max(stop - second["t"], 0.0)
         m["iter_normal"] = max(r["normal"] - dpages - second["normal"], 0)
+    last_bulk = [x for x in s if x["dirty_sync_count"] < 2]
+    if last_bulk:      # normal pages sent by the last sample of the bulk pass (+-0.1 s)
+        m["iter_normal"] = max(r["normal"] - dpages - last_bulk[-1]["normal"], 0)
         n = r["dirty_sync_count"] - 1 - second["dirty_sync_count"]   # syncs before the stop
         m["sync_interval"] = m["iter_time"] / n if n > 0 else None
     else:
@@ -93,6 +104,8 @@ def model_mechanisms(pred_dict, platform):
          "setup": p["setup_time"], "downtime_ms": p["downtime"],
          "downtime_pages": p["downtime_normal"],
          "stopped_cost": platform["stopped_normal_page_s"]}
+    if len(its) >= 2:
+        m["threshold"] = its[1].get("threshold")
     if len(its) >= 3:          # the last sync is the one with the VM stopped
         m["bulk_time"] = its[1]["t"]
         m["iter_time"] = max(stop - its[1]["t"], 0.0)

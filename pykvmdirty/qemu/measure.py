@@ -45,8 +45,10 @@ def fault_rate(result, npages):
     sweep under way at `migrate` ends first (part of it ran before logging), so
     the whole sweep between the first two counter changes is the one measured:
     npages / (time between the changes), each change placed at the midpoint of
-    its 100 ms samples.  With a single change: npages / time to it; with none,
-    npages / the last active sample's time (both upper bounds).  None without
+    its 100 ms samples.  With a single change: npages / the time from it to the
+    last active sample (the sweep begun there had not ended: an upper bound;
+    npages / the time to the change if that is under 0.1 s); with none,
+    npages / the last active sample's time (an upper bound).  None without
     active samples."""
     s = result.samples
     if not s:
@@ -59,10 +61,13 @@ def fault_rate(result, npages):
             changes.append((a["t"] + b["t"]) / 2)
             if len(changes) == 2:
                 return npages / max(changes[1] - changes[0], 1e-3)
-    if changes:
-        return npages / max(changes[0], 1e-3)
-    # no sweep ended while migrating: fewer than npages first writes in that time
     active = [x["t"] for x in s if x["status"] == "active"]
+    if changes:
+        # the sweep begun at the change had not ended by the last active sample
+        # (the one before it began before logging: it bounds nothing)
+        after = (active[-1] if active else 0.0) - changes[0]
+        return npages / (after if after >= 0.1 else max(changes[0], 1e-3))
+    # no sweep ended while migrating: fewer than npages first writes in that time
     return npages / max(active[-1], 1e-3) if active else None
 
 

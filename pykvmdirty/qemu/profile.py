@@ -276,7 +276,8 @@ class QemuLoop:
             self.last_check, self.period_dirty, self.period_bytes = self.t, 0, self.bytes
         self.out.iterations.append(dict(t=self.t, pending=int(self.bmap.sum()), new=new,
                                         real=real, throttle=self.throttle,
-                                        normal=self.out.normal, transferred=self.bytes))
+                                        normal=self.out.normal, transferred=self.bytes,
+                                        threshold=self.threshold))
 
     def _costs(self, idx, stopped=False):
         nz = self.nonzero[idx]
