@@ -64,8 +64,12 @@ setup(
     description="Dirty-page-tracking KVM interface emulator: flat, two-level, byte-map, "
     "ring and real /dev/kvm dirty logs, and a live-migration scan-and-send loop",
     packages=find_packages(include=["pykvmdirty", "pykvmdirty.*"]),
-    # the cost model's measured defaults (CostModel reads them at import)
-    package_data={"pykvmdirty.analysis": ["data/cost_model.json"]},
+    package_data={
+        # the cost model's measured defaults (CostModel reads them at import)
+        "pykvmdirty.analysis": ["data/cost_model.json"],
+        # the QEMU test guest's sources, built at first use (pykvmdirty/qemu/firmware.py)
+        "pykvmdirty.qemu": ["guest/*.S", "guest/*.c", "guest/*.ld"],
+    },
     python_requires=">=3.9",
     setup_requires=["cffi>=1.15"],
     cffi_modules=["pykvmdirty/_build.py:ffibuilder"],
@@ -76,10 +80,13 @@ setup(
         "plot": ["matplotlib>=3.5"],
         # `pykvmdirty sweep --dask tcp://HOST:PORT`
         "dask": ["dask[distributed]>=2022.1"],
-        # tests/test_compare.py (plot) and tests/test_sweep.py (Dask LocalCluster)
-        # and the lint/type checks .ci/run runs (ruff, mypy)
+        # `pykvmdirty qemu` and pykvmdirty.qemu (real QEMU migrations over QMP)
+        "qemu": ["qemu.qmp>=0.0.3"],
+        # tests/test_compare.py (plot), tests/test_sweep.py (Dask LocalCluster),
+        # tests/test_qemu_runner.py (qemu.qmp), and the lint/type checks .ci/run
+        # runs (ruff, mypy)
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib>=3.5",
-                 "dask[distributed]>=2022.1", "ruff>=0.4", "mypy>=1.8"],
+                 "dask[distributed]>=2022.1", "qemu.qmp>=0.0.3", "ruff>=0.4", "mypy>=1.8"],
     },
     entry_points={"console_scripts": [
         "pykvmdirty=pykvmdirty.cli:main",

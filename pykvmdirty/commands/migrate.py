@@ -79,6 +79,8 @@ def register(sub):
     p.add_argument("--secret-file", metavar="FILE",
                    help="with --sink tcp://: prove this shared secret to the receiver "
                    "(pykvmdirty receive --secret-file with the same file)")
+    p.add_argument("--profile", choices=["qemu"],
+                   help="qemu: predict with the model of QEMU 7.2's loop instead")
     p.set_defaults(func=run)
 
 
@@ -117,6 +119,9 @@ def run(args):
             raise ValueError("--secret-file needs --sink tcp://HOST:PORT, got %r" % sink)
         sink = TcpSink(sink[len("tcp://"):], secret=read_secret_file(args.secret_file,
                                                                       "--secret-file"))
+    if args.profile:
+        from ..qemu.entry import cli_run
+        return cli_run(args, _bw(args.bandwidth, "--bandwidth"))
     try:
         report = migrate(
             guest_size=args.guest_size, slots=args.slots, backend=args.backend,

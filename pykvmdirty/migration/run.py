@@ -84,7 +84,8 @@ def check_memory(cfg, sink="local", max_memory=None, guest_size=None):
                     limits.format_bytes(cfg.guest_bytes),))
 
 
-def migrate(config=None, *, sink="local", progress=None, max_memory=None, **options):
+def migrate(config=None, *, sink="local", progress=None, max_memory=None, profile=None,
+            **options):
     """Migrate a freshly built guest; returns a MigrationReport.
 
     config: a MigrationConfig, or None to build one from ``options`` (the
@@ -97,6 +98,9 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, **opti
     max_memory: refuse (limits.MemoryLimitError, a ValueError) a run whose
       estimated memory exceeds this, before anything is allocated (bytes or
       "8GiB"; default: a share of the memory available, see pykvmdirty.limits).
+    profile: None (this emulator's loop) or "qemu": QEMU 7.2's loop as a model
+      (pykvmdirty/qemu/profile.py) on the same settings; returns its Prediction
+      instead of a report.
     """
     if config is None:
         cfg = MigrationConfig(**options)
@@ -104,6 +108,13 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, **opti
         cfg = dataclasses.replace(config, **options) if options else config
     else:
         raise TypeError("config must be a MigrationConfig, got %r" % (config,))
+    if profile is not None:
+        from ..qemu.entry import check_profile, migrate_qemu_profile
+        check_profile(profile)
+        spec = cfg.spec
+        return migrate_qemu_profile(cfg.guest_bytes, spec.kind, spec.rate, spec.hot_fraction,
+                                    spec.hot_share, cfg.seed, cfg.bandwidth,
+                                    cfg.downtime_limit, cfg.auto_converge, cfg.duration_limit)
     check_memory(cfg, sink, max_memory, options.get("guest_size"))
     sink_obj = make_sink(sink)
     if progress is True:

@@ -1,0 +1,1 @@
+"""Real QEMU: the test guest, the migration runner and the QEMU profile."""

@@ -1,0 +1,119 @@
+"""What one real QEMU migration runs: the guest, its workload and QEMU's migration settings.
+
+Sizes are bytes, rates are pages/s (4 KiB pages), times are seconds.  The
+defaults are QEMU 7.2's own (max-bandwidth 128 MiB/s, downtime-limit 300 ms,
+cpu-throttle-initial 20, -increment 10, every capability off) and the a-b
+guest of QEMU's tests/migration (pages [1 MiB, 100 MiB) of a 1 GiB guest).
+"""
+import numbers
+from dataclasses import asdict, dataclass, field
+
+from . import layout
+from .layout import MIB, PAGE
+
+ACCELS = ("auto", "kvm", "tcg")
+
+
+def _number(name, value, lo=None, hi=None, integer=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError("%s must be a number, got %r" % (name, value))
+    v = float(value)
+    if integer and v != int(v):
+        raise ValueError("%s must be a whole number, got %r" % (name, value))
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError("%s must be in [%s, %s], got %r" % (name, lo, hi, value))
+    return int(v) if integer else v
+
+
+@dataclass
+class QemuConfig:
+    guest_size: int = 1024 * MIB
+    workload: str = "ab"            # ab, uniform, hotspot, idle
+    start: int = 1 * MIB            # workload range [start, end), page aligned
+    end: int = 100 * MIB
+    rate: int = 0                   # pages/s; 0 = unpaced (ab only)
+    hot_fraction: float = 0.05      # hotspot: share of the range's pages that are hot
+    hot_share: float = 0.9          # hotspot: share of the writes that go to them
+    seed: int = 1
+    bandwidth: int = 128 * MIB      # max-bandwidth, bytes/s
+    downtime_limit: float = 0.3     # seconds
+    auto_converge: bool = False
+    throttle_initial: int = 20      # cpu-throttle-initial, %
+    throttle_increment: int = 10    # cpu-throttle-increment, %
+    xbzrle: bool = False
+    multifd: bool = False
+    accel: str = "auto"             # auto: KVM if the guest progresses under it, else TCG
+    warmup: float = 1.0             # guest runs this long before the migration starts
+    timeout: float = 60.0           # a migration still running after this is cancelled
+    port: int = 0                   # destination port; 0 = let the kernel choose
+    boot_timeout: float = 3.0       # a guest with no progress after this has stalled
+    verify: bool = True
+    extra: dict = field(default_factory=dict)   # free-form labels carried into the result
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Raise TypeError/ValueError naming the first bad value."""
+        gs = _number("guest_size", self.guest_size, 64 * MIB, 64 * 1024 * MIB, integer=True)
+        if gs % MIB:
+            raise ValueError("guest_size must be a multiple of 1 MiB, got %r" % gs)
+        if self.workload not in layout.WORKLOADS:
+            raise ValueError("workload must be one of %s, got %r"
+                             % (", ".join(layout.WORKLOADS), self.workload))
+        start = _number("start", self.start, 0, None, integer=True)
+        end = _number("end", self.end, 0, None, integer=True)
+        if self.workload != "idle":
+            if start % PAGE or end % PAGE:
+                raise ValueError("start and end must be 4 KiB aligned, got %#x, %#x"
+                                 % (start, end))
+            if start < MIB:
+                raise ValueError("start must be >= 1 MiB (the firmware lives below), got %#x"
+                                 % start)
+            limit = min(gs, layout.LOWMEM_LIMIT)
+            if not start < end <= limit:
+                raise ValueError("need start < end <= %#x (guest RAM below 3 GiB), got "
+                                 "[%#x, %#x)" % (limit, start, end))
+        rate = _number("rate", self.rate, 0, 1e9, integer=True)
+        if self.workload in ("uniform", "hotspot") and rate == 0:
+            raise ValueError("workload %r needs rate > 0 pages/s" % self.workload)
+        _number("hot_fraction", self.hot_fraction, 0, 1)
+        if self.hot_fraction == 0:
+            raise ValueError("hot_fraction must be in (0, 1], got 0")
+        _number("hot_share", self.hot_share, 0, 1)
+        _number("seed", self.seed, 0, 2**63 - 1, integer=True)
+        _number("bandwidth", self.bandwidth, 1, 2**62, integer=True)
+        _number("downtime_limit", self.downtime_limit, 0.001, 2000.0)
+        for name in ("auto_converge", "xbzrle", "multifd", "verify"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError("%s must be True or False, got %r" % (name, getattr(self, name)))
+        _number("throttle_initial", self.throttle_initial, 1, 99, integer=True)
+        _number("throttle_increment", self.throttle_increment, 1, 100, integer=True)
+        if self.accel not in ACCELS:
+            raise ValueError("accel must be one of %s, got %r" % (", ".join(ACCELS), self.accel))
+        _number("warmup", self.warmup, 0.2, 600)
+        _number("timeout", self.timeout, 0.5, 3600)
+        _number("port", self.port, 0, 65535, integer=True)
+        _number("boot_timeout", self.boot_timeout, 0.5, 120)
+
+    @property
+    def npages(self):
+        return (self.end - self.start) // PAGE
+
+    def hot_pages(self):
+        return max(1, min(self.npages, int(self.hot_fraction * self.npages + 0.5)))
+
+    def hot_first(self):
+        """The hot set's first page (of the range), seeded so host and model agree."""
+        import random
+        return random.Random(self.seed).randrange(self.npages - self.hot_pages() + 1)
+
+    def params(self, tsc_hz=0):
+        """The guest's parameter block."""
+        hot = self.workload == "hotspot"
+        return layout.pack_params(self.workload, self.start, self.end, self.rate, self.seed,
+                                  self.hot_first() if hot else 0, self.hot_pages() if hot else 0,
+                                  self.hot_share if hot else 0.0, tsc_hz)
+
+    def as_dict(self):
+        return asdict(self)
