@@ -164,9 +164,22 @@ def test_auto_accel_falls_back_to_tcg_when_the_guest_stalls():
     assert_clean(run)
 
 
+def _qemu_version():
+    import re
+    import subprocess
+    out = subprocess.run([shutil.which("qemu-system-x86_64") or "qemu-system-x86_64",
+                          "--version"], capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("PYKVMDIRTY_SLOW", "") in ("", "0"),
                     reason="a 1 GiB TCG migration (~15 s): set PYKVMDIRTY_SLOW=1")
+@pytest.mark.xfail(_qemu_version() < (9, 0), strict=False,
+                   reason="QEMU before 9.0 loses TCG writes after a dirty-bitmap sync "
+                   "(upstream 'system/physmem: Fix migration dirty bitmap coherency with "
+                   "TCG memory access', 2024)")
 def test_tcg_uniform_migration_keeps_every_write():
     """QEMU 7.2 under TCG, uniform 20000 pages/s at 128 MiB/s, 1 GiB guest: the
     stopped destination must equal the stopped source (pykvmdirty/qemu/
