@@ -1,0 +1,542 @@
+/*
+ * log_hier.c - the hierarchical dirty log (geometry and contract in
+ * log_hier.h): a collect costs what is dirty and the tree's height, not the
+ * slot's size, and the leaves of the groups dirtied since the last collect
+ * sit in the first few pages of a compact pool instead of being scattered
+ * over a slot-sized bitmap.
+ *
+ * Memory. Every array is reserved with MAP_NORESERVE and never populated:
+ * a page commits when first written. An 8 TiB slot reserves 256 MiB of pool,
+ * 4 MiB of index and 520 KiB of summaries; 1000 dirty pages commit about
+ * 1000 blocks (256 KiB) plus the index and level-0 pages they touch. At full
+ * population the pool is the flat bitmap (rounded up to a group), the index
+ * 4 bytes per 256-byte block (1.6%) and the summaries 1/512 of that (0.2%).
+ * Blocks are handed out LIFO from the free list, so a steady working set
+ * keeps reusing the same few pool pages.
+ *
+ * Protection. A page is writable exactly when its leaf bit is set, as in the
+ * other bitmap logs (internal.h): the writer's fetch_or that finds the bit
+ * clear is the fault, and a collector that takes a bit re-protects its page.
+ * A write to a writable page is one index load and one leaf load (no
+ * memory) or RMW (with guest memory): no lock, no summary access.
+ *
+ * Why no write is lost. Writers W, one collector C; all RMWs and the index
+ * stores/loads C relies on are seq_cst.
+ * 1. Leaf and summaries. W: fetch_or(leaf) then, level by level upwards,
+ *    load the bit and fetch_or it if clear, stopping at the first bit found
+ *    set. C takes a summary word's bits with fetch_and BEFORE reading the
+ *    children, and after visiting a child re-sets the child's bit if the
+ *    child still holds anything. If W's leaf RMW precedes C's take of that
+ *    leaf, C takes the bit now. Otherwise it follows C's take, which follows
+ *    C's clearing of every ancestor bit on the path; W's loads of those bits
+ *    come later still, so W finds them clear and sets them up to the first
+ *    one that someone set again after C cleared it: a writer that set it
+ *    goes on upwards itself, and C sets it again only for a subtree it has
+ *    left non-empty, on its way back up. Either way the path from the root
+ *    to W's bit is set when both are done, and the next collect visits it.
+ *    A summary bit over an empty subtree is harmless: a wasted visit.
+ * 2. Blocks. A group's block is taken under h->lock (the fault path's lock,
+ *    like KVM's mmu_lock) and published in index[g]; the fast path reads the
+ *    index without the lock. C gives a block back in three steps: (a) under
+ *    the lock, unlink it (index[g] = 0) if it looks clean; (b) sync_writers:
+ *    every writer that could have read the old index has left its section;
+ *    (c) under the lock, look again: a clean block goes to the free list;
+ *    bits that a late writer put there (it read the index before (a)) are
+ *    moved back: the block is linked again if the group still has none,
+ *    else OR-ed into the group's new block, and the summaries above them set
+ *    again as a writer would. So a bit is always either in the block the
+ *    index names or in one waiting for (c), and a block is reused only after
+ *    (b), when no writer can still hold it. A writer that finds index[g] = 0
+ *    takes the lock and a block; the summaries are then argued as in 1 (C's
+ *    index load follows its take of the level-0 bit, so a writer that C did
+ *    not see sets that bit after the take).
+ * 3. Contents. With guest memory the writer's store precedes its leaf RMW,
+ *    which precedes C's take of the bit (xchg / fetch_and, or (c)'s xchg of
+ *    a late block, then the RMW into the new block): C reads the page after
+ *    taking the bit and sees the store.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "log_hier.h"
+
+#define HUGE_BYTES (2ull << 20)
+
+/* Reserve address space; nothing commits until written. 2 MiB aligned with
+ * MADV_HUGEPAGE past 2 MiB, so a walk over a large level takes few TLB
+ * misses; a touched 2 MiB region may then commit whole. */
+static void *lazy_map(uint64_t bytes, uint64_t *mapped)
+{
+	uint64_t len = bytes < HUGE_BYTES ? bytes : bytes + HUGE_BYTES;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), *a;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	if (len == bytes) {
+		*mapped = bytes;
+		return p;
+	}
+	a = (char *)(((uintptr_t)p + HUGE_BYTES - 1) & ~(uintptr_t)(HUGE_BYTES - 1));
+	if (a > p)
+		munmap(p, (size_t)(a - p));
+	if (a + bytes < p + len)
+		munmap(a + bytes, (size_t)(p + len - (a + bytes)));
+#ifdef MADV_HUGEPAGE
+	madvise(a, bytes, MADV_HUGEPAGE);
+#endif
+	*mapped = bytes;
+	return a;
+}
+
+static void lock(struct kd_hier *h)
+{
+	unsigned t = __atomic_fetch_add(&h->lock[0], 1, __ATOMIC_RELAXED);
+	while (__atomic_load_n(&h->lock[1], __ATOMIC_ACQUIRE) != t)
+#if defined(__x86_64__) || defined(__i386__)
+		__builtin_ia32_pause();
+#else
+		;
+#endif
+}
+
+static void unlock(struct kd_hier *h)
+{
+	__atomic_store_n(&h->lock[1], h->lock[1] + 1, __ATOMIC_RELEASE);
+}
+
+static inline uint64_t ones_in(uint64_t word, uint64_t lo, uint64_t hi)
+{
+	/* bits of `word` (indices word*64 ..) inside [lo, hi) */
+	uint64_t b0 = word * 64, m = ~0ull;
+	if (lo > b0)
+		m = lo - b0 >= 64 ? 0 : m << (lo - b0);
+	if (hi < b0 + 64)
+		m &= hi <= b0 ? 0 : ~0ull >> (64 - (hi - b0));
+	return m;
+}
+
+static inline uint64_t *block_words(const struct kd_hier *h, uint32_t b)
+{
+	return &h->pool[(uint64_t)(b - 1) * KD_HIER_BLOCK_WORDS];
+}
+
+int kd_hier_init(struct kd_hier *h, uint64_t npages, bool initially_set,
+		 void (*sync_writers)(void *), void *sync_ctx)
+{
+	uint64_t n;
+	unsigned m = 0;
+
+	memset(h, 0, sizeof(*h));
+	if (!npages || npages > KD_MAX_SLOT_PAGES || !sync_writers)
+		return -EINVAL;
+	h->npages = npages;
+	h->nwords = (npages + 63) / 64;
+	h->nchunks = (npages + KD_CHUNK_PAGES - 1) / KD_CHUNK_PAGES;
+	h->ngroups = (npages + KD_HIER_GROUP_PAGES - 1) / KD_HIER_GROUP_PAGES;
+	h->sync_writers = sync_writers;
+	h->sync_ctx = sync_ctx;
+	n = h->nchunks;
+	do { /* level k: one bit per node of level k - 1 (chunks for k = 0) */
+		h->nlevel_words[h->nlevels] = (n + 63) / 64;
+		h->level[h->nlevels] = lazy_map(h->nlevel_words[h->nlevels] * 8, &h->map_bytes[m]);
+		h->map[m++] = h->level[h->nlevels];
+		if (!h->level[h->nlevels])
+			goto nomem;
+		n = h->nlevel_words[h->nlevels++];
+	} while (n > 1);
+	/* a block per group, plus the ones unlinked and waiting for a sync */
+	h->pool_cap = h->ngroups + KD_HIER_RETIRE_BATCH;
+	h->index = lazy_map(h->ngroups * 4, &h->map_bytes[m]);
+	h->map[m++] = h->index;
+	h->pool = lazy_map(h->pool_cap * KD_HIER_BLOCK_WORDS * 8, &h->map_bytes[m]);
+	h->map[m++] = h->pool;
+	if (!h->index || !h->pool)
+		goto nomem;
+	if (initially_set) {
+		for (uint64_t g = 0; g < h->ngroups; g++) {
+			uint64_t *w = block_words(h, (uint32_t)g + 1), w0 = g * KD_HIER_BLOCK_WORDS;
+			for (unsigned i = 0; i < KD_HIER_BLOCK_WORDS; i++)
+				w[i] = ones_in(w0 + i, 0, npages);
+			h->index[g] = (uint32_t)g + 1;
+		}
+		h->pool_top = h->blocks_live = h->ngroups;
+		n = h->nchunks;
+		for (unsigned k = 0; k < h->nlevels; k++) {
+			for (uint64_t i = 0; i < h->nlevel_words[k]; i++)
+				h->level[k][i] = ones_in(i, 0, n);
+			n = h->nlevel_words[k];
+		}
+	}
+	return 0;
+nomem:
+	kd_hier_destroy(h);
+	return -ENOMEM;
+}
+
+void kd_hier_destroy(struct kd_hier *h)
+{
+	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 2; i++)
+		if (h->map[i])
+			munmap(h->map[i], h->map_bytes[i]);
+	memset(h, 0, sizeof(*h));
+}
+
+void kd_hier_mark_summaries(struct kd_hier *h, uint64_t rel)
+{
+	uint64_t node = rel / KD_CHUNK_PAGES;
+
+	for (unsigned k = 0; k < h->nlevels; k++, node /= 64) {
+		uint64_t *w = &h->level[k][node / 64], bit = 1ull << (node % 64);
+		if (__atomic_load_n(w, __ATOMIC_SEQ_CST) & bit)
+			return; /* see 1. at the top */
+		if (__atomic_fetch_or(w, bit, __ATOMIC_SEQ_CST) & bit)
+			return;
+	}
+}
+
+/* Under h->lock: a zeroed block (free list first, else the pool's next). */
+static uint32_t block_take(struct kd_hier *h)
+{
+	uint32_t b = h->free_head;
+
+	if (b) {
+		uint64_t *w = block_words(h, b);
+		h->free_head = (uint32_t)w[0];
+		w[0] = 0;
+	} else {
+		/* cannot run out: pool_cap covers every group plus a batch of
+		 * unlinked blocks, and a group links at most one block */
+		b = (uint32_t)++h->pool_top;
+	}
+	h->blocks_live++;
+	return b;
+}
+
+/* Under h->lock: give back a block whose words are all zero. */
+static void block_free(struct kd_hier *h, uint32_t b)
+{
+	block_words(h, b)[0] = h->free_head;
+	h->free_head = b;
+	h->blocks_live--;
+}
+
+bool kd_hier_mark_slow(struct kd_hier *h, uint64_t rel)
+{
+	uint32_t *slot = &h->index[rel / KD_HIER_GROUP_PAGES], b;
+	uint64_t bit = 1ull << (rel & 63);
+
+	lock(h);
+	b = __atomic_load_n(slot, __ATOMIC_RELAXED);
+	if (!b) {
+		b = block_take(h);
+		__atomic_store_n(slot, b, __ATOMIC_SEQ_CST);
+	}
+	unlock(h);
+	if (__atomic_fetch_or(kd_hier_leaf(h, b, rel), bit, __ATOMIC_SEQ_CST) & bit)
+		return false;
+	kd_hier_mark_summaries(h, rel);
+	return true;
+}
+
+static bool block_clean(const struct kd_hier *h, uint32_t b)
+{
+	const uint64_t *w = block_words(h, b);
+	uint64_t acc = 0;
+
+	for (unsigned i = 0; i < KD_HIER_BLOCK_WORDS; i++)
+		acc |= __atomic_load_n(&w[i], __ATOMIC_SEQ_CST);
+	return !acc;
+}
+
+/* (c) of 2. for a block with bits a late writer left: move them to where the
+ * index points and set their summaries again. Under h->lock. */
+static void block_restore(struct kd_hier *h, uint32_t g, uint32_t b)
+{
+	uint32_t *slot = &h->index[g], cur = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
+	uint64_t *w = block_words(h, b), *to;
+
+	if (!cur)
+		__atomic_store_n(slot, b, __ATOMIC_SEQ_CST);
+	to = cur ? block_words(h, cur) : NULL;
+	for (unsigned ch = 0; ch < KD_HIER_GROUP_CHUNKS; ch++) {
+		uint64_t any = 0;
+		for (unsigned i = ch * KD_HIER_CHUNK_WORDS; i < (ch + 1) * KD_HIER_CHUNK_WORDS; i++) {
+			uint64_t bits = to ? __atomic_exchange_n(&w[i], 0, __ATOMIC_SEQ_CST)
+					   : __atomic_load_n(&w[i], __ATOMIC_SEQ_CST);
+			if (bits && to)
+				__atomic_fetch_or(&to[i], bits, __ATOMIC_SEQ_CST);
+			any |= bits;
+		}
+		if (any) /* as a writer would: bottom up (1. at the top) */
+			kd_hier_mark_summaries(h, ((uint64_t)g * KD_HIER_GROUP_CHUNKS + ch) *
+							  KD_CHUNK_PAGES);
+	}
+	if (to)
+		block_free(h, b);
+}
+
+/* Give back the blocks collected in h->retired (steps (a)-(c) of 2.). */
+static void retire_flush(struct kd_hier *h, struct kd_hier_counts *c)
+{
+	uint32_t kept = 0;
+
+	if (!h->nretired)
+		return;
+	lock(h); /* (a) */
+	for (uint32_t i = 0; i < h->nretired; i++) {
+		struct kd_hier_retired r = h->retired[i];
+		if (__atomic_load_n(&h->index[r.group], __ATOMIC_SEQ_CST) != r.block ||
+		    !block_clean(h, r.block))
+			continue;
+		__atomic_store_n(&h->index[r.group], 0, __ATOMIC_SEQ_CST);
+		h->retired[kept++] = r;
+	}
+	unlock(h);
+	h->nretired = 0;
+	if (!kept)
+		return;
+	h->sync_writers(h->sync_ctx); /* (b) */
+	lock(h); /* (c) */
+	for (uint32_t i = 0; i < kept; i++) {
+		struct kd_hier_retired r = h->retired[i];
+		if (block_clean(h, r.block)) {
+			block_free(h, r.block);
+			c->blocks_freed++;
+		} else {
+			block_restore(h, r.group, r.block);
+		}
+	}
+	unlock(h);
+}
+
+static void retire_candidate(struct kd_hier *h, uint64_t g, uint32_t b, struct kd_hier_counts *c)
+{
+	if (h->nretired && h->retired[h->nretired - 1].group == g)
+		return;
+	if (h->nretired == KD_HIER_RETIRE_BATCH)
+		retire_flush(h, c);
+	h->retired[h->nretired++] = (struct kd_hier_retired){(uint32_t)g, b};
+}
+
+/* ---- the walk shared by get, copy and collect ---- */
+
+enum walk_mode { WALK_COLLECT, WALK_GET, WALK_COPY };
+
+struct walk {
+	struct kd_hier *h;
+	enum walk_mode mode;
+	uint64_t first, end;   /* pages */
+	uint64_t wfirst, wend; /* leaf words */
+	uint64_t c0, c1;       /* chunks */
+	uint64_t *out;         /* gfns (collect) or bitmap (get, copy) */
+	uint64_t n, cap, base_gfn, resume;
+	bool bounded, stopped;
+	struct kd_hier_counts *c;
+};
+
+/* Chunk `chunk`, whose level-0 bit (bit j of *l0) was taken (not in copy
+ * mode): take its leaf words in range; give the bit back if bits are left. */
+static void visit_chunk(struct walk *k, uint64_t chunk, uint64_t *l0, unsigned j)
+{
+	struct kd_hier *h = k->h;
+	uint64_t g = chunk / KD_HIER_GROUP_CHUNKS, w0 = chunk * KD_HIER_CHUNK_WORDS;
+	uint64_t w1 = w0 + KD_HIER_CHUNK_WORDS, p1 = (chunk + 1) * KD_CHUNK_PAGES;
+	uint32_t b = __atomic_load_n(&h->index[g], __ATOMIC_SEQ_CST);
+	const bool take = k->mode != WALK_COPY;
+	bool partial;
+	uint64_t *leaf;
+	unsigned nz = 0;
+
+	if (!b)
+		return; /* a late writer's bit: restored with its block, see 2. */
+	if (p1 > h->npages)
+		p1 = h->npages;
+	partial = chunk * KD_CHUNK_PAGES < k->first || p1 > k->end;
+	if (w0 < k->wfirst)
+		w0 = k->wfirst;
+	if (w1 > k->wend)
+		w1 = k->wend;
+	leaf = block_words(h, b) + (chunk % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS -
+	       chunk * KD_HIER_CHUNK_WORDS;
+	for (uint64_t w = w0; w < w1; w++)
+		nz |= (unsigned)((__atomic_load_n(&leaf[w], __ATOMIC_RELAXED) &
+				  ones_in(w, k->first, k->end)) != 0)
+		      << (w - w0);
+	k->c->words_scanned += w1 - w0;
+	while (nz) {
+		uint64_t w = w0 + (uint64_t)__builtin_ctz(nz), m = ones_in(w, k->first, k->end), bits;
+		nz &= nz - 1;
+		if (k->mode == WALK_COPY) {
+			k->out[w] = __atomic_load_n(&leaf[w], __ATOMIC_RELAXED);
+			continue;
+		}
+		if (k->bounded && k->cap - k->n < 64) {
+			k->resume = w * 64 > k->first ? w * 64 : k->first;
+			k->stopped = true;
+			break;
+		}
+		bits = m == ~0ull ? __atomic_exchange_n(&leaf[w], 0, __ATOMIC_SEQ_CST)
+				  : __atomic_fetch_and(&leaf[w], ~m, __ATOMIC_SEQ_CST) & m;
+		k->c->reprotected += (uint64_t)__builtin_popcountll(bits);
+		if (k->mode == WALK_GET) {
+			k->out[w] = bits;
+			continue;
+		}
+		for (uint64_t gfn0 = k->base_gfn + w * 64; bits; bits &= bits - 1)
+			k->out[k->n++] = gfn0 + (uint64_t)__builtin_ctzll(bits);
+	}
+	if (!take)
+		return;
+	if (partial || k->stopped) {
+		uint64_t acc = 0;
+		for (unsigned i = 0; i < KD_HIER_CHUNK_WORDS; i++)
+			acc |= __atomic_load_n(&leaf[chunk * KD_HIER_CHUNK_WORDS + i], __ATOMIC_SEQ_CST);
+		if (acc)
+			__atomic_fetch_or(l0, 1ull << j, __ATOMIC_SEQ_CST);
+		else
+			retire_candidate(h, g, b, k->c);
+	} else {
+		retire_candidate(h, g, b, k->c);
+	}
+}
+
+/* Word wi of level lvl: take its bits in range, visit the children, give
+ * back the bits of children left non-empty (1. at the top). */
+static void visit_word(struct walk *k, unsigned lvl, uint64_t wi)
+{
+	struct kd_hier *h = k->h;
+	uint64_t *word = &h->level[lvl][wi], shift = 6ull * lvl;
+	uint64_t lo = k->c0 >> shift, hi = ((k->c1 - 1) >> shift) + 1;
+	uint64_t bits = __atomic_load_n(word, __ATOMIC_SEQ_CST) & ones_in(wi, lo, hi);
+	const bool take = k->mode != WALK_COPY;
+
+	k->c->summary_words_scanned++;
+	if (!bits)
+		return;
+	if (take)
+		bits &= __atomic_fetch_and(word, ~bits, __ATOMIC_SEQ_CST);
+	while (bits) {
+		unsigned j = (unsigned)__builtin_ctzll(bits);
+		uint64_t child = wi * 64 + j;
+		if (k->stopped) { /* give back what was not visited */
+			__atomic_fetch_or(word, bits, __ATOMIC_SEQ_CST);
+			return;
+		}
+		bits &= bits - 1;
+		if (lvl == 0) {
+			visit_chunk(k, child, word, j);
+		} else {
+			visit_word(k, lvl - 1, child);
+			if (take && __atomic_load_n(&h->level[lvl - 1][child], __ATOMIC_SEQ_CST))
+				__atomic_fetch_or(word, 1ull << j, __ATOMIC_SEQ_CST);
+		}
+	}
+}
+
+static void walk_run(struct walk *k)
+{
+	k->wfirst = k->first / 64;
+	k->wend = (k->end + 63) / 64;
+	k->c0 = k->first / KD_CHUNK_PAGES;
+	k->c1 = (k->end + KD_CHUNK_PAGES - 1) / KD_CHUNK_PAGES;
+	k->resume = k->end;
+	if (k->first < k->end)
+		visit_word(k, k->h->nlevels - 1, 0);
+	retire_flush(k->h, k->c);
+}
+
+void kd_hier_get(struct kd_hier *h, uint64_t *bitmap, bool copy_only, struct kd_hier_counts *c)
+{
+	struct walk k = {.h = h, .mode = copy_only ? WALK_COPY : WALK_GET, .first = 0,
+			 .end = h->npages, .out = bitmap, .c = c};
+
+	memset(bitmap, 0, h->nwords * 8); /* KVM's layout: every word is written */
+	walk_run(&k);
+}
+
+uint64_t kd_hier_collect(struct kd_hier *h, uint64_t first, uint64_t end, uint64_t base_gfn,
+			 uint64_t *gfns, uint64_t cap, uint64_t *resume, struct kd_hier_counts *c)
+{
+	struct walk k = {.h = h, .mode = WALK_COLLECT, .first = first, .end = end, .out = gfns,
+			 .cap = cap, .base_gfn = base_gfn, .bounded = cap < end - first, .c = c};
+
+	walk_run(&k);
+	*resume = k.resume;
+	return k.n;
+}
+
+/* Level-0 bit of a chunk left with bits after a CLEAR: set again; a chunk
+ * left clean may free its block. */
+static void clear_done_chunk(struct kd_hier *h, uint64_t chunk, uint32_t b,
+			     struct kd_hier_counts *c)
+{
+	const uint64_t *leaf = block_words(h, b) + (chunk % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS;
+	uint64_t acc = 0;
+
+	for (unsigned i = 0; i < KD_HIER_CHUNK_WORDS; i++)
+		acc |= __atomic_load_n(&leaf[i], __ATOMIC_SEQ_CST);
+	if (acc) /* not inside a walk: the levels above may be clear too */
+		kd_hier_mark_summaries(h, chunk * KD_CHUNK_PAGES);
+	else
+		retire_candidate(h, chunk / KD_HIER_GROUP_CHUNKS, b, c);
+}
+
+void kd_hier_clear(struct kd_hier *h, uint64_t first, uint64_t num, const uint64_t *mask,
+		   struct kd_hier_counts *c)
+{
+	uint64_t nw = (num + 63) / 64, chunk = UINT64_MAX;
+	uint32_t b = 0;
+
+	for (uint64_t i = 0; i < nw; i++) {
+		uint64_t w = first / 64 + i, m = mask[i] & ones_in(w, first, first + num);
+		if (!m)
+			continue;
+		if (w / KD_HIER_CHUNK_WORDS != chunk) {
+			if (b)
+				clear_done_chunk(h, chunk, b, c);
+			chunk = w / KD_HIER_CHUNK_WORDS;
+			/* no block: nothing of the chunk is dirty (a late
+			 * writer's bits are restored with their block) */
+			b = __atomic_load_n(&h->index[chunk / KD_HIER_GROUP_CHUNKS], __ATOMIC_SEQ_CST);
+			if (b) /* clear first, as a collect's take (1. at the top) */
+				__atomic_fetch_and(&h->level[0][chunk / 64], ~(1ull << (chunk % 64)),
+						   __ATOMIC_SEQ_CST);
+		}
+		if (!b)
+			continue;
+		m &= __atomic_fetch_and(kd_hier_leaf(h, b, w * 64), ~m, __ATOMIC_SEQ_CST);
+		c->reprotected += (uint64_t)__builtin_popcountll(m);
+	}
+	if (b)
+		clear_done_chunk(h, chunk, b, c);
+	c->words_scanned += nw;
+	retire_flush(h, c);
+}
+
+uint64_t kd_hier_resident_bytes(const struct kd_hier *h)
+{
+	long psz = sysconf(_SC_PAGESIZE);
+	unsigned char vec[4096];
+	uint64_t total = 0;
+
+	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 2; i++) {
+		uint64_t pages = (h->map_bytes[i] + (uint64_t)psz - 1) / (uint64_t)psz;
+		for (uint64_t p = 0; h->map[i] && p < pages; p += sizeof(vec)) {
+			uint64_t n = pages - p < sizeof(vec) ? pages - p : sizeof(vec);
+			if (mincore((char *)h->map[i] + p * (uint64_t)psz, n * (uint64_t)psz, vec))
+				continue;
+			for (uint64_t q = 0; q < n; q++)
+				total += (vec[q] & 1) ? (uint64_t)psz : 0;
+		}
+	}
+	return total;
+}
+
+uint64_t kd_hier_blocks_live(const struct kd_hier *h)
+{
+	return h->blocks_live;
+}
