@@ -55,6 +55,9 @@ class BuildExtAndLibrary(build_ext):
         cc.link_shared_object(objs, "libkvmdirty.so", output_dir=libdir,
                               extra_postargs=["-pthread"]
                               + b.sanitize_flags())
+        archive = os.path.join(libdir, "libkvmdirty.a")
+        if os.path.exists(archive):  # ar would add to (and keep) old members
+            os.remove(archive)
         cc.create_static_lib(objs, "kvmdirty", output_dir=libdir)
         shutil.copy(os.path.join(ROOT, "csrc", "include", "kvmdirty.h"), incdir)
         with open(os.path.join(libdir, "ldflags.txt"), "w") as f:

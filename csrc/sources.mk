@@ -1,20 +1,39 @@
 # The one source list of libkvmdirty, read by csrc/Makefile and by
 # pykvmdirty/_build.py (the cffi extension and the shared library are built
-# from exactly these files).
+# from exactly these files). Layers, each including only those below it:
+#   core/     data structures, locks, clock, counters, slot table, bitmaps
+#   emu/      the emulated backends (flat, two-level, byte map, ring) and
+#             their write-protect / PML write path
+#   real/     the real-kernel backends: kvm (/dev/kvm) and uffd
+#   vm/       the VM API (kvmdirty.h): argument checks, then vm->ops
+#   migrate/  send path, wire format, workloads; uses the public API only
 KD_SOURCES = \
-	bitmap.c \
-	memslot.c \
-	vm.c \
-	write.c \
-	log_flat.c \
-	log_twolevel.c \
-	log_bytemap.c \
-	dirty_ring.c \
-	writers.c \
-	pending.c \
-	uffd_backend.c \
-	kvm_backend.c \
-	kvm_guest.c \
-	sendpath.c \
-	wire.c \
-	workload.c
+	core/lock.c \
+	core/counters.c \
+	core/slots.c \
+	core/region_check.c \
+	core/bitmap.c \
+	core/pending.c \
+	core/ring_collect.c \
+	emu/common.c \
+	emu/wp_write.c \
+	emu/flat.c \
+	emu/twolevel.c \
+	emu/bytemap.c \
+	emu/dirty_ring.c \
+	real/kvm/kvm_ops.c \
+	real/kvm/kvm_backend.c \
+	real/kvm/kvm_guest.c \
+	real/uffd/uffd_ops.c \
+	real/uffd/uffd_backend.c \
+	vm/backends.c \
+	vm/vm.c \
+	vm/memslot.c \
+	vm/log.c \
+	vm/ring.c \
+	vm/write.c \
+	vm/stats.c \
+	migrate/writers.c \
+	migrate/sendpath.c \
+	migrate/wire.c \
+	migrate/workload.c

@@ -20,7 +20,13 @@ def read_sources(path=os.path.join(CSRC, "sources.mk")):
     """KD_SOURCES from csrc/sources.mk: the one list the Makefile uses too."""
     text = open(path).read().replace("\\\n", " ")
     m = re.search(r"^KD_SOURCES\s*=\s*(.*)$", text, flags=re.M)
-    return m.group(1).split()
+    sources = m.group(1).split()
+    names = [os.path.basename(s) for s in sources]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:  # an archive keeps one member per name: the other would vanish
+        raise SystemExit("csrc/sources.mk: file names must be unique across folders: %s"
+                         % ", ".join(dup))
+    return sources
 
 
 SOURCES = read_sources()

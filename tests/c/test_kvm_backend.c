@@ -1,11 +1,11 @@
 /*
  * test_kvm_backend.c - standalone test and micro-benchmark of the real
- * /dev/kvm backend (csrc/kvm_backend.c + csrc/kvm_guest.c). Timings are
+ * /dev/kvm backend (csrc/real/kvm/). Timings are
  * printed, never asserted.
  *
  * Build and run from the repository root:
- *   cc -O2 -g -std=gnu11 -pthread -Wall -Wextra -Icsrc/include -Icsrc \
- *       tests/c/test_kvm_backend.c csrc/kvm_backend.c csrc/kvm_guest.c \
+ *   cc -O2 -g -std=gnu11 -pthread -Wall -Wextra -Icsrc/include -Icsrc/real/kvm \
+ *       tests/c/test_kvm_backend.c csrc/real/kvm/kvm_backend.c csrc/real/kvm/kvm_guest.c \
  *       -o /tmp/test_kvm_backend && /tmp/test_kvm_backend [--no-bench]
  *
  * Covers: classic GET on a 1 GiB + 3 page slot and a slot above 64 GiB with

@@ -1,12 +1,12 @@
 /*
  * test_uffd_backend.c - standalone test and micro-benchmark of
- * csrc/uffd_backend.c (real dirty tracking: userfaultfd async/sync,
+ * csrc/real/uffd/ (real dirty tracking: userfaultfd async/sync,
  * mprotect). Not part of the pass/fail timing policy: timings are printed,
  * never asserted.
  *
  * Build and run from the repository root:
- *   gcc -O2 -g -std=gnu11 -pthread -Wall -Wextra -Icsrc \
- *       tests/c/test_uffd_backend.c csrc/uffd_backend.c -o /tmp/test_uffd_backend \
+ *   gcc -O2 -g -std=gnu11 -pthread -Wall -Wextra -Icsrc/real/uffd \
+ *       tests/c/test_uffd_backend.c csrc/real/uffd/uffd_backend.c -o /tmp/test_uffd_backend \
  *     && /tmp/test_uffd_backend [async] [sync] [sync-prefault] [mprotect]
  *
  * Per mode: error cases; a 64 MiB range stored into at random pages by two

@@ -10,7 +10,7 @@
 #define _GNU_SOURCE
 #include <sys/mman.h>
 
-#include "internal.h"
+#include "core/internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

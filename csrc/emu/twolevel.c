@@ -1,5 +1,5 @@
 /*
- * log_twolevel.c - the two-level dirty log proposed on kvm@ in 2010: the flat
+ * emu/twolevel.c - the two-level dirty log proposed on kvm@ in 2010: the flat
  * leaf bitmap plus one summary bit per 2 MiB chunk (512 pages, 8 leaf words,
  * one cache line). A scan reads the summary and only the leaves of chunks
  * whose bit is set, so its cost follows the dirty chunks, not the guest size.
@@ -19,7 +19,7 @@
  * re-set step keeps the invariant when a collect or CLEAR takes only part of
  * a chunk.
  */
-#include "internal.h"
+#include "emu/emu.h"
 
 #define PREFETCH_CHUNKS 64 /* one summary word's worth of chunks in flight */
 
@@ -75,7 +75,7 @@ static void summary_reset_if_needed(struct kd_slot *s, uint64_t c)
 		__atomic_fetch_or(&s->summary[c / 64], 1ull << (c % 64), __ATOMIC_SEQ_CST);
 }
 
-int kd_twolevel_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap)
+static int twolevel_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap)
 {
 	uint64_t nchunks = (s->npages + KD_CHUNK_PAGES - 1) / KD_CHUNK_PAGES;
 	uint64_t chunks[PREFETCH_CHUNKS], reprotected = 0;
@@ -111,8 +111,8 @@ int kd_twolevel_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap)
 	return 0;
 }
 
-void kd_twolevel_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t num,
-		       const uint64_t *mask)
+static int twolevel_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint32_t num,
+			  const uint64_t *mask)
 {
 	uint64_t reprotected = 0, nw = (num + 63) / 64, last_chunk = UINT64_MAX;
 
@@ -135,6 +135,7 @@ void kd_twolevel_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t nu
 		summary_reset_if_needed(s, last_chunk);
 	vm->user.words_scanned += nw;
 	kd_count_reprotect(vm, reprotected, false);
+	return 0;
 }
 
 /*
@@ -145,8 +146,8 @@ void kd_twolevel_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t nu
  * racing with the take sets the summary bit itself, see above); a partial
  * chunk, or chunks left over when `gfns` fills, get the re-set check.
  */
-uint64_t kd_twolevel_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
-			     uint64_t *gfns, uint64_t cap, uint64_t *resume)
+static int twolevel_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
+			    uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume)
 {
 	uint64_t c0 = first / KD_CHUNK_PAGES, c1 = (end + KD_CHUNK_PAGES - 1) / KD_CHUNK_PAGES;
 	uint64_t sw = c0 / 64, swend = (c1 + 63) / 64, scanned = 0;
@@ -155,6 +156,7 @@ uint64_t kd_twolevel_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint6
 	const bool bounded = cap < end - first;
 
 	*resume = end;
+	*count = 0;
 	if (first == end)
 		return 0;
 	while (sw < swend) {
@@ -217,5 +219,34 @@ done:
 	vm->user.summary_words_scanned += (sw < swend ? sw + 1 : swend) - c0 / 64;
 	vm->user.words_scanned += scanned;
 	kd_count_reprotect(vm, reprotected, false);
-	return n;
+	*count = n;
+	return 0;
 }
+
+static int twolevel_log_alloc(kd_vm *vm, struct kd_slot *s)
+{
+	uint64_t nchunks = (s->npages + KD_CHUNK_PAGES - 1) / KD_CHUNK_PAGES;
+	int r = kd_flat_log_alloc(vm, s);
+
+	if (r)
+		return r;
+	s->nsummary = (nchunks + 63) / 64;
+	s->summary = kd_bitmap_alloc(s->nsummary, vm->manual_protect & KD_INITIALLY_SET, nchunks);
+	if (!s->summary) {
+		kd_slot_log_free(vm, s);
+		return -ENOMEM;
+	}
+	kd_emu_log_enabled(vm, s);
+	return 0;
+}
+
+const struct kd_backend_ops kd_twolevel_ops = {
+	.name = "twolevel",
+	.has_bitmap = true,
+	.check_config = kd_emu_check_config,
+	KD_EMU_COMMON_OPS,
+	.log_alloc = twolevel_log_alloc,
+	.get_dirty_log = twolevel_get,
+	.clear_dirty_log = twolevel_clear,
+	.collect = twolevel_collect,
+};

@@ -1,5 +1,5 @@
 /*
- * log_flat.c - the flat dirty log: one bit per page, KVM_GET_DIRTY_LOG and
+ * emu/flat.c - the flat dirty log: one bit per page, KVM_GET_DIRTY_LOG and
  * KVM_CLEAR_DIRTY_LOG semantics (virt/kvm/kvm_main.c).
  *
  * Classic GET: for each word with bits set, mask = xchg(word, 0), protect
@@ -10,7 +10,42 @@
  * stores to clean words), takes the range's bits and emits gfns directly.
  * All callers hold vm->lock; writers race with every step here.
  */
-#include "internal.h"
+#include "emu/emu.h"
+
+int kd_flat_log_alloc(kd_vm *vm, struct kd_slot *s)
+{
+	bool ones = vm->manual_protect & KD_INITIALLY_SET;
+
+	s->dirty = kd_bitmap_alloc(s->nwords, ones, s->npages);
+	if (!s->dirty)
+		return -ENOMEM;
+	if (vm->cfg.tracking == KD_TRACK_WRITE_PROTECT)
+		s->writable = s->dirty; /* see struct kd_slot */
+	else
+		s->writable = kd_bitmap_alloc(s->nwords, ones, s->npages);
+	if (!s->writable) {
+		kd_slot_log_free(vm, s);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* With INITIALLY_SET, x86 KVM leaves 4K sptes writable until a CLEAR
+ * reaches them; otherwise enabling the log protects every page. */
+void kd_emu_log_enabled(kd_vm *vm, struct kd_slot *s)
+{
+	if (!(vm->manual_protect & KD_INITIALLY_SET))
+		kd_count_reprotect(vm, s->npages, true);
+}
+
+static int flat_log_alloc(kd_vm *vm, struct kd_slot *s)
+{
+	int r = kd_flat_log_alloc(vm, s);
+
+	if (!r)
+		kd_emu_log_enabled(vm, s);
+	return r;
+}
 
 int kd_flat_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap)
 {
@@ -35,8 +70,8 @@ int kd_flat_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap)
 	return 0;
 }
 
-void kd_flat_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t num,
-		   const uint64_t *mask)
+int kd_flat_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint32_t num,
+		  const uint64_t *mask)
 {
 	uint64_t reprotected = 0, nw = (num + 63) / 64;
 
@@ -51,10 +86,11 @@ void kd_flat_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t num,
 	}
 	vm->user.words_scanned += nw;
 	kd_count_reprotect(vm, reprotected, false);
+	return 0;
 }
 
-uint64_t kd_flat_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
-			 uint64_t *gfns, uint64_t cap, uint64_t *resume)
+static int flat_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
+			uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume)
 {
 	uint64_t n = 0, reprotected = 0, w = first / 64, wend = (end + 63) / 64;
 	const bool bounded = cap < end - first;
@@ -75,5 +111,17 @@ uint64_t kd_flat_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t 
 	}
 	vm->user.words_scanned += wend - first / 64;
 	kd_count_reprotect(vm, reprotected, false);
-	return n;
+	*count = n;
+	return 0;
 }
+
+const struct kd_backend_ops kd_flat_ops = {
+	.name = "flat",
+	.has_bitmap = true,
+	.check_config = kd_emu_check_config,
+	KD_EMU_COMMON_OPS,
+	.log_alloc = flat_log_alloc,
+	.get_dirty_log = kd_flat_get,
+	.clear_dirty_log = kd_flat_clear,
+	.collect = flat_collect,
+};

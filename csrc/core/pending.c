@@ -9,7 +9,7 @@
  * Invariant: a set bit in pending[w] implies summary bit w / 64 is set (a
  * set summary bit over empty words is allowed and cleared when seen).
  */
-#include "internal.h"
+#include "core/internal.h"
 
 int kd_pending_alloc(struct kd_slot *s)
 {

@@ -1,5 +1,5 @@
 /*
- * dirty_ring.c - per-vCPU dirty rings with KVM's semantics
+ * emu/dirty_ring.c - the emulated backend of per-vCPU dirty rings with KVM's semantics
  * (virt/kvm/dirty_ring.c, Documentation/virt/kvm/api.rst, KVM_CAP_DIRTY_LOG_RING_ACQ_REL).
  *
  * Each entry cycles through one state machine:
@@ -20,9 +20,9 @@
  */
 #include <stdlib.h>
 
-#include "internal.h"
+#include "emu/emu.h"
 
-int kd_ring_check_size(uint32_t entries, bool pml)
+static int ring_check_size(uint32_t entries, bool pml)
 {
 	/* KVM checks the size in bytes: power of two, >= the reserved entries
 	 * and >= one page (EINVAL), <= 65536 entries (E2BIG). */
@@ -38,7 +38,7 @@ int kd_ring_check_size(uint32_t entries, bool pml)
 	return 0;
 }
 
-int kd_ring_init(struct kd_ring *r, uint32_t entries, bool pml)
+static int ring_init(struct kd_ring *r, uint32_t entries, bool pml)
 {
 	memset(r, 0, sizeof(*r));
 	r->entries = kd_pages_alloc((uint64_t)entries * sizeof(*r->entries), true);
@@ -49,7 +49,7 @@ int kd_ring_init(struct kd_ring *r, uint32_t entries, bool pml)
 	return 0;
 }
 
-void kd_ring_destroy(struct kd_ring *r)
+static void ring_destroy(struct kd_ring *r)
 {
 	kd_pages_free(r->entries, (uint64_t)r->size * sizeof(*r->entries));
 	memset(r, 0, sizeof(*r));
@@ -72,7 +72,7 @@ void kd_ring_push(struct kd_ring *r, uint32_t slot, uint64_t offset)
 	__atomic_store_n(&r->dirty_index, r->dirty_index + 1, __ATOMIC_RELEASE);
 }
 
-uint64_t kd_ring_harvest_one(struct kd_ring *r, struct kd_dirty_gfn *out, uint64_t cap)
+static uint64_t ring_harvest_one(struct kd_ring *r, struct kd_dirty_gfn *out, uint64_t cap)
 {
 	uint64_t n = 0;
 
@@ -103,7 +103,7 @@ static uint64_t reprotect_mask(kd_vm *vm, uint32_t id, uint64_t offset, uint64_t
 	return kd_reprotect_word(s, w, mask);
 }
 
-uint64_t kd_ring_reset_one(kd_vm *vm, struct kd_ring *r)
+static uint64_t ring_reset_one(kd_vm *vm, struct kd_ring *r)
 {
 	uint64_t count = 0, reprotected = 0, mask = 0, base = 0;
 	uint32_t cur_slot = UINT32_MAX, idx = r->reset_index;
@@ -138,52 +138,111 @@ uint64_t kd_ring_reset_one(kd_vm *vm, struct kd_ring *r)
 	return count;
 }
 
-/* Harvest every vCPU's ring into the slots' pending bitmaps, then reset. */
-static int harvest_all(kd_vm *vm)
-{
-	struct kd_dirty_gfn buf[256];
-	uint64_t reset = 0;
+/* ---- the ops ---- */
 
+static int ring_check_config(const struct kd_vm_config *c)
+{
+	if (c->tracking >= KD_TRACK_UFFD_SYNC)
+		return -EINVAL;
+	return ring_check_size(c->ring_entries, c->tracking == KD_TRACK_PML);
+}
+
+static int ring_vm_init(kd_vm *vm)
+{
 	for (uint32_t i = 0; i < vm->cfg.nvcpus; i++) {
-		for (;;) {
-			uint64_t n = 0;
-			if (vm->kvm) {
-				int r = kd_kvm_ring_harvest(vm->kvm, i, buf, 256, &n);
-				if (r)
-					return r;
-			} else {
-				n = kd_ring_harvest_one(&vm->vcpus[i].ring, buf, 256);
-			}
-			vm->user.ring_harvested += n;
-			for (uint64_t k = 0; k < n; k++) {
-				struct kd_slot *s = kd_slot_by_id(vm, buf[k].slot);
-				if (s && s->pending && buf[k].offset < s->npages)
-					kd_pending_or(s, buf[k].offset / 64,
-						      1ull << (buf[k].offset % 64));
-			}
-			if (n < 256)
-				break;
-		}
-	}
-	if (vm->kvm) {
-		int r = kd_kvm_reset_dirty_rings(vm->kvm, &reset);
+		int r = ring_init(&vm->vcpus[i].ring, vm->cfg.ring_entries,
+				  vm->cfg.tracking == KD_TRACK_PML);
 		if (r)
 			return r;
-	} else {
-		for (uint32_t i = 0; i < vm->cfg.nvcpus; i++)
-			reset += kd_ring_reset_one(vm, &vm->vcpus[i].ring);
 	}
-	vm->user.ring_reset += reset;
 	return 0;
 }
 
-int kd_ring_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
-		    uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume)
+static void ring_vm_destroy(kd_vm *vm)
 {
-	int r = harvest_all(vm);
+	for (uint32_t i = 0; i < vm->cfg.nvcpus; i++)
+		ring_destroy(&vm->vcpus[i].ring);
+}
 
-	if (r)
-		return r;
-	*count = kd_pending_take(vm, s, first, end, gfns, cap, resume);
+/* The ring is the log: a slot keeps its protection state and the pages a
+ * harvest brought in for it. Enabling the log protects every page
+ * (INITIALLY_SET is a bitmap notion). */
+static int ring_log_alloc(kd_vm *vm, struct kd_slot *s)
+{
+	if (kd_pending_alloc(s))
+		return -ENOMEM;
+	s->writable = kd_bitmap_alloc(s->nwords, false, s->npages);
+	if (!s->writable) {
+		kd_slot_log_free(vm, s);
+		return -ENOMEM;
+	}
+	kd_count_reprotect(vm, s->npages, true);
 	return 0;
 }
+
+static int ring_fetch(kd_vm *vm, uint32_t vcpu, struct kd_dirty_gfn *out, uint64_t cap,
+		      uint64_t *count)
+{
+	*count = ring_harvest_one(&vm->vcpus[vcpu].ring, out, cap);
+	return 0;
+}
+
+static int ring_harvest(kd_vm *vm, uint32_t vcpu, struct kd_dirty_gfn *out, uint64_t cap,
+			uint64_t *count)
+{
+	struct kd_vcpu *v = &vm->vcpus[vcpu];
+
+	kd_spin_lock(v->lock); /* kick: drain PML into the ring first */
+	kd_pml_flush(vm, v);
+	kd_spin_unlock(v->lock);
+	return ring_fetch(vm, vcpu, out, cap, count);
+}
+
+static int ring_entries(kd_vm *vm, uint32_t vcpu, struct kd_dirty_gfn **entries,
+			uint32_t *nentries)
+{
+	*entries = vm->vcpus[vcpu].ring.entries;
+	*nentries = vm->vcpus[vcpu].ring.size;
+	return 0;
+}
+
+static int ring_reset(kd_vm *vm, uint64_t *count)
+{
+	uint64_t n = 0;
+
+	for (uint32_t i = 0; i < vm->cfg.nvcpus; i++)
+		n += ring_reset_one(vm, &vm->vcpus[i].ring);
+	*count = n;
+	return 0;
+}
+
+static int ring_usage(kd_vm *vm, uint32_t vcpu, uint32_t *used, uint32_t *soft_limit)
+{
+	struct kd_ring *ring = &vm->vcpus[vcpu].ring;
+
+	*used = __atomic_load_n(&ring->dirty_index, __ATOMIC_ACQUIRE) -
+		__atomic_load_n(&ring->reset_index, __ATOMIC_ACQUIRE);
+	*soft_limit = ring->soft_limit;
+	return 0;
+}
+
+static int ring_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
+			uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume)
+{
+	return kd_ring_collect(vm, s, first, end, gfns, cap, count, resume, ring_fetch);
+}
+
+const struct kd_backend_ops kd_ring_ops = {
+	.name = "ring",
+	.has_ring = true,
+	.check_config = ring_check_config,
+	.init = ring_vm_init,
+	.destroy = ring_vm_destroy,
+	KD_EMU_COMMON_OPS,
+	.log_alloc = ring_log_alloc,
+	.collect = ring_collect,
+	.ring_harvest = ring_harvest,
+	.ring_entries = ring_entries,
+	.ring_reset = ring_reset,
+	.ring_usage = ring_usage,
+};

@@ -1,5 +1,5 @@
 /*
- * writers.c - real pthreads acting as vCPUs: thread i runs vCPU i and writes
+ * migrate/writers.c - real pthreads acting as vCPUs: thread i runs vCPU i and writes
  * its gfn list through kd_write, in small batches like a guest between exits.
  * On a dirty-ring-full exit it waits, as a vCPU in KVM_RUN would, until the
  * collector resets the ring below its soft limit, then resumes at the gfn
@@ -11,7 +11,9 @@
 #include <sched.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include <errno.h>
+
+#include "kvmdirty.h"
 
 #define WRITER_BATCH 32u
 
@@ -72,9 +74,11 @@ static void *writer_main(void *arg)
 KD_API int kd_writers_start(kd_vm *vm, uint32_t nthreads, const uint64_t *const *gfns,
 			    const uint64_t *n, uint64_t loops, uint64_t value, kd_writers **out)
 {
+	struct kd_vm_config cfg;
 	kd_writers *ws;
 
-	if (!vm || !out || !n || !gfns || !nthreads || nthreads > vm->cfg.nvcpus)
+	if (!vm || !out || !n || !gfns || !nthreads || kd_vm_config_get(vm, &cfg) ||
+	    nthreads > cfg.nvcpus)
 		return -EINVAL;
 	for (uint32_t i = 0; i < nthreads; i++)
 		if (!gfns[i] && n[i])

@@ -1,5 +1,8 @@
 /*
- * internal.h - structures shared by the C core's files; not installed.
+ * core/internal.h - the VM's data structures and the core's helpers, shared
+ * by every layer above (emu/, real/, vm/); not installed. The core includes
+ * nothing above itself: backends see each other only through struct
+ * kd_backend_ops (core/backend.h).
  *
  * Ownership and concurrency, in one place:
  *  - vm->lock serialises every "user side" call (memslots, get, clear,
@@ -27,9 +30,7 @@
 #define KD_WRITE_BATCH 256u
 #define KD_CHUNK_WORDS (KD_CHUNK_PAGES / 64u)
 
-/* Real-kernel backends: each header documents its module. */
-#include "kvm_backend.h"
-#include "uffd_backend.h"
+struct kd_backend_ops;
 
 /* One memslot. base_gfn/npages never change while writers run. */
 struct kd_slot {
@@ -113,30 +114,47 @@ struct kd_vm {
 	struct kd_aspace as[KD_ADDRESS_SPACES];
 	struct kd_vcpu *vcpus;
 	struct kd_stats user; /* user-side counters, under lock */
-	struct kd_kvm *kvm;   /* KD_BACKEND_KVM */
-	struct kd_uffd *uffd; /* KD_BACKEND_UFFD */
+	const struct kd_backend_ops *ops; /* the backend (core/backend.h) */
+	void *backend;                    /* its private state (kvm, uffd) */
 	int lock_initialised;
 	/* pthread mutex kept opaque here to avoid pulling pthread.h everywhere */
 	_Alignas(16) unsigned char lock_storage[64];
 };
 
-/* vm.c */
+/* core/lock.c: the VM lock, vCPU ticket locks */
 KD_HIDDEN void kd_vm_lock(kd_vm *vm);
 KD_HIDDEN void kd_vm_unlock(kd_vm *vm);
 KD_HIDDEN void kd_spin_lock(unsigned *lock);
 KD_HIDDEN void kd_spin_unlock(unsigned *lock);
+
+/* core/counters.c */
 /* Count pages write-protected again (or one generation bump with O(1)). */
 KD_HIDDEN void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable);
 
-/* memslot.c */
+/* core/slots.c: the slot table of each address space */
 KD_HIDDEN struct kd_slot *kd_slot_by_id(kd_vm *vm, uint32_t slot);
 KD_HIDDEN struct kd_slot *kd_slot_by_gfn(kd_vm *vm, uint32_t as_id, uint64_t gfn);
 KD_HIDDEN int kd_slot_id_check(const kd_vm *vm, uint32_t slot);
+/* Another slot of the address space overlapping [base, base + npages)? */
+KD_HIDDEN bool kd_slot_overlaps(kd_vm *vm, uint32_t slot, uint64_t base, uint64_t npages);
+/* Room for one more slot in slot's address space (-ENOMEM). */
+KD_HIDDEN int kd_slot_reserve(kd_vm *vm, uint32_t slot);
+KD_HIDDEN void kd_slot_insert(kd_vm *vm, struct kd_slot *s);
+KD_HIDDEN void kd_slot_remove(kd_vm *vm, struct kd_slot *s);
+/* Change base_gfn keeping the sorted order. */
+KD_HIDDEN void kd_slot_rebase(kd_vm *vm, struct kd_slot *s, uint64_t base_gfn);
 KD_HIDDEN void kd_aspace_free(struct kd_aspace *as);
-KD_HIDDEN int kd_log_alloc(kd_vm *vm, struct kd_slot *s);
-KD_HIDDEN void kd_log_free(struct kd_slot *s);
+/* Free every log and user-side map of the slot (NULL fields are skipped). */
+KD_HIDDEN void kd_slot_log_free(kd_vm *vm, struct kd_slot *s);
+/* Guest memory owned by the library (anonymous, MAP_NORESERVE). */
+KD_HIDDEN int kd_slot_memory_alloc(kd_vm *vm, struct kd_slot *s);
+KD_HIDDEN void kd_slot_memory_free(kd_vm *vm, struct kd_slot *s);
 
-/* bitmap.c: allocation and scanning helpers */
+/* core/region_check.c: KVM_SET_USER_MEMORY_REGION's checks, KVM's order. */
+KD_HIDDEN int kd_region_check(kd_vm *vm, uint32_t slot, uint32_t flags, uint64_t gpa,
+			      uint64_t size);
+
+/* core/bitmap.c: allocation and scanning helpers */
 KD_HIDDEN uint64_t *kd_bitmap_alloc(uint64_t nwords, bool ones, uint64_t nbits);
 KD_HIDDEN void kd_bitmap_free(uint64_t *bm, uint64_t nwords);
 KD_HIDDEN void *kd_pages_alloc(uint64_t bytes, bool populate);
@@ -145,7 +163,9 @@ KD_HIDDEN void kd_pages_free(void *p, uint64_t bytes);
 KD_HIDDEN uint64_t kd_find_nonzero_word(const uint64_t *w, uint64_t from, uint64_t to);
 /* First index in [from, to) with b[i] & bit, or `to`. */
 KD_HIDDEN uint64_t kd_find_byte_with(const uint8_t *b, uint64_t from, uint64_t to, uint8_t bit);
-/* pending.c: pages reported by the kernel but not yet collected */
+
+/* core/pending.c: pages reported by the kernel but not yet collected (the
+ * emulated ring and both real backends park what a collect brought in) */
 KD_HIDDEN int kd_pending_alloc(struct kd_slot *s);
 KD_HIDDEN void kd_pending_free(struct kd_slot *s);
 KD_HIDDEN void kd_pending_or(struct kd_slot *s, uint64_t w, uint64_t bits);
@@ -154,6 +174,16 @@ KD_HIDDEN void kd_pending_or_bitmap(struct kd_slot *s, const uint64_t *bm);
  * 64-page boundary when fewer than 64 places are left. */
 KD_HIDDEN uint64_t kd_pending_take(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
 				   uint64_t *gfns, uint64_t cap, uint64_t *resume);
+
+/* core/ring_collect.c: collect on a ring VM (emulated or real): harvest
+ * every vCPU's ring with `fetch` into the slots' pending sets, reset the
+ * rings (vm->ops->ring_reset), take the range from pending. */
+typedef int (*kd_ring_fetch_fn)(kd_vm *vm, uint32_t vcpu, struct kd_dirty_gfn *out,
+				uint64_t cap, uint64_t *count);
+KD_HIDDEN int kd_ring_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
+			      uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume,
+			      kd_ring_fetch_fn fetch);
+
 static inline uint64_t kd_range_mask(uint64_t word, uint64_t first, uint64_t end)
 {
 	/* bits of `word` (64 pages from word*64) inside [first, end) */
@@ -173,55 +203,20 @@ static inline uint64_t kd_emit_bits(uint64_t bits, uint64_t gfn0, uint64_t *out,
 	return n;
 }
 
-/* write.c */
-KD_HIDDEN void kd_pml_flush(kd_vm *vm, struct kd_vcpu *v);
-KD_HIDDEN void kd_kick_all_vcpus(kd_vm *vm);
-/* Mark a page dirty in the slot's kernel log after a fault (or PML flush). */
-KD_HIDDEN void kd_log_mark(kd_vm *vm, struct kd_vcpu *v, struct kd_slot *s, uint64_t rel);
-
-/* log_flat.c */
-KD_HIDDEN int kd_flat_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap);
-KD_HIDDEN void kd_flat_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t num,
-			     const uint64_t *mask);
-KD_HIDDEN uint64_t kd_flat_collect(kd_vm *vm, struct kd_slot *s, uint64_t first,
-				   uint64_t end, uint64_t *gfns, uint64_t cap, uint64_t *resume);
-
-/* log_twolevel.c */
-/* Writer side, after the leaf bit is set (see log_twolevel.c). */
-static inline void kd_twolevel_mark_summary(struct kd_slot *s, uint64_t rel)
+/* Slot of gfn in address space 0, trying `last` (the previous gfn's) first. */
+static inline struct kd_slot *kd_slot_lookup_near(kd_vm *vm, struct kd_slot *last, uint64_t gfn)
 {
-	uint64_t chunk = rel / KD_CHUNK_PAGES, bit = 1ull << (chunk & 63);
-	/* test before set: a hot chunk does not bounce the summary line */
-	if (!(__atomic_load_n(&s->summary[chunk >> 6], __ATOMIC_SEQ_CST) & bit))
-		__atomic_fetch_or(&s->summary[chunk >> 6], bit, __ATOMIC_SEQ_CST);
+	if (last && gfn - last->base_gfn < last->npages)
+		return last;
+	return kd_slot_by_gfn(vm, 0, gfn);
 }
-static inline void kd_twolevel_mark(struct kd_slot *s, uint64_t rel)
+
+/* A guest store: value into the first 8 bytes of page rel of the slot. */
+static inline void kd_slot_store(struct kd_slot *s, uint64_t rel, uint64_t value)
 {
-	__atomic_fetch_or(&s->dirty[rel >> 6], 1ull << (rel & 63), __ATOMIC_SEQ_CST);
-	kd_twolevel_mark_summary(s, rel);
+	__atomic_store_n((uint64_t *)((char *)s->memory + (rel << KD_PAGE_SHIFT)), value,
+			 __ATOMIC_RELAXED);
 }
-KD_HIDDEN int kd_twolevel_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap);
-KD_HIDDEN void kd_twolevel_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t num,
-				 const uint64_t *mask);
-KD_HIDDEN uint64_t kd_twolevel_collect(kd_vm *vm, struct kd_slot *s, uint64_t first,
-				       uint64_t end, uint64_t *gfns, uint64_t cap,
-				       uint64_t *resume);
-
-/* log_bytemap.c */
-KD_HIDDEN uint64_t kd_bytemap_collect(kd_vm *vm, struct kd_slot *s, uint64_t first,
-				      uint64_t end, uint64_t *gfns, uint64_t cap,
-				      uint64_t *resume);
-
-/* dirty_ring.c */
-KD_HIDDEN int kd_ring_check_size(uint32_t entries, bool pml);
-KD_HIDDEN int kd_ring_init(struct kd_ring *r, uint32_t entries, bool pml);
-KD_HIDDEN void kd_ring_destroy(struct kd_ring *r);
-KD_HIDDEN bool kd_ring_soft_full(const struct kd_ring *r);
-KD_HIDDEN void kd_ring_push(struct kd_ring *r, uint32_t slot, uint64_t offset);
-KD_HIDDEN uint64_t kd_ring_harvest_one(struct kd_ring *r, struct kd_dirty_gfn *out, uint64_t cap);
-KD_HIDDEN uint64_t kd_ring_reset_one(kd_vm *vm, struct kd_ring *r);
-KD_HIDDEN int kd_ring_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
-			      uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume);
 
 /* Re-protect (clear writable) the pages in `bits` of word w; returns count. */
 static inline uint64_t kd_reprotect_word(struct kd_slot *s, uint64_t w, uint64_t bits)
@@ -234,3 +229,4 @@ static inline uint64_t kd_reprotect_word(struct kd_slot *s, uint64_t w, uint64_t
 }
 
 #endif /* KD_INTERNAL_H */
+

@@ -1,5 +1,5 @@
 /*
- * log_bytemap.c - QEMU's 2010 representation, the baseline the two-level log
+ * emu/bytemap.c - QEMU's 2010 representation, the baseline the two-level log
  * was proposed against. The kernel side is the flat log; a collect does what
  * QEMU's ram_save_live did then:
  *   1. KVM_GET_DIRTY_LOG of the whole slot into a bitmap buffer (and, with
@@ -10,10 +10,10 @@
  *      MIGRATION bit, clearing it for each page it sends.
  * The byte map is user memory: only the collector (under vm->lock) touches it.
  */
-#include "internal.h"
+#include "emu/emu.h"
 
-uint64_t kd_bytemap_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
-			    uint64_t *gfns, uint64_t cap, uint64_t *resume)
+static int bytemap_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
+			   uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume)
 {
 	const bool bounded = cap < end - first;
 	uint64_t n = 0, p = first, scan_end = end;
@@ -43,5 +43,34 @@ uint64_t kd_bytemap_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64
 	}
 	*resume = scan_end;
 	vm->user.bytemap_bytes_scanned += scan_end - first;
-	return n;
+	*count = n;
+	return 0;
 }
+
+static int bytemap_log_alloc(kd_vm *vm, struct kd_slot *s)
+{
+	int r = kd_flat_log_alloc(vm, s);
+
+	if (r)
+		return r;
+	s->bytemap = kd_pages_alloc(s->npages, true);
+	s->scratch = kd_bitmap_alloc(s->nwords, false, 0);
+	if (!s->bytemap || !s->scratch) {
+		kd_slot_log_free(vm, s);
+		return -ENOMEM;
+	}
+	kd_emu_log_enabled(vm, s);
+	return 0;
+}
+
+/* GET and CLEAR are the kernel's: the flat log's. */
+const struct kd_backend_ops kd_bytemap_ops = {
+	.name = "bytemap",
+	.has_bitmap = true,
+	.check_config = kd_emu_check_config,
+	KD_EMU_COMMON_OPS,
+	.log_alloc = bytemap_log_alloc,
+	.get_dirty_log = kd_flat_get,
+	.clear_dirty_log = kd_flat_clear,
+	.collect = bytemap_collect,
+};

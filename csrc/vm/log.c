@@ -1,0 +1,131 @@
+/*
+ * vm/log.c - the user side of the dirty log: KVM_GET_DIRTY_LOG,
+ * KVM_CLEAR_DIRTY_LOG and kd_collect. Each checks its arguments here, in
+ * KVM's order, kicks the vCPUs (PML) where the backend buffers, and calls
+ * the backend.
+ */
+#include "core/backend.h"
+
+/* Common GET/CLEAR lookup, in KVM's order: ENXIO (no bitmap), EINVAL (slot
+ * id; CLEAR's first_page % 64), ENOENT (no slot or no log). */
+static int lookup_log(kd_vm *vm, uint32_t slot, bool misaligned, struct kd_slot **out)
+{
+	if (!vm->ops->has_bitmap)
+		return -ENXIO;
+	if (kd_slot_id_check(vm, slot) || misaligned)
+		return -EINVAL;
+	*out = kd_slot_by_id(vm, slot);
+	if (!*out || !(*out)->logging)
+		return -ENOENT;
+	return 0;
+}
+
+static void kick(kd_vm *vm)
+{
+	if (vm->ops->kick)
+		vm->ops->kick(vm);
+}
+
+KD_API int kd_get_dirty_log(kd_vm *vm, uint32_t slot, uint64_t *bitmap, uint64_t nwords)
+{
+	struct kd_slot *s = NULL;
+	int r;
+
+	if (!vm)
+		return -EINVAL;
+	kd_vm_lock(vm);
+	r = lookup_log(vm, slot, false, &s);
+	if (r)
+		goto out;
+	if (!bitmap || nwords < s->nwords) {
+		r = -EFAULT; /* the kernel would write past the buffer */
+		goto out;
+	}
+	kick(vm);
+	r = vm->ops->get_dirty_log(vm, s, bitmap);
+out:
+	if (!r)
+		vm->user.get_calls++;
+	kd_vm_unlock(vm);
+	return r;
+}
+
+KD_API int kd_clear_dirty_log(kd_vm *vm, uint32_t slot, uint64_t first_page,
+			      uint32_t num_pages, const uint64_t *bitmap)
+{
+	struct kd_slot *s = NULL;
+	int r;
+
+	if (!vm)
+		return -EINVAL;
+	kd_vm_lock(vm);
+	r = lookup_log(vm, slot, first_page & 63, &s);
+	if (r)
+		goto out;
+	if (first_page > s->npages || num_pages > s->npages - first_page ||
+	    (num_pages < s->npages - first_page && (num_pages & 63))) {
+		r = -EINVAL;
+		goto out;
+	}
+	if (!bitmap && num_pages) {
+		r = -EFAULT;
+		goto out;
+	}
+	if (!vm->ops->clear_dirty_log) {
+		r = -EOPNOTSUPP;
+		goto out;
+	}
+	kick(vm);
+	r = vm->ops->clear_dirty_log(vm, s, first_page, num_pages, bitmap);
+out:
+	if (!r)
+		vm->user.clear_calls++;
+	kd_vm_unlock(vm);
+	return r;
+}
+
+KD_API int kd_collect(kd_vm *vm, uint32_t slot, uint64_t first_page, uint64_t num_pages,
+		      uint64_t *gfns, uint64_t cap, struct kd_collect_result *res)
+{
+	struct kd_slot *s;
+	uint64_t end, n = 0, resume = 0;
+	int r = 0;
+
+	if (!vm || !res)
+		return -EINVAL;
+	if (kd_slot_id_check(vm, slot))
+		return -EINVAL;
+	kd_vm_lock(vm);
+	s = kd_slot_by_id(vm, slot);
+	if (!s || !s->logging) {
+		r = -ENOENT;
+		goto out;
+	}
+	if (first_page > s->npages || num_pages > s->npages - first_page ||
+	    (cap < 64 && cap < num_pages)) {
+		r = -EINVAL;
+		goto out;
+	}
+	if (!gfns && cap) {
+		r = -EFAULT;
+		goto out;
+	}
+	end = first_page + num_pages;
+	res->sampled_ns = kd_clock_ns();
+	if (!num_pages) {
+		resume = end;
+		goto done;
+	}
+	kick(vm);
+	r = vm->ops->collect(vm, s, first_page, end, gfns, cap, &n, &resume);
+	if (r)
+		goto out;
+done:
+	res->count = n;
+	res->resume_page = resume;
+	vm->user.collect_calls++;
+	vm->user.pages_collected += n;
+out:
+	kd_vm_unlock(vm);
+	return r;
+}
