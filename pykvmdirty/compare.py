@@ -170,6 +170,10 @@ def log_bytes(backend, slots, vcpus=1, ring_entries=RING_ENTRIES):
         return bitmap + 8 * sum(-(-(-(-n // CHUNK_PAGES)) // 64) for _, _, n in slots)
     if backend == "bytemap":
         return bitmap + sum(n for _, _, n in slots)
+    if backend == "hier":  # full population: pool + 4-byte index per 2048 pages + levels
+        groups = sum(-(-n // 2048) for _, _, n in slots)
+        return 256 * groups + 4 * groups + 8 * sum(-(-(-(-n // CHUNK_PAGES)) // 64)
+                                                   for _, _, n in slots)
     if backend == "ring":
         return vcpus * ring_entries * 16
     if backend == "kvm":

@@ -20,8 +20,9 @@ BACKENDS = {
     "ring": lib.KD_BACKEND_RING,
     "kvm": lib.KD_BACKEND_KVM,
     "uffd": lib.KD_BACKEND_UFFD,
+    "hier": lib.KD_BACKEND_HIER,
 }
-EMULATED_BACKENDS = ("flat", "twolevel", "bytemap", "ring")
+EMULATED_BACKENDS = ("flat", "twolevel", "bytemap", "ring", "hier")
 TRACKING = {"write_protect": lib.KD_TRACK_WRITE_PROTECT, "pml": lib.KD_TRACK_PML,
             "uffd_sync": lib.KD_TRACK_UFFD_SYNC, "mprotect": lib.KD_TRACK_MPROTECT}
 

@@ -105,6 +105,7 @@ extern const struct kd_backend_ops kd_bytemap_ops KD_HIDDEN;
 extern const struct kd_backend_ops kd_ring_ops KD_HIDDEN;
 extern const struct kd_backend_ops kd_kvm_ops KD_HIDDEN;
 extern const struct kd_backend_ops kd_uffd_ops KD_HIDDEN;
+extern const struct kd_backend_ops kd_hier_ops KD_HIDDEN;
 
 /* vm/backends.c: the table indexed by enum kd_backend; NULL if unknown. */
 KD_HIDDEN const struct kd_backend_ops *kd_backend_ops(uint32_t backend);

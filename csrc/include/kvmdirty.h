@@ -78,6 +78,7 @@ enum kd_backend {
 	KD_BACKEND_RING = 3,     /* per-vCPU dirty rings */
 	KD_BACKEND_KVM = 4,      /* the real kernel through /dev/kvm */
 	KD_BACKEND_UFFD = 5,     /* userfaultfd WP_ASYNC + PAGEMAP_SCAN */
+	KD_BACKEND_HIER = 6,     /* 64-ary summaries over 2 MiB chunks, pooled leaves */
 };
 
 enum kd_tracking {

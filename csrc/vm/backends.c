@@ -12,6 +12,7 @@ static const struct kd_backend_ops *const backends[] = {
 	[KD_BACKEND_RING] = &kd_ring_ops,
 	[KD_BACKEND_KVM] = &kd_kvm_ops,
 	[KD_BACKEND_UFFD] = &kd_uffd_ops,
+	[KD_BACKEND_HIER] = &kd_hier_ops,
 };
 
 const struct kd_backend_ops *kd_backend_ops(uint32_t backend)

@@ -1,5 +1,5 @@
 /*
- * test_log_hier.c - the hierarchical log (csrc/log_hier.c) on its own:
+ * test_hier_log.c - the hierarchical log (csrc/emu/hier_log.c) on its own:
  *  1. model: random writes, collects (ranges, caps), GETs, copies and
  *     CLEARs against a plain reference bitmap, with the structure's
  *     invariants (summary paths, live blocks == dirty groups) after each op;
@@ -8,7 +8,7 @@
  *     collect after it was written;
  *  3. size: four 6 TiB logs (24 TiB), 1000 scattered pages, in bounded
  *     resident memory.
- * Built with csrc/log_hier.c only: cc -pthread -Icsrc/include -Icsrc ...
+ * Built with csrc/emu/hier_log.c only: cc -pthread -Icsrc/include -Icsrc ...
  * Prints "N passed, 0 failed"; exit status 1 on any failure.
  */
 #include <errno.h>
@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log_hier.h"
+#include "emu/hier_log.h"
 
 static int passed, failed;
 #define CHECK(cond, ...)                                                                   \

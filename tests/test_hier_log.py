@@ -1,5 +1,5 @@
-"""The hierarchical log's own C test program (tests/c/test_log_hier.c, built
-from csrc/log_hier.c alone): model agreement, the late-writer steps, a
+"""The hierarchical log's own C test program (tests/c/test_hier_log.c, built
+from csrc/emu/hier_log.c alone): model agreement, the late-writer steps, a
 writer/collector race with page contents checked, and four 6 TiB logs with
 1000 dirty pages in bounded memory; again under ASan/UBSan and TSan."""
 import os
@@ -11,7 +11,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SOURCES = [os.path.join(HERE, "c", "test_log_hier.c"), os.path.join(ROOT, "csrc", "log_hier.c")]
+SOURCES = [os.path.join(HERE, "c", "test_hier_log.c"),
+           os.path.join(ROOT, "csrc", "emu", "hier_log.c")]
 
 BUILDS = {
     "plain": (["-O2"], 4000000),
@@ -22,12 +23,12 @@ BUILDS = {
 
 
 @pytest.mark.parametrize("build", sorted(BUILDS))
-def test_log_hier_c_program(tmp_path, build):
+def test_hier_log_c_program(tmp_path, build):
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         pytest.skip("no C compiler on PATH")
     flags, race_writes = BUILDS[build]
-    exe = str(tmp_path / ("test_log_hier_" + build))
+    exe = str(tmp_path / ("test_hier_log_" + build))
     r = subprocess.run([cc, "-std=gnu11", "-pthread", "-Wall", "-Wextra", "-Werror"] + flags
                        + ["-I" + os.path.join(ROOT, "csrc", "include"),
                           "-I" + os.path.join(ROOT, "csrc")] + SOURCES + ["-o", exe],

@@ -1,6 +1,6 @@
 /*
- * log_hier.c - the hierarchical dirty log (geometry and contract in
- * log_hier.h): a collect costs what is dirty and the tree's height, not the
+ * hier_log.c - the hierarchical dirty log (geometry and contract in
+ * hier_log.h): a collect costs what is dirty and the tree's height, not the
  * slot's size, and the leaves of the groups dirtied since the last collect
  * sit in the first few pages of a compact pool instead of being scattered
  * over a slot-sized bitmap.
@@ -61,7 +61,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "log_hier.h"
+#include "emu/hier_log.h"
 
 #define HUGE_BYTES (2ull << 20)
 
@@ -382,6 +382,8 @@ static void visit_chunk(struct walk *k, uint64_t chunk, uint64_t *l0, unsigned j
 		bits = m == ~0ull ? __atomic_exchange_n(&leaf[w], 0, __ATOMIC_SEQ_CST)
 				  : __atomic_fetch_and(&leaf[w], ~m, __ATOMIC_SEQ_CST) & m;
 		k->c->reprotected += (uint64_t)__builtin_popcountll(bits);
+		if (h->writable && bits)
+			__atomic_fetch_and(&h->writable[w], ~bits, __ATOMIC_SEQ_CST);
 		if (k->mode == WALK_GET) {
 			k->out[w] = bits;
 			continue;
@@ -510,6 +512,8 @@ void kd_hier_clear(struct kd_hier *h, uint64_t first, uint64_t num, const uint64
 			continue;
 		m &= __atomic_fetch_and(kd_hier_leaf(h, b, w * 64), ~m, __ATOMIC_SEQ_CST);
 		c->reprotected += (uint64_t)__builtin_popcountll(m);
+		if (h->writable && m)
+			__atomic_fetch_and(&h->writable[w], ~m, __ATOMIC_SEQ_CST);
 	}
 	if (b)
 		clear_done_chunk(h, chunk, b, c);

@@ -1,5 +1,5 @@
 /*
- * log_hier.h - the hierarchical dirty log of one memslot (log_hier.c): N
+ * hier_log.h - the hierarchical dirty log of one memslot (emu/hier_log.c): N
  * levels of 64-ary summaries over 2 MiB chunks, leaf blocks from a compact,
  * lazily backed pool. Self-contained: it knows pages and words, not VMs.
  *
@@ -53,6 +53,10 @@ struct kd_hier {
 	uint64_t nlevel_words[KD_HIER_MAX_LEVELS];
 	uint32_t *index; /* per group: block + 1, lazily backed */
 	uint64_t *pool;  /* blocks of KD_HIER_BLOCK_WORDS words, lazily backed */
+	/* Protection kept apart from the log (PML: the D bits), flat layout, or
+	 * NULL when the leaf bit is the protection. A collector clears the
+	 * writable bits of exactly the leaf bits it takes. Owned by the caller. */
+	uint64_t *writable;
 	uint64_t pool_cap; /* blocks reserved (address space only) */
 	uint64_t pool_top; /* blocks ever handed out: the committed prefix */
 	uint32_t free_head; /* first free block + 1; the next one is in word 0 */
@@ -78,7 +82,7 @@ void kd_hier_destroy(struct kd_hier *h);
  * and set its bit; returns true if the bit was clear (a fault). */
 bool kd_hier_mark_slow(struct kd_hier *h, uint64_t rel);
 /* Set the summary bits above chunk rel / 512, bottom up, stopping at the
- * first one found set (see log_hier.c for why that is safe). */
+ * first one found set (see hier_log.c for why that is safe). */
 void kd_hier_mark_summaries(struct kd_hier *h, uint64_t rel);
 
 static inline uint64_t *kd_hier_leaf(const struct kd_hier *h, uint32_t block, uint64_t rel)
