@@ -37,8 +37,9 @@
  *    A summary bit over an empty subtree is harmless: a wasted visit.
  * 2. Blocks. A group's block is taken under h->lock (the fault path's lock,
  *    like KVM's mmu_lock) and published in index[g]; the fast path reads the
- *    index without the lock. C gives a block back in three steps: (a) under
- *    the lock, unlink it (index[g] = 0) if it looks clean; (b) sync_writers:
+ *    index without the lock. A block C leaves clean is given back by C's
+ *    next call if its summary bits are still clear then, in three steps:
+ *    (a) under the lock, unlink it (index[g] = 0); (b) sync_writers:
  *    every writer that could have read the old index has left its section;
  *    (c) under the lock, look again: a clean block goes to the free list;
  *    bits that a late writer put there (it read the index before (a)) are
@@ -154,7 +155,9 @@ int kd_hier_init(struct kd_hier *h, uint64_t npages, bool initially_set,
 	h->map[m++] = h->index;
 	h->pool = lazy_map(h->pool_cap * KD_HIER_BLOCK_WORDS * 8, &h->map_bytes[m]);
 	h->map[m++] = h->pool;
-	if (!h->index || !h->pool)
+	h->clean = lazy_map(h->ngroups * 4, &h->map_bytes[m]);
+	h->map[m++] = h->clean;
+	if (!h->index || !h->pool || !h->clean)
 		goto nomem;
 	if (initially_set) {
 		for (uint64_t g = 0; g < h->ngroups; g++) {
@@ -179,7 +182,7 @@ nomem:
 
 void kd_hier_destroy(struct kd_hier *h)
 {
-	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 2; i++)
+	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 3; i++)
 		if (h->map[i])
 			munmap(h->map[i], h->map_bytes[i]);
 	memset(h, 0, sizeof(*h));
@@ -279,7 +282,10 @@ static void block_restore(struct kd_hier *h, uint32_t g, uint32_t b)
 		block_free(h, b);
 }
 
-/* Give back the blocks collected in h->retired (steps (a)-(c) of 2.). */
+/* Give back the blocks collected in h->retired (steps (a)-(c) of 2.). The
+ * caller saw their summary bits clear; a block found dirty after the sync
+ * (a writer between its leaf and summary steps, or a late one) is restored,
+ * so (a) need not look at the leaves. */
 static void retire_flush(struct kd_hier *h, struct kd_hier_counts *c)
 {
 	uint32_t kept = 0;
@@ -289,8 +295,7 @@ static void retire_flush(struct kd_hier *h, struct kd_hier_counts *c)
 	lock(h); /* (a) */
 	for (uint32_t i = 0; i < h->nretired; i++) {
 		struct kd_hier_retired r = h->retired[i];
-		if (__atomic_load_n(&h->index[r.group], __ATOMIC_SEQ_CST) != r.block ||
-		    !block_clean(h, r.block))
+		if (__atomic_load_n(&h->index[r.group], __ATOMIC_SEQ_CST) != r.block)
 			continue;
 		__atomic_store_n(&h->index[r.group], 0, __ATOMIC_SEQ_CST);
 		h->retired[kept++] = r;
@@ -313,22 +318,56 @@ static void retire_flush(struct kd_hier *h, struct kd_hier_counts *c)
 	unlock(h);
 }
 
-static void retire_candidate(struct kd_hier *h, uint64_t g, uint32_t b, struct kd_hier_counts *c)
+/* A group whose block a collector left clean: given back by the next
+ * collector call if it is still clean then (so a group dirtied again within
+ * one collect interval keeps its block and its writers the fast path). */
+static void retire_candidate(struct kd_hier *h, uint64_t g)
 {
-	if (h->nretired && h->retired[h->nretired - 1].group == g)
-		return;
-	if (h->nretired == KD_HIER_RETIRE_BATCH)
-		retire_flush(h, c);
-	h->retired[h->nretired++] = (struct kd_hier_retired){(uint32_t)g, b};
+	if (h->nclean && h->clean[h->nclean - 1] == g)
+		return; /* a walk visits groups in order: once each */
+	h->clean[h->nclean++] = (uint32_t)g;
+}
+
+/* Give back the candidates of the previous call that are still clean,
+ * 64 at a time: their summary and index lines are touched first so that
+ * the misses overlap. */
+static void retire_pending(struct kd_hier *h, struct kd_hier_counts *c)
+{
+	for (uint64_t i0 = 0; i0 < h->nclean; i0 += 64) {
+		uint64_t i1 = h->nclean - i0 < 64 ? h->nclean : i0 + 64, acc = 0;
+		for (uint64_t i = i0; i < i1; i++) {
+			uint64_t g = h->clean[i];
+			acc += __atomic_load_n(&h->level[0][g * KD_HIER_GROUP_CHUNKS / 64],
+					       __ATOMIC_RELAXED) +
+			       __atomic_load_n(&h->index[g], __ATOMIC_RELAXED);
+		}
+		__asm__ volatile("" : : "r"(acc));
+		for (uint64_t i = i0; i < i1; i++) {
+			uint64_t g = h->clean[i], c0 = g * KD_HIER_GROUP_CHUNKS;
+			uint64_t l0 = __atomic_load_n(&h->level[0][c0 / 64], __ATOMIC_RELAXED);
+			uint32_t b = __atomic_load_n(&h->index[g], __ATOMIC_RELAXED);
+			/* dirty again (summary bits set): it keeps its block */
+			if (!b || ((l0 >> (c0 % 64)) & ((1u << KD_HIER_GROUP_CHUNKS) - 1)))
+				continue;
+			if (h->nretired == KD_HIER_RETIRE_BATCH)
+				retire_flush(h, c);
+			h->retired[h->nretired++] = (struct kd_hier_retired){(uint32_t)g, b};
+		}
+	}
+	h->nclean = 0;
+	retire_flush(h, c);
 }
 
 /* ---- the walk shared by get, copy and collect ---- */
 
 enum walk_mode { WALK_COLLECT, WALK_GET, WALK_COPY };
 
+#define BATCH_CHUNKS 64 /* chunks whose index and leaf misses overlap */
+
 struct walk {
 	struct kd_hier *h;
 	enum walk_mode mode;
+	bool take; /* not a copy: bits are taken, summaries maintained */
 	uint64_t first, end;   /* pages */
 	uint64_t wfirst, wend; /* leaf words */
 	uint64_t c0, c1;       /* chunks */
@@ -336,19 +375,22 @@ struct walk {
 	uint64_t n, cap, base_gfn, resume;
 	bool bounded, stopped;
 	struct kd_hier_counts *c;
+	/* a subtree's frontier below its root (visit_subtree) and the chunk
+	 * batch: the collector's scratch in struct kd_hier */
+	uint64_t *f1, *f0, *bc;
+	unsigned bn;
 };
 
-/* Chunk `chunk`, whose level-0 bit (bit j of *l0) was taken (not in copy
- * mode): take its leaf words in range; give the bit back if bits are left. */
-static void visit_chunk(struct walk *k, uint64_t chunk, uint64_t *l0, unsigned j)
+/* Chunk `chunk` with block b, whose level-0 bit (bit j of *l0) was taken
+ * (not in copy mode): take its leaf words in range; give the bit back if
+ * bits are left. */
+static void visit_chunk(struct walk *k, uint64_t chunk, uint32_t b)
 {
 	struct kd_hier *h = k->h;
 	uint64_t g = chunk / KD_HIER_GROUP_CHUNKS, w0 = chunk * KD_HIER_CHUNK_WORDS;
 	uint64_t w1 = w0 + KD_HIER_CHUNK_WORDS, p1 = (chunk + 1) * KD_CHUNK_PAGES;
-	uint32_t b = __atomic_load_n(&h->index[g], __ATOMIC_SEQ_CST);
-	const bool take = k->mode != WALK_COPY;
+	uint64_t *l0 = &h->level[0][chunk / 64], *leaf;
 	bool partial;
-	uint64_t *leaf;
 	unsigned nz = 0;
 
 	if (!b)
@@ -362,13 +404,14 @@ static void visit_chunk(struct walk *k, uint64_t chunk, uint64_t *l0, unsigned j
 		w1 = k->wend;
 	leaf = block_words(h, b) + (chunk % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS -
 	       chunk * KD_HIER_CHUNK_WORDS;
-	for (uint64_t w = w0; w < w1; w++)
-		nz |= (unsigned)((__atomic_load_n(&leaf[w], __ATOMIC_RELAXED) &
-				  ones_in(w, k->first, k->end)) != 0)
-		      << (w - w0);
+	for (uint64_t w = w0; w < w1; w++) {
+		uint64_t m = partial ? ones_in(w, k->first, k->end) : ~0ull;
+		nz |= (unsigned)((__atomic_load_n(&leaf[w], __ATOMIC_RELAXED) & m) != 0) << (w - w0);
+	}
 	k->c->words_scanned += w1 - w0;
 	while (nz) {
-		uint64_t w = w0 + (uint64_t)__builtin_ctz(nz), m = ones_in(w, k->first, k->end), bits;
+		uint64_t w = w0 + (uint64_t)__builtin_ctz(nz), bits;
+		uint64_t m = partial ? ones_in(w, k->first, k->end) : ~0ull;
 		nz &= nz - 1;
 		if (k->mode == WALK_COPY) {
 			k->out[w] = __atomic_load_n(&leaf[w], __ATOMIC_RELAXED);
@@ -391,64 +434,172 @@ static void visit_chunk(struct walk *k, uint64_t chunk, uint64_t *l0, unsigned j
 		for (uint64_t gfn0 = k->base_gfn + w * 64; bits; bits &= bits - 1)
 			k->out[k->n++] = gfn0 + (uint64_t)__builtin_ctzll(bits);
 	}
-	if (!take)
+	if (!k->take)
 		return;
 	if (partial || k->stopped) {
 		uint64_t acc = 0;
 		for (unsigned i = 0; i < KD_HIER_CHUNK_WORDS; i++)
 			acc |= __atomic_load_n(&leaf[chunk * KD_HIER_CHUNK_WORDS + i], __ATOMIC_SEQ_CST);
-		if (acc)
-			__atomic_fetch_or(l0, 1ull << j, __ATOMIC_SEQ_CST);
-		else
-			retire_candidate(h, g, b, k->c);
-	} else {
-		retire_candidate(h, g, b, k->c);
+		if (acc) {
+			__atomic_fetch_or(l0, 1ull << (chunk % 64), __ATOMIC_SEQ_CST);
+			return;
+		}
 	}
+	retire_candidate(h, g);
 }
 
-/* Word wi of level lvl: take its bits in range, visit the children, give
- * back the bits of children left non-empty (1. at the top). */
-static void visit_word(struct walk *k, unsigned lvl, uint64_t wi)
+/* The batched chunks: touch their index entries, then their leaf lines,
+ * with independent loads (their misses overlap; unlike a prefetch a load
+ * that misses the TLB is never dropped), then take them in order. */
+static void flush_chunks(struct walk *k)
 {
 	struct kd_hier *h = k->h;
-	uint64_t *word = &h->level[lvl][wi], shift = 6ull * lvl;
+	uint32_t blocks[BATCH_CHUNKS + 64];
+	uint64_t acc = 0;
+
+	for (unsigned i = 0; i < k->bn; i++)
+		acc += __atomic_load_n(&h->index[k->bc[i] / KD_HIER_GROUP_CHUNKS], __ATOMIC_RELAXED);
+	for (unsigned i = 0; i < k->bn; i++) {
+		uint64_t ch = k->bc[i];
+		/* after the take of the chunk's level-0 bit (1. and 2.) */
+		blocks[i] = __atomic_load_n(&h->index[ch / KD_HIER_GROUP_CHUNKS], __ATOMIC_SEQ_CST);
+		if (blocks[i])
+			acc += __atomic_load_n(block_words(h, blocks[i]) +
+						       (ch % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS,
+					       __ATOMIC_RELAXED);
+	}
+	__asm__ volatile("" : : "r"(acc)); /* keep the touches */
+	for (unsigned i = 0; i < k->bn; i++) {
+		uint64_t ch = k->bc[i];
+		if (k->stopped) { /* give back what was not visited */
+			if (k->take)
+				__atomic_fetch_or(&h->level[0][ch / 64], 1ull << (ch % 64),
+						  __ATOMIC_SEQ_CST);
+			continue;
+		}
+		visit_chunk(k, ch, blocks[i]);
+	}
+	k->bn = 0;
+}
+
+/* Bits of level word wi in range, taken (cleared) unless copying. */
+static uint64_t take_bits(struct walk *k, unsigned lvl, uint64_t wi)
+{
+	uint64_t *word = &k->h->level[lvl][wi], shift = 6ull * lvl;
 	uint64_t lo = k->c0 >> shift, hi = ((k->c1 - 1) >> shift) + 1;
 	uint64_t bits = __atomic_load_n(word, __ATOMIC_SEQ_CST) & ones_in(wi, lo, hi);
-	const bool take = k->mode != WALK_COPY;
 
 	k->c->summary_words_scanned++;
-	if (!bits)
-		return;
-	if (take)
+	if (bits && k->take)
 		bits &= __atomic_fetch_and(word, ~bits, __ATOMIC_SEQ_CST);
+	return bits;
+}
+
+static uint64_t touch_words(const uint64_t *level, const uint64_t *idx, unsigned n)
+{
+	uint64_t acc = 0;
+	for (unsigned i = 0; i < n; i++)
+		acc += __atomic_load_n(&level[idx[i]], __ATOMIC_RELAXED);
+	return acc;
+}
+
+/* Give back bit j of level lvl's word wi if child word `child` of level
+ * lvl - 1 is not empty (the collector's step up in 1.). */
+static void give_back_if_nonempty(struct walk *k, unsigned lvl, uint64_t child)
+{
+	if (k->take && __atomic_load_n(&k->h->level[lvl - 1][child], __ATOMIC_SEQ_CST))
+		__atomic_fetch_or(&k->h->level[lvl][child / 64], 1ull << (child % 64),
+				  __ATOMIC_SEQ_CST);
+}
+
+/*
+ * The subtree under word wi of level lvl <= 2, breadth first so that the
+ * misses of a whole level overlap: take the root's bits, list its children
+ * (f1), touch and take them, list theirs (f0), touch them, then take the
+ * level-0 words one by one into the chunk batch. Every bit is taken before
+ * its child is read, and given back after the whole subtree is done if its
+ * child is left non-empty: 1.'s order, one level at a time.
+ */
+static void visit_subtree(struct walk *k, unsigned lvl, uint64_t wi)
+{
+	struct kd_hier *h = k->h;
+	uint64_t bits, acc = 0;
+	unsigned n1 = 0, n0 = 0;
+
+	if (lvl == 0) {
+		k->f0[n0++] = wi;
+	} else {
+		bits = take_bits(k, lvl, wi);
+		for (; bits; bits &= bits - 1) {
+			uint64_t child = wi * 64 + (uint64_t)__builtin_ctzll(bits);
+			if (lvl == 2)
+				k->f1[n1++] = child;
+			else
+				k->f0[n0++] = child;
+		}
+		if (lvl == 2) {
+			acc += touch_words(h->level[1], k->f1, n1);
+			for (unsigned i = 0; i < n1; i++)
+				for (bits = take_bits(k, 1, k->f1[i]); bits; bits &= bits - 1)
+					k->f0[n0++] = k->f1[i] * 64 + (uint64_t)__builtin_ctzll(bits);
+		}
+		acc += touch_words(h->level[0], k->f0, n0);
+	}
+	__asm__ volatile("" : : "r"(acc));
+	for (unsigned i = 0; i < n0 && !k->stopped; i++) {
+		for (bits = take_bits(k, 0, k->f0[i]); bits; bits &= bits - 1)
+			k->bc[k->bn++] = k->f0[i] * 64 + (uint64_t)__builtin_ctzll(bits);
+		if (k->bn >= BATCH_CHUNKS)
+			flush_chunks(k);
+	}
+	flush_chunks(k);
+	if (lvl >= 1)
+		for (unsigned i = 0; i < n0; i++)
+			give_back_if_nonempty(k, 1, k->f0[i]);
+	if (lvl == 2)
+		for (unsigned i = 0; i < n1; i++)
+			give_back_if_nonempty(k, 2, k->f1[i]);
+}
+
+/* Levels above 2, depth first: take, visit the children, give back the
+ * bits of children left non-empty. */
+static void visit_word(struct walk *k, unsigned lvl, uint64_t wi)
+{
+	uint64_t bits;
+
+	if (lvl <= 2) {
+		visit_subtree(k, lvl, wi);
+		return;
+	}
+	bits = take_bits(k, lvl, wi);
 	while (bits) {
-		unsigned j = (unsigned)__builtin_ctzll(bits);
-		uint64_t child = wi * 64 + j;
+		uint64_t child = wi * 64 + (uint64_t)__builtin_ctzll(bits);
 		if (k->stopped) { /* give back what was not visited */
-			__atomic_fetch_or(word, bits, __ATOMIC_SEQ_CST);
+			if (k->take)
+				__atomic_fetch_or(&k->h->level[lvl][wi], bits, __ATOMIC_SEQ_CST);
 			return;
 		}
 		bits &= bits - 1;
-		if (lvl == 0) {
-			visit_chunk(k, child, word, j);
-		} else {
-			visit_word(k, lvl - 1, child);
-			if (take && __atomic_load_n(&h->level[lvl - 1][child], __ATOMIC_SEQ_CST))
-				__atomic_fetch_or(word, 1ull << j, __ATOMIC_SEQ_CST);
-		}
+		visit_word(k, lvl - 1, child);
+		give_back_if_nonempty(k, lvl, child);
 	}
 }
 
 static void walk_run(struct walk *k)
 {
+	k->take = k->mode != WALK_COPY;
+	k->f1 = k->h->walk_f1;
+	k->f0 = k->h->walk_f0;
+	k->bc = k->h->walk_chunks;
 	k->wfirst = k->first / 64;
 	k->wend = (k->end + 63) / 64;
 	k->c0 = k->first / KD_CHUNK_PAGES;
 	k->c1 = (k->end + KD_CHUNK_PAGES - 1) / KD_CHUNK_PAGES;
 	k->resume = k->end;
+	if (k->take)
+		retire_pending(k->h, k->c);
 	if (k->first < k->end)
 		visit_word(k, k->h->nlevels - 1, 0);
-	retire_flush(k->h, k->c);
 }
 
 void kd_hier_get(struct kd_hier *h, uint64_t *bitmap, bool copy_only, struct kd_hier_counts *c)
@@ -473,8 +624,7 @@ uint64_t kd_hier_collect(struct kd_hier *h, uint64_t first, uint64_t end, uint64
 
 /* Level-0 bit of a chunk left with bits after a CLEAR: set again; a chunk
  * left clean may free its block. */
-static void clear_done_chunk(struct kd_hier *h, uint64_t chunk, uint32_t b,
-			     struct kd_hier_counts *c)
+static void clear_done_chunk(struct kd_hier *h, uint64_t chunk, uint32_t b)
 {
 	const uint64_t *leaf = block_words(h, b) + (chunk % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS;
 	uint64_t acc = 0;
@@ -484,7 +634,7 @@ static void clear_done_chunk(struct kd_hier *h, uint64_t chunk, uint32_t b,
 	if (acc) /* not inside a walk: the levels above may be clear too */
 		kd_hier_mark_summaries(h, chunk * KD_CHUNK_PAGES);
 	else
-		retire_candidate(h, chunk / KD_HIER_GROUP_CHUNKS, b, c);
+		retire_candidate(h, chunk / KD_HIER_GROUP_CHUNKS);
 }
 
 void kd_hier_clear(struct kd_hier *h, uint64_t first, uint64_t num, const uint64_t *mask,
@@ -493,13 +643,14 @@ void kd_hier_clear(struct kd_hier *h, uint64_t first, uint64_t num, const uint64
 	uint64_t nw = (num + 63) / 64, chunk = UINT64_MAX;
 	uint32_t b = 0;
 
+	retire_pending(h, c);
 	for (uint64_t i = 0; i < nw; i++) {
 		uint64_t w = first / 64 + i, m = mask[i] & ones_in(w, first, first + num);
 		if (!m)
 			continue;
 		if (w / KD_HIER_CHUNK_WORDS != chunk) {
 			if (b)
-				clear_done_chunk(h, chunk, b, c);
+				clear_done_chunk(h, chunk, b);
 			chunk = w / KD_HIER_CHUNK_WORDS;
 			/* no block: nothing of the chunk is dirty (a late
 			 * writer's bits are restored with their block) */
@@ -516,9 +667,8 @@ void kd_hier_clear(struct kd_hier *h, uint64_t first, uint64_t num, const uint64
 			__atomic_fetch_and(&h->writable[w], ~m, __ATOMIC_SEQ_CST);
 	}
 	if (b)
-		clear_done_chunk(h, chunk, b, c);
+		clear_done_chunk(h, chunk, b);
 	c->words_scanned += nw;
-	retire_flush(h, c);
 }
 
 uint64_t kd_hier_resident_bytes(const struct kd_hier *h)
@@ -527,7 +677,7 @@ uint64_t kd_hier_resident_bytes(const struct kd_hier *h)
 	unsigned char vec[4096];
 	uint64_t total = 0;
 
-	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 2; i++) {
+	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 3; i++) {
 		uint64_t pages = (h->map_bytes[i] + (uint64_t)psz - 1) / (uint64_t)psz;
 		for (uint64_t p = 0; h->map[i] && p < pages; p += sizeof(vec)) {
 			uint64_t n = pages - p < sizeof(vec) ? pages - p : sizeof(vec);

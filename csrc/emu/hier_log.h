@@ -62,14 +62,21 @@ struct kd_hier {
 	uint32_t free_head; /* first free block + 1; the next one is in word 0 */
 	uint64_t blocks_live; /* linked or awaiting sync */
 	unsigned lock[2];   /* the fault path's lock (KVM: mmu_lock), ticket */
-	/* Collector only: blocks unlinked, waiting for sync_writers. */
+	/* Collector only: groups a collector call left clean (given back by
+	 * the next call if still clean; lazily backed, one entry per group),
+	 * and blocks unlinked, waiting for sync_writers. */
+	uint32_t *clean;
+	uint64_t nclean;
 	struct kd_hier_retired retired[KD_HIER_RETIRE_BATCH];
 	uint32_t nretired;
+	/* Collector only: a walk's frontier below a level-2 word, its chunk
+	 * batch (log_hier.c, visit_subtree). */
+	uint64_t walk_f1[64], walk_f0[64 * 64], walk_chunks[64 + 64];
 	void (*sync_writers)(void *ctx);
 	void *sync_ctx;
 	/* mappings, for munmap and for kd_hier_resident_bytes */
-	void *map[KD_HIER_MAX_LEVELS + 2];
-	uint64_t map_bytes[KD_HIER_MAX_LEVELS + 2];
+	void *map[KD_HIER_MAX_LEVELS + 3];
+	uint64_t map_bytes[KD_HIER_MAX_LEVELS + 3];
 };
 
 /* Create the log of npages (1..KD_MAX_SLOT_PAGES) pages; all bits set (and
