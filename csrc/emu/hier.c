@@ -21,7 +21,8 @@
 
 #include "emu/emu.h"
 
-#define PREFETCH_AHEAD 16
+#define PREFETCH_AHEAD 32
+#define PREFETCH_MIN_PAGES (1ull << 23) /* 32 GiB: 1 MiB of leaves */
 
 static void hier_sync_writers(void *ctx)
 {
@@ -79,6 +80,7 @@ static int hier_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64
 	const bool mem = vm->cfg.flags & KD_VM_GUEST_MEMORY;
 	struct kd_slot *s = NULL;
 	uint64_t i = 0;
+	bool prefetch = false;
 
 	if (vm->cfg.tracking == KD_TRACK_PML) /* D bits, buffer, drain: generic */
 		return kd_emu_write(vm, v, gfns, n, value, c, applied, exit_reason);
@@ -87,12 +89,18 @@ static int hier_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64
 		kd_spin_lock(v->lock); /* guest entry: a writer section */
 		for (; i < stop; i++) {
 			uint64_t gfn = gfns[i], rel;
+			struct kd_slot *was = s;
 			s = kd_slot_lookup_near(vm, s, gfn);
 			rel = gfn - s->base_gfn;
-			if (i + PREFETCH_AHEAD < n && s->hier) { /* random gfns miss in big slots */
+			if (s != was) /* a log that fits the caches gains nothing */
+				prefetch = s->hier && s->npages > PREFETCH_MIN_PAGES;
+			if (prefetch && i + PREFETCH_AHEAD < n) { /* random gfns miss in big slots */
 				uint64_t ahead = gfns[i + PREFETCH_AHEAD] - s->base_gfn;
+				uint64_t near = gfns[i + PREFETCH_AHEAD / 2] - s->base_gfn;
 				if (ahead < s->npages)
-					kd_hier_prefetch(s->hier, ahead);
+					kd_hier_prefetch_index(s->hier, ahead);
+				if (near < s->npages)
+					kd_hier_prefetch_leaf(s->hier, near);
 			}
 			if (mem)
 				kd_slot_store(s, rel, value);

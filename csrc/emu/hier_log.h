@@ -116,7 +116,10 @@ static inline bool kd_hier_write(struct kd_hier *h, uint64_t rel, bool ordered)
 		return false;
 	if (__atomic_fetch_or(w, bit, __ATOMIC_SEQ_CST) & bit)
 		return false;
-	kd_hier_mark_summaries(h, rel);
+	/* the chunk's level-0 bit is usually set already: test it inline */
+	if (!(__atomic_load_n(&h->level[0][rel / KD_CHUNK_PAGES / 64], __ATOMIC_SEQ_CST) &
+	      (1ull << (rel / KD_CHUNK_PAGES % 64))))
+		kd_hier_mark_summaries(h, rel);
 	return true;
 }
 
@@ -126,10 +129,20 @@ static inline void kd_hier_mark(struct kd_hier *h, uint64_t rel)
 	kd_hier_write(h, rel, true);
 }
 
-/* Prefetch what a write of page rel will touch (the index entry). */
-static inline void kd_hier_prefetch(const struct kd_hier *h, uint64_t rel)
+/* Prefetch what a write of page rel will touch, in two stages: the index
+ * entry first (far ahead), then, once it is likely cached, the leaf word
+ * it names (nearer). A stale index read here is harmless: a hint only. */
+static inline void kd_hier_prefetch_index(const struct kd_hier *h, uint64_t rel)
 {
 	__builtin_prefetch(&h->index[rel / KD_HIER_GROUP_PAGES], 0, 3);
+}
+
+static inline void kd_hier_prefetch_leaf(const struct kd_hier *h, uint64_t rel)
+{
+	uint32_t b = __atomic_load_n(&h->index[rel / KD_HIER_GROUP_PAGES], __ATOMIC_RELAXED);
+
+	if (b)
+		__builtin_prefetch(kd_hier_leaf(h, b, rel), 1, 3);
 }
 
 /*
