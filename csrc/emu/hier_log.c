@@ -157,7 +157,9 @@ int kd_hier_init(struct kd_hier *h, uint64_t npages, bool initially_set,
 	h->map[m++] = h->pool;
 	h->clean = lazy_map(h->ngroups * 4, &h->map_bytes[m]);
 	h->map[m++] = h->clean;
-	if (!h->index || !h->pool || !h->clean)
+	h->scratch = lazy_map(KD_HIER_SCRATCH_WORDS * 8, &h->map_bytes[m]);
+	h->map[m++] = h->scratch;
+	if (!h->index || !h->pool || !h->clean || !h->scratch)
 		goto nomem;
 	if (initially_set) {
 		for (uint64_t g = 0; g < h->ngroups; g++) {
@@ -182,7 +184,7 @@ nomem:
 
 void kd_hier_destroy(struct kd_hier *h)
 {
-	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 3; i++)
+	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 4; i++)
 		if (h->map[i])
 			munmap(h->map[i], h->map_bytes[i]);
 	memset(h, 0, sizeof(*h));
@@ -588,9 +590,9 @@ static void visit_word(struct walk *k, unsigned lvl, uint64_t wi)
 static void walk_run(struct walk *k)
 {
 	k->take = k->mode != WALK_COPY;
-	k->f1 = k->h->walk_f1;
-	k->f0 = k->h->walk_f0;
-	k->bc = k->h->walk_chunks;
+	k->f1 = k->h->scratch;
+	k->f0 = k->f1 + 64;
+	k->bc = k->f0 + 64 * 64;
 	k->wfirst = k->first / 64;
 	k->wend = (k->end + 63) / 64;
 	k->c0 = k->first / KD_CHUNK_PAGES;
@@ -677,7 +679,7 @@ uint64_t kd_hier_resident_bytes(const struct kd_hier *h)
 	unsigned char vec[4096];
 	uint64_t total = 0;
 
-	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 3; i++) {
+	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 4; i++) {
 		uint64_t pages = (h->map_bytes[i] + (uint64_t)psz - 1) / (uint64_t)psz;
 		for (uint64_t p = 0; h->map[i] && p < pages; p += sizeof(vec)) {
 			uint64_t n = pages - p < sizeof(vec) ? pages - p : sizeof(vec);

@@ -34,6 +34,7 @@
 #define KD_HIER_BLOCK_WORDS (KD_HIER_CHUNK_WORDS * KD_HIER_GROUP_CHUNKS) /* 32 */
 #define KD_HIER_MAX_LEVELS 6u  /* 64^6 chunks: far beyond 2^31 pages */
 #define KD_HIER_RETIRE_BATCH 256u /* blocks unlinked per sync_writers call */
+#define KD_HIER_SCRATCH_WORDS (64u + 64u * 64u + 128u)
 
 struct kd_hier_counts {
 	uint64_t words_scanned;         /* leaf words read by get/clear/collect */
@@ -69,14 +70,15 @@ struct kd_hier {
 	uint64_t nclean;
 	struct kd_hier_retired retired[KD_HIER_RETIRE_BATCH];
 	uint32_t nretired;
-	/* Collector only: a walk's frontier below a level-2 word, its chunk
-	 * batch (log_hier.c, visit_subtree). */
-	uint64_t walk_f1[64], walk_f0[64 * 64], walk_chunks[64 + 64];
+	/* Collector only: a walk's frontier below a level-2 word and its chunk
+	 * batch (hier_log.c, visit_subtree): KD_HIER_SCRATCH_WORDS, lazily
+	 * backed like the rest (a walk touches the entries it fills). */
+	uint64_t *scratch;
 	void (*sync_writers)(void *ctx);
 	void *sync_ctx;
 	/* mappings, for munmap and for kd_hier_resident_bytes */
-	void *map[KD_HIER_MAX_LEVELS + 3];
-	uint64_t map_bytes[KD_HIER_MAX_LEVELS + 3];
+	void *map[KD_HIER_MAX_LEVELS + 4];
+	uint64_t map_bytes[KD_HIER_MAX_LEVELS + 4];
 };
 
 /* Create the log of npages (1..KD_MAX_SLOT_PAGES) pages; all bits set (and
