@@ -6,7 +6,8 @@
  * Geometry. A chunk is 512 pages (8 leaf words, one cache line). A group is
  * KD_HIER_GROUP_CHUNKS consecutive chunks; the leaves of a group live in one
  * pool block (32 words, 256 bytes), taken from the pool on the group's first
- * dirtying and given back when a collect or CLEAR leaves it clean. index[g]
+ * dirtying and given back when a collect or CLEAR has left it clean and it
+ * is still clean at the next collector call. index[g]
  * names the block of group g (block number + 1; 0 = none, so the lazily
  * backed, never-touched index reads as "no block"). Level 0 holds one bit
  * per chunk, level k+1 one bit per word of level k, up to a single word.
