@@ -1,9 +1,10 @@
 """pykvmdirty: a dirty-page-tracking kernel-interface emulator (C core via cffi).
 
 Besides the cffi extension, the build installs libkvmdirty for C programs:
-pykvmdirty/lib/libkvmdirty.so and .a, pykvmdirty/include/kvmdirty.h and
-pykvmdirty/lib/pkgconfig/kvmdirty.pc, compiled from the same source list
-(csrc/sources.mk) as the extension. `pykvmdirty-config --cflags --libs` finds them.
+pykvmdirty/lib/libkvmdirty.so and .a, pykvmdirty/include/kvmdirty.h (and
+kvmdirty/migrate.h) and pykvmdirty/lib/pkgconfig/kvmdirty.pc, compiled from the
+same source list (csrc/sources.mk) with the same flags (csrc/build.mk) as the
+extension; the .pc comes from csrc/kvmdirty.pc.in, as the Makefile's does. `pykvmdirty-config --cflags --libs` finds them.
 """
 import os
 import shutil
@@ -13,18 +14,6 @@ from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-PC_TEMPLATE = """prefix=${pcfiledir}/../..
-includedir=${prefix}/include
-libdir=${prefix}/lib
-
-Name: kvmdirty
-Description: dirty-page-tracking KVM interface emulator (libkvmdirty)
-Version: %s
-Cflags: -I${includedir}
-Libs: -L${libdir} -Wl,-rpath,${libdir} -lkvmdirty
-Libs.private: -pthread
-"""
 
 
 def build_module():
@@ -50,21 +39,23 @@ class BuildExtAndLibrary(build_ext):
         cc = self.compiler
         objs = cc.compile([os.path.join("csrc", s) for s in b.SOURCES],
                           output_dir=os.path.join(self.build_temp, "libkvmdirty"),
-                          include_dirs=["csrc/include", "csrc"],
+                          include_dirs=b.INCLUDE_DIRS,
                           extra_postargs=b.CFLAGS + ["-fPIC"] + b.sanitize_flags())
         cc.link_shared_object(objs, "libkvmdirty.so", output_dir=libdir,
-                              extra_postargs=["-pthread"]
-                              + b.sanitize_flags())
+                              extra_postargs=b.LDFLAGS + b.sanitize_flags())
         archive = os.path.join(libdir, "libkvmdirty.a")
         if os.path.exists(archive):  # ar would add to (and keep) old members
             os.remove(archive)
         cc.create_static_lib(objs, "kvmdirty", output_dir=libdir)
-        shutil.copy(os.path.join(ROOT, "csrc", "include", "kvmdirty.h"), incdir)
+        os.makedirs(os.path.join(incdir, "kvmdirty"), exist_ok=True)
+        for h in b.HEADERS:  # kvmdirty.h and kvmdirty/migrate.h
+            rel = os.path.relpath(h, os.path.join(ROOT, "csrc", "include"))
+            shutil.copy(h, os.path.join(incdir, rel))
         with open(os.path.join(libdir, "ldflags.txt"), "w") as f:
             f.write(" ".join(b.sanitize_flags()))  # what a program linking us needs too
         version = self.distribution.get_version()
         with open(os.path.join(libdir, "pkgconfig", "kvmdirty.pc"), "w") as f:
-            f.write(PC_TEMPLATE % version)
+            f.write(b.pc_text("${pcfiledir}/../..", version))
 
 
 setup(

@@ -24,10 +24,19 @@ KD_SOURCES = \
 	emu/hier_log.c \
 	emu/hier.c \
 	real/kvm/kvm_ops.c \
-	real/kvm/kvm_backend.c \
+	real/kvm/kvm_open.c \
+	real/kvm/kvm_slots.c \
+	real/kvm/kvm_run.c \
+	real/kvm/kvm_dirty.c \
+	real/kvm/kvm_stub.c \
 	real/kvm/kvm_guest.c \
 	real/uffd/uffd_ops.c \
 	real/uffd/uffd_backend.c \
+	real/uffd/uffd_table.c \
+	real/uffd/uffd_segv.c \
+	real/uffd/uffd_fd.c \
+	real/uffd/uffd_collect.c \
+	real/uffd/uffd_probe.c \
 	vm/backends.c \
 	vm/vm.c \
 	vm/memslot.c \
@@ -35,7 +44,13 @@ KD_SOURCES = \
 	vm/ring.c \
 	vm/write.c \
 	vm/stats.c \
-	migrate/writers.c \
+	migrate/crc32c.c \
+	migrate/zero.c \
+	migrate/page_hash.c \
+	migrate/wire_encode.c \
+	migrate/wire_dest.c \
+	migrate/prefault.c \
 	migrate/sendpath.c \
-	migrate/wire.c \
+	migrate/vcpu_pool.c \
+	migrate/writers.c \
 	migrate/workload.c

@@ -1,7 +1,8 @@
 """cffi build script (API, out-of-line mode) for pykvmdirty._native.
 
-The cdef is derived from the one public header, csrc/include/kvmdirty.h, so the
-C API is declared in exactly one place: preprocessor lines become
+The cdef is derived from the public headers, csrc/include/kvmdirty.h (the VM
+API) and csrc/include/kvmdirty/migrate.h (which kvmdirty.h includes), so the C
+API is declared in exactly one place: preprocessor lines become
 ``#define NAME ...`` (values taken from the compiler), export macros drop.
 """
 import os
@@ -13,14 +14,20 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CSRC = os.path.join(ROOT, "csrc")
-HEADER = os.path.join(CSRC, "include", "kvmdirty.h")
+HEADERS = [os.path.join(CSRC, "include", "kvmdirty.h"),
+           os.path.join(CSRC, "include", "kvmdirty", "migrate.h")]
+
+
+def read_make_vars(path):
+    """`NAME = words` assignments of a make fragment (continuations joined)."""
+    text = open(path).read().replace("\\\n", " ")
+    return {m.group(1): m.group(2).split()
+            for m in re.finditer(r"^([A-Z0-9_]+)\s*=\s*(.*)$", text, flags=re.M)}
 
 
 def read_sources(path=os.path.join(CSRC, "sources.mk")):
     """KD_SOURCES from csrc/sources.mk: the one list the Makefile uses too."""
-    text = open(path).read().replace("\\\n", " ")
-    m = re.search(r"^KD_SOURCES\s*=\s*(.*)$", text, flags=re.M)
-    sources = m.group(1).split()
+    sources = read_make_vars(path)["KD_SOURCES"]
     names = [os.path.basename(s) for s in sources]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:  # an archive keeps one member per name: the other would vanish
@@ -30,14 +37,34 @@ def read_sources(path=os.path.join(CSRC, "sources.mk")):
 
 
 SOURCES = read_sources()
+# The public headers' folder, and csrc/ (internal headers are named from it:
+# "core/internal.h", "emu/emu.h"); relative to the repository root.
+INCLUDE_DIRS = [os.path.relpath(os.path.join(CSRC, "include"), ROOT),
+                os.path.relpath(CSRC, ROOT)]
 
-CFLAGS = ["-O2", "-std=gnu11", "-pthread", "-fvisibility=hidden", "-Wall", "-Wextra"]
+# Compiler flags: csrc/build.mk, which the Makefile reads too.
+BUILD_VARS = read_make_vars(os.path.join(CSRC, "build.mk"))
+CFLAGS = BUILD_VARS["KD_OPT"] + BUILD_VARS["KD_CFLAGS"]
 if platform.machine() in ("x86_64", "AMD64"):
-    CFLAGS.append("-mpopcnt")  # every x86-64 CPU since 2008; the scans count bits
+    CFLAGS += BUILD_VARS["KD_CFLAGS_X86_64"]
+LDFLAGS = BUILD_VARS["KD_LDFLAGS"]
+# The pkg-config template, shared with the Makefile (@PREFIX@, @VERSION@).
+PC_TEMPLATE = os.path.join(CSRC, "kvmdirty.pc.in")
 
 
-def cdef_from_header(path=HEADER):
-    """Turn the public header into cffi cdef text."""
+def pc_text(prefix, version):
+    """kvmdirty.pc from csrc/kvmdirty.pc.in."""
+    text = open(PC_TEMPLATE).read()
+    return text.replace("@PREFIX@", prefix).replace("@VERSION@", version)
+
+
+def cdef_from_headers(paths=HEADERS):
+    """Turn the public headers, in order, into one cffi cdef text."""
+    return "".join(cdef_from_header(p) for p in paths)
+
+
+def cdef_from_header(path):
+    """Turn one public header into cffi cdef text."""
     out = []
     skip_cpp = False
     for line in open(path):
@@ -65,22 +92,18 @@ def sanitizing():
 
 def sanitize_flags():
     """KVMDIRTY_SANITIZE=1: build the C core with ASan and UBSan (any report aborts)."""
-    if sanitizing():
-        return ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-                "-fno-omit-frame-pointer", "-g"]
-    return []
+    return list(BUILD_VARS["KD_SANITIZE"]) if sanitizing() else []
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(cdef_from_header())
+ffibuilder.cdef(cdef_from_headers())
 ffibuilder.set_source(
     "pykvmdirty._native",
     '#include "kvmdirty.h"',
     sources=[os.path.relpath(os.path.join(CSRC, s), ROOT) for s in SOURCES],
-    include_dirs=[os.path.relpath(os.path.join(CSRC, "include"), ROOT),
-                  os.path.relpath(CSRC, ROOT)],
+    include_dirs=INCLUDE_DIRS,
     extra_compile_args=CFLAGS + sanitize_flags(),
-    extra_link_args=["-pthread"] + sanitize_flags(),
+    extra_link_args=LDFLAGS + sanitize_flags(),
 )
 
 if __name__ == "__main__":

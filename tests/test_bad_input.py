@@ -46,6 +46,9 @@ C_ERRORS = [
     (lambda vm: vm.collect(0, 0, (1 << 12) + 1), errno.EINVAL),
     (lambda vm: vm.set_user_memory_region(1, 4096, 4096), errno.EEXIST),
     (lambda vm: vm.enable_manual_protect_flags(4), errno.EINVAL),
+    # INITIALLY_SET without MANUAL_PROTECT_ENABLE: the kernel refuses it
+    (lambda vm: vm.enable_manual_protect_flags(2), errno.EINVAL),
+    (lambda vm: vm.enable_manual_protect_flags(6), errno.EINVAL),
     (lambda vm: vm.ring_usage(5), None),  # ENXIO (non-ring) or EINVAL (ring)
     (lambda vm: vm.harvest(9), None),
 ]

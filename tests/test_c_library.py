@@ -94,9 +94,31 @@ def test_config_flags_and_pkgconfig(tmp_path):
     assert out == [config.cflags()]
 
 
+PUBLIC_HEADERS = ("kvmdirty.h", os.path.join("kvmdirty", "migrate.h"))
+
+
 def public_functions():
-    header = open(os.path.join(config.include_dir(), "kvmdirty.h")).read()
-    return set(re.findall(r"KD_API\s+[^;(]*?\b(kd_\w+)\s*\(", header))
+    """KD_API functions of the installed headers (kvmdirty.h includes migrate.h)."""
+    names = set()
+    for h in PUBLIC_HEADERS:
+        header = open(os.path.join(config.include_dir(), h)).read()
+        names |= set(re.findall(r"KD_API\s+[^;(]*?\b(kd_\w+)\s*\(", header))
+    return names
+
+
+def test_headers_split_between_vm_api_and_migration():
+    """kvmdirty.h holds the VM API and includes kvmdirty/migrate.h, which
+    holds the send path, wire format, workloads and thread pools."""
+    inc = os.path.join(ROOT, "csrc", "include")
+    text = {h: open(os.path.join(inc, h)).read() for h in PUBLIC_HEADERS}
+    declared = {h: set(re.findall(r"KD_API\s+[^;(]*?\b(kd_\w+)\s*\(", s))
+                for h, s in text.items()}
+    vm, mig = (declared[h] for h in PUBLIC_HEADERS)
+    assert '#include "kvmdirty/migrate.h"' in text["kvmdirty.h"]
+    assert not vm & mig
+    assert {"kd_vm_create", "kd_collect", "kd_vm_hold"} <= vm
+    assert {"kd_writers_start", "kd_sender_create", "kd_wire_dest_feed",
+            "kd_workload_threads_start"} <= mig
 
 
 @LIB_MISSING
@@ -136,6 +158,19 @@ def test_c_bad_input_table(tmp_path):
     assert m and int(m.group(1)) > 40
 
 
+@LIB_MISSING
+def test_concurrent_api_c_program(tmp_path):
+    """Stats reset under a running writer; memslot calls refused (-EBUSY)
+    while a writer pool or workload threads run, allowed after join/stop;
+    kd_vm_hold/kd_vm_release. CI runs it again against the sanitizer build."""
+    exe = str(tmp_path / "concurrent_api")
+    build(os.path.join(HERE, "c", "test_concurrent_api.c"), exe)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"^(\d+) passed, 0 failed$", r.stdout, flags=re.M)
+    assert m and int(m.group(1)) >= 38
+
+
 # The real-kernel backends' own C tests (built from csrc/ directly: they test
 # internal modules, not the installed library): the test program and every
 # file of the backend's folder but its ops table (which needs the core).
@@ -168,3 +203,41 @@ def test_backend_c_program(tmp_path, backend):
     if r.returncode == 77:
         pytest.skip(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "skipped")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_build_flags_and_pc_template_defined_once():
+    """csrc/build.mk holds the compiler flags and csrc/kvmdirty.pc.in the
+    pkg-config template; the Makefile, _build.py and setup.py only read them."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "kd_build_script", os.path.join(ROOT, "pykvmdirty", "_build.py"))
+    _build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_build)  # the checkout's script, not an installed copy
+    for f in ("csrc/Makefile", "setup.py", "pykvmdirty/_build.py"):
+        text = open(os.path.join(ROOT, f)).read()
+        assert "-std=gnu11" not in text and "-fsanitize=" not in text, f
+        assert "Libs.private" not in text, f
+    assert "-std=gnu11" in _build.CFLAGS and "-fvisibility=hidden" in _build.CFLAGS
+    pc = _build.pc_text("/opt/x", "9.9")
+    assert "prefix=/opt/x" in pc and "Version: 9.9" in pc and "@" not in pc
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="make not on PATH")
+def test_makefile_tracks_header_dependencies(tmp_path):
+    """An object is rebuilt when any header it includes changes (-MMD -MP),
+    and only then."""
+    csrc = os.path.join(ROOT, "csrc")
+    obj = str(tmp_path / "real" / "kvm" / "kvm_run.o")
+    subprocess.run(["make", "-s", "-C", csrc, "BUILD=" + str(tmp_path), obj], check=True,
+                   capture_output=True, text=True)
+
+    def would_rebuild(header):
+        out = subprocess.run(["make", "-n", "-C", csrc, "BUILD=" + str(tmp_path),
+                              "-W", header, obj], check=True, capture_output=True,
+                             text=True).stdout
+        return "kvm_run.c" in out
+
+    assert not would_rebuild("migrate/simd.h")
+    for header in ("real/kvm/kvm_backend.h", "real/kvm/kvm_internal.h", "include/kvmdirty.h",
+                   "include/kvmdirty/migrate.h"):
+        assert would_rebuild(header), header

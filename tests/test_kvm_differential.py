@@ -691,6 +691,17 @@ LOG_ERRORS = [
     ("GET missing slot", get(5)),
     ("GET slot without log", get(2)),
     ("CLEAR before manual protect", clear(0, 0, 64)),
+    # every KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 flag combination (x86: the
+    # kernel allows 0, 1 and 3; INITIALLY_SET needs ENABLE; other bits EINVAL)
+    ("enable manual protect flags 2 (INITIALLY_SET alone)",
+     lambda vm: vm.enable_manual_protect_flags(2)),
+    ("enable manual protect flags 5", lambda vm: vm.enable_manual_protect_flags(5)),
+    ("enable manual protect flags 6", lambda vm: vm.enable_manual_protect_flags(6)),
+    ("enable manual protect flags 7", lambda vm: vm.enable_manual_protect_flags(7)),
+    ("enable manual protect flags 3", lambda vm: vm.enable_manual_protect_flags(3)),
+    ("enable manual protect flags 0 (off)", lambda vm: vm.enable_manual_protect_flags(0)),
+    ("enable manual protect flags 1", lambda vm: vm.enable_manual_protect_flags(1)),
+    ("enable manual protect flags 0 again", lambda vm: vm.enable_manual_protect_flags(0)),
     ("enable manual protect flags 4", lambda vm: vm.enable_manual_protect_flags(4)),
     ("enable manual protect flags 1<<63", lambda vm: vm.enable_manual_protect_flags(1 << 63)),
     ("enable manual protect", lambda vm: vm.enable_manual_protect()),

@@ -23,8 +23,9 @@
  *     `const struct kd_backend_ops kd_NAME_ops = { ... }`: check_config,
  *     log_alloc/log_free, write, get/clear/collect (or the ring hooks), and
  *     the emulated defaults from emu/emu.h for the rest;
- *  3. declare it below and add `[KD_BACKEND_NAME] = &kd_NAME_ops` to the
- *     table in vm/backends.c; add the file to csrc/sources.mk.
+ *  3. register it in vm/backends.c (its extern declaration and
+ *     `[KD_BACKEND_NAME] = &kd_NAME_ops` in the table); add the file to
+ *     csrc/sources.mk.
  */
 #ifndef KD_BACKEND_H
 #define KD_BACKEND_H
@@ -97,15 +98,6 @@ struct kd_backend_ops {
 	int (*ring_reset)(kd_vm *vm, uint64_t *count);
 	int (*ring_usage)(kd_vm *vm, uint32_t vcpu, uint32_t *used, uint32_t *soft_limit);
 };
-
-/* The backends (each defined in its own file). */
-extern const struct kd_backend_ops kd_flat_ops KD_HIDDEN;
-extern const struct kd_backend_ops kd_twolevel_ops KD_HIDDEN;
-extern const struct kd_backend_ops kd_bytemap_ops KD_HIDDEN;
-extern const struct kd_backend_ops kd_ring_ops KD_HIDDEN;
-extern const struct kd_backend_ops kd_kvm_ops KD_HIDDEN;
-extern const struct kd_backend_ops kd_uffd_ops KD_HIDDEN;
-extern const struct kd_backend_ops kd_hier_ops KD_HIDDEN;
 
 /* vm/backends.c: the table indexed by enum kd_backend; NULL if unknown. */
 KD_HIDDEN const struct kd_backend_ops *kd_backend_ops(uint32_t backend);

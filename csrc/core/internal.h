@@ -8,7 +8,8 @@
  *  - vm->lock serialises every "user side" call (memslots, get, clear,
  *    collect, harvest, reset, stats reset). Writers (kd_write) never take it.
  *  - A vCPU is run by one thread at a time (vcpu->busy). Its counters are
- *    written only by that thread and read with relaxed loads.
+ *    written only by that thread and read with relaxed loads; a stats reset
+ *    never writes them (it moves a baseline instead, see struct kd_vcpu).
  *  - vcpu->lock guards what both a writer and a collector may touch for one
  *    vCPU: its PML buffer and the producer side of its dirty ring. A writer
  *    holds it per batch of KD_WRITE_BATCH gfns (a "guest entry"); a collector
@@ -107,7 +108,21 @@ struct kd_vcpu {
 	uint32_t pml_count; /* entries in pml[] */
 	uint64_t pml[KD_PML_ENTRIES]; /* gfns (address space 0) */
 	struct kd_ring ring;
+	/*
+	 * Writer-side counters, monotonic: only the thread running the vCPU
+	 * stores them (relaxed atomic stores of load + delta, once per
+	 * kd_write); anyone reads them with relaxed loads. kd_stats_reset may
+	 * run while that thread writes, so it must not store to them (its store
+	 * could land between the writer's load and store and be overwritten,
+	 * or lose the writer's delta): it copies them into `base` instead,
+	 * under vm->lock, and kd_stats_get reports c - base. Each field then
+	 * counts exactly the events the writer published after the reset read
+	 * that field (fields are read one by one, so a kd_write racing with the
+	 * reset may be counted in some fields and not in others, never twice
+	 * and never lost).
+	 */
 	struct kd_vcpu_counters c;
+	struct kd_vcpu_counters base; /* under vm->lock */
 } __attribute__((aligned(64)));
 
 struct kd_vm {
@@ -118,6 +133,7 @@ struct kd_vm {
 	struct kd_stats user; /* user-side counters, under lock */
 	const struct kd_backend_ops *ops; /* the backend (core/backend.h) */
 	void *backend;                    /* its private state (kvm, uffd) */
+	uint32_t holds; /* kd_vm_hold count: memslots frozen while > 0 */
 	int lock_initialised;
 	/* pthread mutex kept opaque here to avoid pulling pthread.h everywhere */
 	_Alignas(16) unsigned char lock_storage[64];

@@ -11,7 +11,7 @@
  * With a kernel bitmap and write protection, writable is the dirty bitmap
  * itself (struct kd_slot): the fault's fetch_or is the log mark.
  *
- * Ordering (why no write is lost; see also struct kd_slot in internal.h):
+ * Ordering (why no write is lost; see also struct kd_slot in core/internal.h):
  *  writer:    [store value]; fetch_or(writable, bit) -> was clear: mark log
  *  collector: take bits from the log (xchg / fetch_and); fetch_and(writable,
  *             ~taken); [read page contents]

@@ -1,6 +1,8 @@
 /*
- * kvmdirty.h - the one public header of libkvmdirty, a dirty-page-tracking
- * kernel-interface emulator.
+ * kvmdirty.h - the public header of libkvmdirty, a dirty-page-tracking
+ * kernel-interface emulator: the VM API. kvmdirty/migrate.h (included at the
+ * end) declares what is built on it: the send path, the wire format,
+ * workload generators and vCPU thread pools.
  *
  * A kd_vm holds memslots and vCPUs like a KVM VM. Guest writes (kd_write) go
  * through an emulated write-protection (or PML) model into one of several
@@ -172,10 +174,23 @@ KD_API int kd_backend_available(uint32_t backend, const char **why);
 
 /* Create a VM. -EINVAL bad config; -E2BIG ring too large; -ENOMEM. */
 KD_API int kd_vm_create(const struct kd_vm_config *config, kd_vm **out);
-/* Destroy a VM; NULL is a no-op. No call may be running on it. */
+/* Destroy a VM; NULL is a no-op. No call may be running on it, and no
+ * writer pool or workload threads (join/stop them first). */
 KD_API void kd_vm_destroy(kd_vm *vm);
 /* The VM's configuration, with defaults resolved (address_spaces). */
 KD_API int kd_vm_config_get(const kd_vm *vm, struct kd_vm_config *out);
+
+/*
+ * Hold the VM's memslots: while the VM is held, kd_set_user_memory_region
+ * fails with -EBUSY (before any other check), so slot memory and logs stay
+ * valid for threads writing without the VM lock. The writer and workload
+ * thread pools hold their VM from start to join/stop; a program running its
+ * own writer threads may do the same. Holds nest (a count); each
+ * kd_vm_hold is matched by one kd_vm_release. -EINVAL: NULL, or release
+ * without a hold.
+ */
+KD_API int kd_vm_hold(kd_vm *vm);
+KD_API int kd_vm_release(kd_vm *vm);
 
 /*
  * KVM_SET_USER_MEMORY_REGION. slot = as_id << 16 | id. -EINVAL: unaligned
@@ -183,7 +198,8 @@ KD_API int kd_vm_config_get(const kd_vm *vm, struct kd_vm_config *out);
  * KD_MAX_SLOT_PAGES pages, unknown flags, a change of base or size of an
  * existing slot; -EEXIST: overlap. size 0 deletes. Toggling
  * KD_MEM_LOG_DIRTY_PAGES allocates a fresh log (zero, or all ones with
- * KD_INITIALLY_SET) or frees it.
+ * KD_INITIALLY_SET) or frees it. -EBUSY while the VM is held (kd_vm_hold:
+ * a writer pool or workload threads of this VM run); nothing changes.
  */
 KD_API int kd_set_user_memory_region(kd_vm *vm, uint32_t slot, uint32_t flags,
 				     uint64_t guest_phys_addr, uint64_t memory_size);
@@ -191,7 +207,9 @@ KD_API int kd_slot_info(kd_vm *vm, uint32_t slot, struct kd_slot_info *out);
 /* Number of slots; fills up to cap entries sorted by (as_id, base_gfn). */
 KD_API int kd_slot_list(kd_vm *vm, struct kd_slot_info *out, uint32_t cap);
 
-/* KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2). -EINVAL unknown flags. */
+/* KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2): flags 0 (off),
+ * KD_MANUAL_PROTECT_ENABLE, or both it and KD_INITIALLY_SET. -EINVAL
+ * unknown flags, or KD_INITIALLY_SET alone (as the kernel). */
 KD_API int kd_enable_manual_protect(kd_vm *vm, uint64_t flags);
 
 /*
@@ -238,20 +256,10 @@ KD_API int kd_reset_dirty_rings(kd_vm *vm, uint64_t *count);
 KD_API int kd_ring_usage(kd_vm *vm, uint32_t vcpu, uint32_t *used, uint32_t *soft_limit);
 
 KD_API int kd_stats_get(kd_vm *vm, struct kd_stats *out);
+/* Zero the counters. May run while writers run: writer-side counters then
+ * count exactly the writes published after the reset (a kd_write racing
+ * with it may count in some fields only), never an old total. */
 KD_API int kd_stats_reset(kd_vm *vm);
-
-/*
- * Writer threads: real pthreads acting as vCPUs, for concurrency tests and
- * real-time workloads. Thread i runs vCPU i and writes gfns[i] (n[i] gfns)
- * `loops` times, storing `value` (+ loop index). On a ring-full exit it waits
- * until the ring is reset, then resumes. kd_writers_join waits for them and
- * fills applied[i] (gfns written). A writer stops early on kd_writers_stop.
- */
-typedef struct kd_writers kd_writers;
-KD_API int kd_writers_start(kd_vm *vm, uint32_t nthreads, const uint64_t *const *gfns,
-			    const uint64_t *n, uint64_t loops, uint64_t value, kd_writers **out);
-KD_API void kd_writers_stop(kd_writers *w);
-KD_API int kd_writers_join(kd_writers *w, uint64_t *applied);
 
 /* Scan a bitmap for set bits: stores base + index of each set bit (ascending)
  * into out (cap entries); returns the number of set bits found (may exceed
@@ -259,227 +267,12 @@ KD_API int kd_writers_join(kd_writers *w, uint64_t *applied);
 KD_API int64_t kd_bitmap_to_gfns(const uint64_t *bitmap, uint64_t nbits, uint64_t base,
 				 uint64_t *out, uint64_t cap);
 
-/* ---- send path, wire format, workloads (sendpath.c, wire.c, workload.c) ---- */
-/* Wire format (wire.c documents it): per record a be64 of address | flag;
- * records travel in batches with a 24-byte header carrying a CRC32C. */
-#define KD_WIRE_ZERO 0x02u
-#define KD_WIRE_MEM_SIZE 0x04u
-#define KD_WIRE_PAGE 0x08u
-#define KD_WIRE_EOS 0x10u
-#define KD_WIRE_BATCH_MAGIC 0x4b444231u /* "KDB1" */
-#define KD_WIRE_BATCH_HEADER 24u
-#define KD_WIRE_ZERO_RECORD 9u
-#define KD_WIRE_PAGE_RECORD 4104u
-#define KD_WIRE_MAX_PAYLOAD 67108864u   /* 64 MiB */
-#define KD_WIRE_MAX_REGIONS 32768u
-
-/* CRC32C (Castagnoli) continuing from crc (0 to start); SSE4.2 when present. */
-KD_API uint32_t kd_crc32c(uint32_t crc, const void *data, uint64_t len);
-/* CRC32C of A || B from crc1 = CRC32C(A), crc2 = CRC32C(B), len2 = |B|. */
-KD_API uint32_t kd_crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2);
-/* Use the table CRC instead of SSE4.2 (on != 0), for tests; returns 0. */
-KD_API int kd_crc32c_force_software(int on);
-/* 1 if len bytes at buf are all zero, 0 if not (AVX2 or scalar), -EINVAL. */
-KD_API int kd_buffer_is_zero(const void *buf, uint64_t len);
-/* Zero check and CRC implementation: 0 scalar, 1 best (AVX2/SSE4.2), -1 query.
- * Returns the level now active (0 or 1) or -EINVAL. */
-KD_API int kd_simd_select(int level);
-/* Number of all-zero pages among npages pages at memory, or -EINVAL. */
-KD_API int64_t kd_count_zero_pages(const void *memory, uint64_t npages);
-/* Read len bytes as 64-bit words (a plain streaming read, the bandwidth
- * reference for zero detection); returns a checksum >= 0 or -EINVAL. */
-KD_API int64_t kd_read_bandwidth_probe(const void *memory, uint64_t len);
-/* 64-bit hash of each of npages pages into out[npages] (verification). */
-KD_API int kd_page_hashes(const void *memory, uint64_t npages, uint64_t *out);
-/* Write a batch header (magic, length, seq, count, CRC) before payload_len
- * bytes of records at buf + KD_WIRE_BATCH_HEADER. */
-KD_API int kd_wire_seal_batch(void *buf, uint64_t payload_len, uint32_t nrecords, uint64_t seq);
-/* The same with the payload's CRC32C already known (computed while encoding). */
-KD_API int kd_wire_seal_batch_crc(void *buf, uint64_t payload_len, uint32_t nrecords,
-				  uint64_t seq, uint32_t payload_crc);
-/* Encode a MEM_SIZE record (region layout); returns bytes used, -ENOSPC, -EINVAL. */
-KD_API int64_t kd_wire_put_mem_size(void *buf, uint64_t cap, const uint64_t *gpas,
-				     const uint64_t *sizes, uint32_t nregions);
-/* Encode an EOS record; returns 8, -ENOSPC or -EINVAL. */
-KD_API int64_t kd_wire_put_eos(void *buf, uint64_t cap);
-
-/* Destination: decodes a stream and applies it to its own memory (mapped
- * MAP_NORESERVE on the MEM_SIZE record). Errors are sticky. */
-typedef struct kd_wire_dest kd_wire_dest;
-struct kd_wire_dest_stats {
-	uint64_t batches, records, pages, zero_pages, bytes;
-	uint64_t regions, guest_bytes, eos;
-	uint64_t prefaulted; /* destination bytes populated ahead of the stream */
-	uint64_t reserved[7];
-};
-KD_API int kd_wire_dest_create(kd_wire_dest **out);
-KD_API void kd_wire_dest_destroy(kd_wire_dest *d);
-/* While the stream writes densely in address order, a helper thread populates
- * destination memory (MADV_POPULATE_WRITE) up to ahead_bytes past the writer
- * (0 = off, the default; e.g. 64 MiB). Before the first feed; -EBUSY after. */
-KD_API int kd_wire_dest_set_prefault(kd_wire_dest *d, uint64_t ahead_bytes);
-/* Apply the complete batches in buf; *consumed = bytes used. Returns 1 once
- * EOS was applied, 0 if more is needed, -EBADMSG (magic, sequence, CRC),
- * -EPROTO (bad record), -ERANGE (page outside the regions), -ENOMEM. */
-KD_API int kd_wire_dest_feed(kd_wire_dest *d, const void *buf, uint64_t len, uint64_t *consumed);
-/* Bytes needed for the batch starting at buf (header + payload), or -EINVAL. */
-KD_API int64_t kd_wire_dest_need(kd_wire_dest *d, const void *buf, uint64_t len);
-/* The stream ended with leftover unconsumed bytes: 0 if EOS was seen, else
- * -EPIPE (truncated) or the sticky error. */
-KD_API int kd_wire_dest_finish(kd_wire_dest *d, uint64_t leftover);
-/* Sentence describing the sticky error, or NULL. */
-KD_API const char *kd_wire_dest_error(const kd_wire_dest *d);
-KD_API int kd_wire_dest_stats(const kd_wire_dest *d, struct kd_wire_dest_stats *out);
-/* Region index's address, size and memory; -ENOENT past the last. */
-KD_API int kd_wire_dest_region(const kd_wire_dest *d, uint32_t index, uint64_t *gpa,
-			       uint64_t *size, void **memory);
-
-/* Sender: the scan-and-send loop (sendpath.c). */
-#define KD_SEND_VIRTUAL_CLOCK (1u << 0) /* deterministic clock and cost model */
-#define KD_SEND_ZERO_AS_FULL (1u << 1)  /* charge zero pages as full pages */
-#define KD_SEND_WINDOW_NS 100000000ull  /* rate-limit window (QEMU BUFFER_DELAY) */
-#define KD_LAT_BUCKETS 1024u
-/* kd_send_pages results (>= 0) */
-#define KD_SEND_DONE 0
-#define KD_SEND_FULL 1      /* batch buffer full: kd_sender_flush, call again */
-#define KD_SEND_TIME_CAP 2  /* max_wait_ns since kd_sender_iteration_begin */
-#define KD_SEND_DEADLINE 3  /* virtual clock reached deadline_ns */
-
-struct kd_send_config {
-	uint64_t rate_limit;     /* bytes/s, budget rate_limit/10 per window; 0 = none */
-	uint64_t max_wait_ns;    /* time cap, checked every 64 pages; 0 = none */
-	uint64_t link_bandwidth; /* virtual: record transfer bytes/s; 0 = instant */
-	uint64_t page_cost_ns;   /* virtual: read + zero check per page */
-	uint64_t clear_call_ns;  /* virtual: per chunk CLEAR call */
-	uint64_t reprotect_ns;   /* virtual: per page re-protected by a CLEAR */
-	uint32_t flags;          /* KD_SEND_* */
-	uint32_t reserved[3];    /* must be zero */
-};
-
-struct kd_send_stats {
-	uint64_t pages;           /* page records sent (PAGE and ZERO) */
-	uint64_t zero_pages;
-	uint64_t wire_bytes;      /* record bytes encoded (headers of batches apart) */
-	uint64_t header_bytes;    /* batch header bytes */
-	uint64_t accounted_bytes; /* bytes charged to the rate limiter */
-	uint64_t redundant;       /* sent although unchanged since its last send */
-	uint64_t batches;
-	uint64_t rate_waits;      /* windows in which the limiter made the loop wait */
-	uint64_t wait_ns;
-	uint64_t time_cap_exits;
-	uint64_t clears;          /* chunk CLEAR calls */
-	uint64_t windows;         /* windows closed with bytes in them */
-	uint64_t max_window_bytes;
-	uint64_t lat_count, lat_sum_ns, lat_max_ns;
-	uint64_t reserved[8];
-};
-
-/* A range of guest memory to send from. last_version/sent (both or neither)
- * are per-page bookkeeping the caller keeps across passes. With clear_shift
- * (6..31), the chunk of a page is CLEARed (mask = clear_mask, slot-relative,
- * the GET snapshot) before its first page is sent; chunk_cleared_ns[chunk]
- * (0 = not yet) records when. */
-struct kd_send_region {
-	const void *memory;
-	uint64_t base_gfn;
-	uint64_t npages;
-	uint64_t *last_version;  /* first 8 bytes of each page when last sent */
-	uint64_t *sent;          /* bitmap: page sent before */
-	kd_vm *vm;
-	uint32_t slot;
-	uint32_t clear_shift;
-	const uint64_t *clear_mask;
-	uint64_t *chunk_cleared_ns;
-};
-
-typedef struct kd_sender kd_sender;
-/* -EINVAL: unknown flags, reserved set, a budget below one page record, or a
- * cost model without the virtual clock. */
-KD_API int kd_sender_create(const struct kd_send_config *cfg, kd_sender **out);
-KD_API void kd_sender_destroy(kd_sender *s);
-KD_API int kd_sender_set_rate_limit(kd_sender *s, uint64_t rate_limit);
-/* Batch buffer (cap >= header + one page record); NULL counts without
- * encoding. -EBUSY while a batch is open. */
-KD_API int kd_sender_set_buffer(kd_sender *s, void *buf, uint64_t cap);
-/* Log each closed window's charged bytes into log[0..cap). */
-KD_API int kd_sender_set_window_log(kd_sender *s, uint64_t *log, uint64_t cap);
-/* Log the current window now (end of a run). */
-KD_API int kd_sender_close_window(kd_sender *s);
-/* Seal the open batch; *len = its bytes (0 if empty). */
-KD_API int kd_sender_flush(kd_sender *s, uint64_t *len);
-/* Control records, never rate limited: KD_SEND_DONE, KD_SEND_FULL or -errno. */
-KD_API int kd_sender_put_mem_size(kd_sender *s, const uint64_t *gpas, const uint64_t *sizes,
-				  uint32_t nregions);
-KD_API int kd_sender_put_eos(kd_sender *s);
-/* The sender's clock (virtual, or CLOCK_MONOTONIC); advance: virtual only. */
-KD_API uint64_t kd_sender_now(const kd_sender *s);
-KD_API int kd_sender_advance(kd_sender *s, uint64_t ns);
-/* Start of an iteration: the time cap counts from here. */
-KD_API int kd_sender_iteration_begin(kd_sender *s);
-/*
- * Send pages gfns[*pos..n) of region r (gfns NULL: slot-relative pages
- * *pos..n), advancing *pos. sample_ns: when their dirty information was
- * sampled (sender clock). deadline_ns: virtual clock only, 0 = none.
- * Returns KD_SEND_DONE/FULL/TIME_CAP/DEADLINE, -ERANGE (page outside r),
- * -EINVAL, or the CLEAR's error.
- */
-KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uint64_t *gfns,
-			 uint64_t n, uint64_t *pos, uint64_t sample_ns, uint64_t deadline_ns);
-KD_API int kd_sender_stats(const kd_sender *s, struct kd_send_stats *out);
-/* Copy (nbuckets == KD_LAT_BUCKETS) and optionally reset the latency histogram. */
-KD_API int kd_sender_latency_histogram(kd_sender *s, uint64_t *out, uint32_t nbuckets,
-				       int reset);
-/* Lowest latency (ns) counted in a histogram bucket. */
-KD_API uint64_t kd_latency_bucket_floor(uint32_t bucket);
-
-/* Workload generators (workload.c documents each). */
-enum kd_workload_kind {
-	KD_WL_IDLE = 0,
-	KD_WL_UNIFORM = 1,
-	KD_WL_HOTSPOT = 2,
-	KD_WL_ZIPF = 3,
-	KD_WL_SEQUENTIAL = 4,
-	KD_WL_MIGRATION_TEST = 5,
-};
-struct kd_workload_config {
-	uint32_t kind;          /* enum kd_workload_kind */
-	uint32_t reserved0;     /* must be zero */
-	uint64_t seed;
-	uint64_t first_gfn;     /* pages [first_gfn, first_gfn + npages) */
-	uint64_t npages;
-	double hot_fraction;    /* hotspot: share of pages that are hot, (0, 1] */
-	double hot_share;       /* hotspot: share of writes to them, [0, 1] */
-	double zipf_s;          /* zipf: exponent, (0, 10] */
-	uint64_t reserved[4];   /* must be zero */
-};
-typedef struct kd_workload kd_workload;
-KD_API int kd_workload_create(const struct kd_workload_config *cfg, kd_workload **out);
-KD_API void kd_workload_destroy(kd_workload *w);
-/* Up to n next gfns (fewer at the end of a sweep); *value_hint (may be NULL)
- * is the value to store (migration test) or 0. Returns the count or -EINVAL. */
-KD_API int64_t kd_workload_generate(kd_workload *w, uint64_t *gfns, uint64_t n,
-				    uint64_t *value_hint);
-
-/* Real-time workload: thread i runs wls[i] as vCPU i at rate/nthreads pages/s
- * (rate 0: as fast as it can), storing unique values from value_base up; on a
- * ring-full exit it waits for the reset. The workloads must outlive it. */
-typedef struct kd_workload_threads kd_workload_threads;
-struct kd_workload_thread_stats {
-	uint64_t writes;
-	uint64_t ring_full_waits;
-	int64_t error; /* first kd_write error, or 0 */
-};
-KD_API int kd_workload_threads_start(kd_vm *vm, kd_workload *const *wls, uint32_t nthreads,
-				     uint64_t rate, uint64_t value_base,
-				     kd_workload_threads **out);
-/* Throttle all threads by percent (0..99), as QEMU's cpu-throttle. */
-KD_API int kd_workload_threads_throttle(kd_workload_threads *t, uint32_t percent);
-/* Stop, join and free; out[0..cap) gets per-thread stats. Returns the first
- * thread error or 0. */
-KD_API int kd_workload_threads_stop(kd_workload_threads *t, struct kd_workload_thread_stats *out,
-				    uint32_t cap);
-
 #ifdef __cplusplus
 }
 #endif
+
+/* The migration side (send path, wire format, workloads, vCPU thread
+ * pools), so that C users include one file. */
+#include "kvmdirty/migrate.h"
+
 #endif /* KVMDIRTY_H */

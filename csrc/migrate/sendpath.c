@@ -1,9 +1,9 @@
 /*
- * sendpath.c - the scan-and-send inner loop of pre-copy live migration.
+ * migrate/sendpath.c - the scan-and-send inner loop of pre-copy live migration.
  *
  * A kd_sender walks a list of dirty pages (a gfn array, or a range of a slot),
  * and for each page: reads it from guest memory, detects a zero page (AVX2
- * where the CPU has it, else 64-bit words), encodes a wire record (wire.c)
+ * where the CPU has it, else 64-bit words), encodes a wire record (wire_encode.c)
  * into the caller's batch buffer, charges the bandwidth limiter, and keeps
  * per-page bookkeeping (first 8 bytes when last sent -> redundant sends;
  * age of the dirty information -> sample-to-send latency histogram).
@@ -32,135 +32,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include "kvmdirty.h"
+#include "simd.h"
+#include "wire_format.h"
 
 #define PAGE KD_PAGE_SIZE
 #define ZERO_REC 9u
 
-/* wire.c: CRC32C continued over n bytes copied from src to dst (one read) */
-uint32_t kd__crc32c_copy(uint32_t crc, void *dst, const void *src, uint64_t n);
 #define PAGE_REC (8u + KD_PAGE_SIZE)
-
-/* ---- zero detection ---- */
-
-static int zero_scalar(const void *buf, uint64_t len)
-{
-	const uint8_t *p = buf;
-	uint64_t i = 0;
-
-	for (; i + 64 <= len; i += 64) {
-		uint64_t w[8];
-		memcpy(w, p + i, 64);
-		if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7])
-			return 0;
-	}
-	for (; i < len; i++)
-		if (p[i])
-			return 0;
-	return 1;
-}
-
-#if defined(__x86_64__)
-__attribute__((target("avx2"))) static int zero_avx2(const void *buf, uint64_t len)
-{
-	const uint8_t *p = buf;
-	uint64_t i = 0;
-
-	/* the first 32 bytes alone: a written page usually fails here */
-	if (len >= 32) {
-		__m256i v = _mm256_loadu_si256((const __m256i *)p);
-		if (!_mm256_testz_si256(v, v))
-			return 0;
-	}
-	for (; i + 256 <= len; i += 256) {
-		const __m256i *q = (const __m256i *)(p + i);
-		__m256i a = _mm256_or_si256(_mm256_loadu_si256(q), _mm256_loadu_si256(q + 1));
-		__m256i b = _mm256_or_si256(_mm256_loadu_si256(q + 2), _mm256_loadu_si256(q + 3));
-		__m256i c = _mm256_or_si256(_mm256_loadu_si256(q + 4), _mm256_loadu_si256(q + 5));
-		__m256i d = _mm256_or_si256(_mm256_loadu_si256(q + 6), _mm256_loadu_si256(q + 7));
-		a = _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d));
-		if (!_mm256_testz_si256(a, a))
-			return 0;
-	}
-	return zero_scalar(p + i, len - i);
-}
-#endif
-
-static int (*zero_impl)(const void *, uint64_t);
-static int zero_level = -1;
-
-static void zero_select(int level)
-{
-#if defined(__x86_64__)
-	__builtin_cpu_init();
-	if (level != 0 && __builtin_cpu_supports("avx2")) {
-		zero_impl = zero_avx2;
-		zero_level = 1;
-		return;
-	}
-#endif
-	(void)level;
-	zero_impl = zero_scalar;
-	zero_level = 0;
-}
-
-KD_API int kd_buffer_is_zero(const void *buf, uint64_t len)
-{
-	if (!zero_impl)
-		zero_select(1);
-	if (!buf)
-		return len ? -EINVAL : 1;
-	return zero_impl(buf, len);
-}
-
-KD_API int kd_simd_select(int level)
-{
-	if (level < -1 || level > 1)
-		return -EINVAL;
-	if (level >= 0) {
-		zero_select(level);
-		kd_crc32c_force_software(level == 0);
-	} else if (!zero_impl) {
-		zero_select(1);
-	}
-	return zero_level;
-}
-
-KD_API int64_t kd_count_zero_pages(const void *memory, uint64_t npages)
-{
-	const uint8_t *m = memory;
-	int64_t n = 0;
-
-	if (!memory && npages)
-		return -EINVAL;
-	if (!zero_impl)
-		zero_select(1);
-	for (uint64_t i = 0; i < npages; i++)
-		n += zero_impl(m + i * PAGE, PAGE);
-	return n;
-}
-
-KD_API int64_t kd_read_bandwidth_probe(const void *memory, uint64_t len)
-{
-	/* sum of 64-bit words (what a plain streaming read costs); the result
-	 * keeps the compiler from dropping the loop */
-	const uint64_t *w = memory;
-	uint64_t a = 0, b = 0, c = 0, d = 0;
-
-	if (!memory && len)
-		return -EINVAL;
-	for (uint64_t i = 0; i + 4 <= len / 8; i += 4) {
-		a += w[i];
-		b += w[i + 1];
-		c += w[i + 2];
-		d += w[i + 3];
-	}
-	return (int64_t)((a ^ b ^ c ^ d) & 0x7fffffffffffffffull);
-}
 
 /* ---- the sender ---- */
 
@@ -221,8 +101,6 @@ KD_API int kd_sender_create(const struct kd_send_config *cfg, kd_sender **out)
 	s->virt = !!(cfg->flags & KD_SEND_VIRTUAL_CLOCK);
 	s->epoch = s->virt ? 0 : kd_clock_ns();
 	s->iter_start = now_ns(s);
-	if (!zero_impl)
-		zero_select(1);
 	*out = s;
 	return 0;
 }
@@ -455,11 +333,6 @@ static int rate_wait(kd_sender *s, uint64_t acc, uint64_t deadline)
 	}
 }
 
-static inline void put_be64(uint8_t *p, uint64_t v)
-{
-	v = __builtin_bswap64(v);
-	memcpy(p, &v, 8);
-}
 
 /* CLEAR the page's chunk if not yet done; returns 0 or negative errno. */
 static int chunk_clear(kd_sender *s, const struct kd_send_region *r, uint64_t rel)
@@ -503,6 +376,7 @@ static int check_region(const struct kd_send_region *r)
 KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uint64_t *gfns,
 			 uint64_t n, uint64_t *pos, uint64_t sample_ns, uint64_t deadline_ns)
 {
+	const kd_zero_fn is_zero = kd__zero_check(); /* one look-up per call */
 	const uint8_t *mem;
 	int err;
 
@@ -540,7 +414,7 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 			sample = sample_ns;
 		}
 		page = mem + rel * PAGE;
-		zero = zero_impl(page, PAGE);
+		zero = is_zero(page, PAGE);
 		rec = zero ? ZERO_REC : PAGE_REC;
 		acc = zero && !(s->cfg.flags & KD_SEND_ZERO_AS_FULL) ? ZERO_REC : PAGE_REC;
 		if (s->cfg.rate_limit) {

@@ -1,5 +1,5 @@
 /*
- * workload.c - seeded guest write generators, and C threads (vCPUs) that run
+ * migrate/workload.c - seeded guest write generators, and C threads (vCPUs) that run
  * them at a rate in pages per second against a VM.
  *
  * Generators (struct kd_workload_config.kind) produce gfns in
@@ -28,6 +28,7 @@
 #include <time.h>
 
 #include "kvmdirty.h"
+#include "vcpu_pool.h"
 
 struct kd_workload {
 	struct kd_workload_config cfg;
@@ -311,16 +312,13 @@ struct wl_thread {
 	struct kd_workload_threads *t;
 	uint32_t index;
 	uint64_t rate;
-	pthread_t tid;
-	int started;
 	struct kd_workload_thread_stats st;
 };
 
 struct kd_workload_threads {
-	kd_vm *vm;
+	struct kd_vcpu_pool pool; /* thread i = vCPU i */
 	kd_workload **wls;
 	uint32_t n;
-	int stop;
 	uint32_t throttle; /* percent */
 	uint64_t counter;  /* value source */
 	struct wl_thread *th;
@@ -342,33 +340,16 @@ static int write_pages(struct wl_thread *th, uint64_t *buf, uint64_t k)
 	kd_workload *w = t->wls[th->index];
 
 	while (k) {
-		uint64_t hint, done = 0;
+		uint64_t hint, value;
 		int64_t g = kd_workload_generate(w, buf, k < WL_CHUNK ? k : WL_CHUNK, &hint);
-		uint64_t value;
+		int r;
 		if (g <= 0)
 			return (int)g;
 		value = hint ? hint : __atomic_add_fetch(&t->counter, 1, __ATOMIC_RELAXED);
-		while (done < (uint64_t)g) {
-			struct kd_write_result res;
-			int r = kd_write(t->vm, th->index, buf + done, (uint64_t)g - done, value, &res);
-			if (r)
-				return r;
-			done += res.applied;
-			th->st.writes += res.applied;
-			if (res.exit_reason == KD_EXIT_DIRTY_RING_FULL) {
-				/* wait for the collector to reset the ring */
-				th->st.ring_full_waits++;
-				while (!__atomic_load_n(&t->stop, __ATOMIC_RELAXED)) {
-					uint32_t used, limit;
-					if (kd_ring_usage(t->vm, th->index, &used, &limit) ||
-					    used < limit)
-						break;
-					sleep_until(kd_clock_ns() + 20000);
-				}
-				if (__atomic_load_n(&t->stop, __ATOMIC_RELAXED))
-					return 1;
-			}
-		}
+		r = kd_vcpu_pool_write(&t->pool, th->index, buf, (uint64_t)g, value, 0,
+				       &th->st.writes, &th->st.ring_full_waits);
+		if (r)
+			return r;
 		k -= (uint64_t)g;
 	}
 	return 0;
@@ -386,7 +367,7 @@ static void *wl_main(void *arg)
 		th->st.error = -ENOMEM;
 		return NULL;
 	}
-	while (!__atomic_load_n(&t->stop, __ATOMIC_RELAXED)) {
+	while (!kd_vcpu_pool_stopping(&t->pool)) {
 		uint32_t thr = __atomic_load_n(&t->throttle, __ATOMIC_RELAXED);
 		uint64_t now, k;
 		int r;
@@ -433,6 +414,7 @@ KD_API int kd_workload_threads_start(kd_vm *vm, kd_workload *const *wls, uint32_
 {
 	struct kd_workload_threads *t;
 	struct kd_vm_config cfg;
+	int r;
 
 	if (!vm || !wls || !out || nthreads == 0)
 		return -EINVAL;
@@ -449,14 +431,14 @@ KD_API int kd_workload_threads_start(kd_vm *vm, kd_workload *const *wls, uint32_
 		return -ENOMEM;
 	t->th = calloc(nthreads, sizeof(*t->th));
 	t->wls = calloc(nthreads, sizeof(*t->wls));
-	if (!t->th || !t->wls) {
+	r = t->th && t->wls ? kd_vcpu_pool_init(&t->pool, vm, nthreads) : -ENOMEM;
+	if (r) {
 		free(t->th);
 		free(t->wls);
 		free(t);
-		return -ENOMEM;
+		return r;
 	}
 	memcpy(t->wls, wls, nthreads * sizeof(*wls));
-	t->vm = vm;
 	t->n = nthreads;
 	t->counter = value_base;
 	for (uint32_t i = 0; i < nthreads; i++) {
@@ -467,17 +449,11 @@ KD_API int kd_workload_threads_start(kd_vm *vm, kd_workload *const *wls, uint32_
 	for (uint32_t i = 0; i < nthreads; i++) {
 		if (rate && !t->th[i].rate)
 			continue; /* this vCPU has no share of a tiny rate */
-		if (pthread_create(&t->th[i].tid, NULL, wl_main, &t->th[i])) {
-			__atomic_store_n(&t->stop, 1, __ATOMIC_RELAXED);
-			for (uint32_t j = 0; j < i; j++)
-				if (t->th[j].started)
-					pthread_join(t->th[j].tid, NULL);
-			free(t->th);
-			free(t->wls);
-			free(t);
-			return -EAGAIN;
+		r = kd_vcpu_pool_spawn(&t->pool, i, wl_main, &t->th[i]);
+		if (r) {
+			kd_workload_threads_stop(t, NULL, 0);
+			return r;
 		}
-		t->th[i].started = 1;
 	}
 	*out = t;
 	return 0;
@@ -498,10 +474,9 @@ KD_API int kd_workload_threads_stop(kd_workload_threads *t, struct kd_workload_t
 
 	if (!t)
 		return -EINVAL;
-	__atomic_store_n(&t->stop, 1, __ATOMIC_RELAXED);
+	kd_vcpu_pool_stop(&t->pool);
+	kd_vcpu_pool_join(&t->pool);
 	for (uint32_t i = 0; i < t->n; i++) {
-		if (t->th[i].started)
-			pthread_join(t->th[i].tid, NULL);
 		if (out && i < cap)
 			out[i] = t->th[i].st;
 		if (t->th[i].st.error && !err)

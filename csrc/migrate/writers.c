@@ -1,71 +1,43 @@
 /*
- * migrate/writers.c - real pthreads acting as vCPUs: thread i runs vCPU i and writes
- * its gfn list through kd_write, in small batches like a guest between exits.
- * On a dirty-ring-full exit it waits, as a vCPU in KVM_RUN would, until the
- * collector resets the ring below its soft limit, then resumes at the gfn
- * after the last one applied. Used by concurrency tests and real-time runs,
- * where the Python GIL must not serialise the writers.
+ * migrate/writers.c - real pthreads acting as vCPUs: thread i runs vCPU i
+ * and writes its gfn list through kd_write, `loops` times, in small batches
+ * like a guest between exits.
+ * Ring-full exits are waited out by the vCPU pool (vcpu_pool.h). Used by
+ * concurrency tests and real-time runs, where the Python GIL must not
+ * serialise the writers.
  */
-#define _GNU_SOURCE
-#include <pthread.h>
-#include <sched.h>
+#include <errno.h>
 #include <stdlib.h>
 
-#include <errno.h>
-
-#include "kvmdirty.h"
+#include "vcpu_pool.h"
 
 #define WRITER_BATCH 32u
 
 struct kd_writer {
-	pthread_t thread;
-	kd_vm *vm;
+	struct kd_writers *ws;
 	uint32_t vcpu;
 	const uint64_t *gfns;
 	uint64_t n, loops, value;
-	uint64_t applied; /* read after join */
+	uint64_t applied; /* relaxed atomic; final after join */
 	int error;
-	int started;
-	int *stop;
 };
 
 struct kd_writers {
+	struct kd_vcpu_pool pool;
 	uint32_t nthreads;
-	int stop;
 	struct kd_writer w[];
 };
-
-static void wait_for_reset(struct kd_writer *w)
-{
-	uint32_t used, limit;
-
-	while (!__atomic_load_n(w->stop, __ATOMIC_ACQUIRE)) {
-		if (kd_ring_usage(w->vm, w->vcpu, &used, &limit) || used < limit)
-			return;
-		sched_yield();
-	}
-}
 
 static void *writer_main(void *arg)
 {
 	struct kd_writer *w = arg;
 
 	for (uint64_t loop = 0; loop < w->loops; loop++) {
-		uint64_t i = 0;
-		while (i < w->n && !__atomic_load_n(w->stop, __ATOMIC_RELAXED)) {
-			struct kd_write_result res;
-			uint64_t k = w->n - i < WRITER_BATCH ? w->n - i : WRITER_BATCH;
-			int r = kd_write(w->vm, w->vcpu, w->gfns + i, k, w->value + loop, &res);
-			if (r) {
-				w->error = r;
-				return NULL;
-			}
-			i += res.applied;
-			__atomic_store_n(&w->applied, w->applied + res.applied, __ATOMIC_RELAXED);
-			if (res.exit_reason == KD_EXIT_DIRTY_RING_FULL)
-				wait_for_reset(w);
-		}
-		if (__atomic_load_n(w->stop, __ATOMIC_RELAXED))
+		int r = kd_vcpu_pool_write(&w->ws->pool, w->vcpu, w->gfns, w->n, w->value + loop,
+					   WRITER_BATCH, &w->applied, NULL);
+		if (r < 0)
+			w->error = r;
+		if (r)
 			break;
 	}
 	return NULL;
@@ -76,6 +48,7 @@ KD_API int kd_writers_start(kd_vm *vm, uint32_t nthreads, const uint64_t *const 
 {
 	struct kd_vm_config cfg;
 	kd_writers *ws;
+	int r;
 
 	if (!vm || !out || !n || !gfns || !nthreads || kd_vm_config_get(vm, &cfg) ||
 	    nthreads > cfg.nvcpus)
@@ -86,22 +59,26 @@ KD_API int kd_writers_start(kd_vm *vm, uint32_t nthreads, const uint64_t *const 
 	ws = calloc(1, sizeof(*ws) + nthreads * sizeof(ws->w[0]));
 	if (!ws)
 		return -ENOMEM;
+	r = kd_vcpu_pool_init(&ws->pool, vm, nthreads);
+	if (r) {
+		free(ws);
+		return r;
+	}
 	ws->nthreads = nthreads;
 	for (uint32_t i = 0; i < nthreads; i++) {
 		struct kd_writer *w = &ws->w[i];
-		w->vm = vm;
+		w->ws = ws;
 		w->vcpu = i;
 		w->gfns = gfns[i];
 		w->n = n[i];
 		w->loops = loops;
 		w->value = value;
-		w->stop = &ws->stop;
-		if (pthread_create(&w->thread, NULL, writer_main, w)) {
+		r = kd_vcpu_pool_spawn(&ws->pool, i, writer_main, w);
+		if (r) {
 			kd_writers_stop(ws);
 			kd_writers_join(ws, NULL);
-			return -EAGAIN;
+			return r;
 		}
-		w->started = 1;
 	}
 	*out = ws;
 	return 0;
@@ -110,7 +87,7 @@ KD_API int kd_writers_start(kd_vm *vm, uint32_t nthreads, const uint64_t *const 
 KD_API void kd_writers_stop(kd_writers *ws)
 {
 	if (ws)
-		__atomic_store_n(&ws->stop, 1, __ATOMIC_RELEASE);
+		kd_vcpu_pool_stop(&ws->pool);
 }
 
 KD_API int kd_writers_join(kd_writers *ws, uint64_t *applied)
@@ -119,15 +96,12 @@ KD_API int kd_writers_join(kd_writers *ws, uint64_t *applied)
 
 	if (!ws)
 		return -EINVAL;
+	kd_vcpu_pool_join(&ws->pool);
 	for (uint32_t i = 0; i < ws->nthreads; i++) {
-		struct kd_writer *w = &ws->w[i];
-		if (!w->started)
-			continue;
-		pthread_join(w->thread, NULL);
 		if (applied)
-			applied[i] = w->applied;
-		if (w->error && !r)
-			r = w->error;
+			applied[i] = ws->w[i].applied;
+		if (ws->w[i].error && !r)
+			r = ws->w[i].error;
 	}
 	free(ws);
 	return r;

@@ -83,6 +83,10 @@ KD_API int kd_set_user_memory_region(kd_vm *vm, uint32_t slot, uint32_t flags,
 	if (!vm)
 		return -EINVAL;
 	kd_vm_lock(vm);
+	if (vm->holds) {
+		r = -EBUSY; /* threads write without the lock: see kd_vm_hold */
+		goto out;
+	}
 	r = vm->ops->region_prepare(vm, slot, flags, gpa, size);
 	if (r)
 		goto out;

@@ -1,6 +1,9 @@
 /*
  * vm/stats.c - the event counters (struct kd_stats): user-side counters in
  * vm->user (under vm->lock), writer-side counters per vCPU, summed on read.
+ * A reset clears the user side and moves each vCPU's baseline to its
+ * current counters, which writers keep storing meanwhile (why a baseline
+ * and not a store of zero: struct kd_vcpu in core/internal.h).
  */
 #include "core/backend.h"
 
@@ -11,8 +14,8 @@ KD_API int kd_stats_get(kd_vm *vm, struct kd_stats *out)
 	kd_vm_lock(vm);
 	*out = vm->user;
 	for (uint32_t i = 0; i < vm->cfg.nvcpus; i++) {
-		const struct kd_vcpu_counters *c = &vm->vcpus[i].c;
-#define ADD(f) out->f += __atomic_load_n(&c->f, __ATOMIC_RELAXED)
+		const struct kd_vcpu_counters *c = &vm->vcpus[i].c, *b = &vm->vcpus[i].base;
+#define ADD(f) out->f += __atomic_load_n(&c->f, __ATOMIC_RELAXED) - b->f
 		ADD(writes);
 		ADD(untracked_writes);
 		ADD(write_faults);
@@ -32,8 +35,12 @@ KD_API int kd_stats_reset(kd_vm *vm)
 		return -EINVAL;
 	kd_vm_lock(vm);
 	memset(&vm->user, 0, sizeof(vm->user));
-	for (uint32_t i = 0; i < vm->cfg.nvcpus; i++)
-		memset(&vm->vcpus[i].c, 0, sizeof(vm->vcpus[i].c));
+	for (uint32_t i = 0; i < vm->cfg.nvcpus; i++) {
+		const uint64_t *c = (const uint64_t *)&vm->vcpus[i].c;
+		uint64_t *b = (uint64_t *)&vm->vcpus[i].base;
+		for (size_t k = 0; k < sizeof(vm->vcpus[i].c) / 8; k++)
+			b[k] = __atomic_load_n(&c[k], __ATOMIC_RELAXED);
+	}
 	kd_vm_unlock(vm);
 	return 0;
 }

@@ -70,6 +70,7 @@ KD_API void kd_vm_destroy(kd_vm *vm)
 {
 	if (!vm)
 		return;
+	vm->holds = 0; /* destroying a held VM is the caller's error (kvmdirty.h) */
 	for (uint32_t a = 0; a < KD_ADDRESS_SPACES; a++) {
 		while (vm->as[a].nslots) {
 			struct kd_slot *s = vm->as[a].sorted[0];
@@ -93,6 +94,21 @@ KD_API int kd_vm_config_get(const kd_vm *vm, struct kd_vm_config *out)
 	return 0;
 }
 
+/*
+ * virt/kvm/kvm_main.c kvm_vm_ioctl_enable_cap_generic: INITIALLY_SET is
+ * allowed only together with MANUAL_PROTECT_ENABLE (x86's
+ * KVM_DIRTY_LOG_MANUAL_CAPS); so 0, 1 and 3 pass, 2 and any other bit give
+ * EINVAL.
+ */
+static bool manual_protect_flags_ok(uint64_t flags)
+{
+	uint64_t allowed = KD_MANUAL_PROTECT_ENABLE;
+
+	if (flags & KD_MANUAL_PROTECT_ENABLE)
+		allowed |= KD_INITIALLY_SET;
+	return !(flags & ~allowed);
+}
+
 KD_API int kd_enable_manual_protect(kd_vm *vm, uint64_t flags)
 {
 	int r = 0;
@@ -100,12 +116,39 @@ KD_API int kd_enable_manual_protect(kd_vm *vm, uint64_t flags)
 	if (!vm)
 		return -EINVAL;
 	kd_vm_lock(vm);
-	if (flags & ~(KD_MANUAL_PROTECT_ENABLE | KD_INITIALLY_SET))
+	if (!manual_protect_flags_ok(flags))
 		r = -EINVAL;
 	else if (vm->ops->enable_manual_protect)
 		r = vm->ops->enable_manual_protect(vm, flags);
 	if (!r)
 		vm->manual_protect = flags;
+	kd_vm_unlock(vm);
+	return r;
+}
+
+/* The count changes under vm->lock, so a memslot call in progress finishes
+ * before a hold takes effect, and one that starts after sees it. */
+KD_API int kd_vm_hold(kd_vm *vm)
+{
+	if (!vm)
+		return -EINVAL;
+	kd_vm_lock(vm);
+	vm->holds++;
+	kd_vm_unlock(vm);
+	return 0;
+}
+
+KD_API int kd_vm_release(kd_vm *vm)
+{
+	int r = 0;
+
+	if (!vm)
+		return -EINVAL;
+	kd_vm_lock(vm);
+	if (vm->holds)
+		vm->holds--;
+	else
+		r = -EINVAL;
 	kd_vm_unlock(vm);
 	return r;
 }

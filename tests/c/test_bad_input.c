@@ -116,6 +116,10 @@ int main(void)
 	EXPECT(kd_reset_dirty_rings(vm, &count), -EINVAL);
 	EXPECT(kd_get_dirty_log(rvm, 0, buf, 64), -ENXIO);
 	EXPECT(kd_enable_manual_protect(vm, 1ull << 5), -EINVAL);
+	/* KVM: INITIALLY_SET only together with MANUAL_PROTECT_ENABLE */
+	EXPECT(kd_enable_manual_protect(vm, KD_INITIALLY_SET), -EINVAL);
+	EXPECT(kd_enable_manual_protect(vm, KD_INITIALLY_SET | 4), -EINVAL);
+	EXPECT(kd_enable_manual_protect(vm, KD_MANUAL_PROTECT_ENABLE | 4), -EINVAL);
 
 	/* helpers */
 	EXPECT((int)kd_bitmap_to_gfns(NULL, 64, 0, buf, 64), -EINVAL);

@@ -1,9 +1,10 @@
 /*
  * kvm_backend.h - the real /dev/kvm backend (internal; not installed).
  *
- * kvm_backend.c drives a real KVM VM: user memslots backed by anonymous
- * mmap'd memory, the classic and manual-protect dirty bitmap, and the
- * per-vCPU dirty ring. kvm_guest.c holds the tiny 64-bit CPL3 guest program
+ * The module drives a real KVM VM: user memslots backed by anonymous mmap'd
+ * memory (kvm_slots.c), the classic and manual-protect dirty bitmap and the
+ * per-vCPU dirty ring (kvm_dirty.c), VM and vCPU creation (kvm_open.c) and
+ * the guest runs (kvm_run.c). kvm_guest.c holds the tiny 64-bit CPL3 guest program
  * that performs kd_kvm_write's stores, its GDT/TSS, register setup and the
  * identity-mapping page tables.
  *

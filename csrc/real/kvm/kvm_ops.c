@@ -9,7 +9,7 @@
  * change (region_prepare is the ioctl), and holds per slot what the user
  * side needs (pending, the GET target) and the host memory the backend
  * mapped. The backend keeps its own record of each slot's mapping and of
- * the internal slot (kvm_backend.c), which the generic table must not see.
+ * the internal slot (kvm_internal.h says why it keeps its own table).
  */
 #include "core/backend.h"
 #include "kvm_backend.h"

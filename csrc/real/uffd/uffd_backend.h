@@ -28,7 +28,7 @@
  *                     tracked memory) fail with EFAULT instead of faulting.
  *
  * Conventions: 0 or a negative errno; a failed call changes nothing (see
- * uffd_backend.c for the one documented exception, a rollback that can only
+ * uffd_collect.c for the one documented exception, a rollback that can only
  * over-report). Pages are 4 KiB. Slots are identified by the caller's id
  * (the VM uses as_id << 16 | id); ranges of different slots may not overlap.
  *
