@@ -64,6 +64,8 @@ setup(
     description="Dirty-page-tracking KVM interface emulator: flat, two-level, byte-map, "
     "ring and real /dev/kvm dirty logs, and a live-migration scan-and-send loop",
     packages=find_packages(include=["pykvmdirty", "pykvmdirty.*"]),
+    # the cost model's measured defaults (CostModel reads them at import)
+    package_data={"pykvmdirty.analysis": ["data/cost_model.json"]},
     python_requires=">=3.9",
     setup_requires=["cffi>=1.15"],
     cffi_modules=["pykvmdirty/_build.py:ffibuilder"],
@@ -75,8 +77,9 @@ setup(
         # `pykvmdirty sweep --dask tcp://HOST:PORT`
         "dask": ["dask[distributed]>=2022.1"],
         # tests/test_compare.py (plot) and tests/test_sweep.py (Dask LocalCluster)
+        # and the lint/type checks .ci/run runs (ruff, mypy)
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib>=3.5",
-                 "dask[distributed]>=2022.1"],
+                 "dask[distributed]>=2022.1", "ruff>=0.4", "mypy>=1.8"],
     },
     entry_points={"console_scripts": [
         "pykvmdirty=pykvmdirty.cli:main",

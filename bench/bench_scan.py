@@ -8,7 +8,7 @@ Each round re-dirties the same scattered pages untimed (pedantic setup)."""
 import numpy as np
 import pytest
 
-from pykvmdirty import compare as cmp
+from pykvmdirty.analysis import compare as cmp
 from pykvmdirty._native import ffi, lib
 
 from benchutil import bench_sizes, make_vm, rounds, scattered, untimed, write_spread

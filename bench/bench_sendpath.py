@@ -96,7 +96,7 @@ def test_encode_loop(benchmark):
 
 
 def test_tcp_end_to_end(benchmark):
-    from pykvmdirty.migrate import migrate
+    from pykvmdirty.migration import migrate
     rx = subprocess.Popen([sys.executable, "-m", "pykvmdirty", "receive", "--listen",
                            "127.0.0.1:0", "--prefault", TCP_PREFAULT],
                           stdout=subprocess.PIPE, text=True)

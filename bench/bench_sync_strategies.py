@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from pykvmdirty.migrate import migrate
+from pykvmdirty.migration import migrate
 
 GIB = int(os.environ.get("KVMDIRTY_BENCH_GIB", "64"))
 CASE = dict(guest_size="%dGiB" % GIB, slots=16, backend="flat", workload="hotspot",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import pykvmdirty as kd
-from pykvmdirty import compare as cmp
+from pykvmdirty.analysis import compare as cmp
 
 GIB_PAGES = 1 << 18
 

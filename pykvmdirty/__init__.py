@@ -6,18 +6,18 @@ KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG, the two-level log proposed in 2010,
 QEMU's 2010 byte map, per-vCPU dirty rings, the real /dev/kvm). Python wires
 them into benchmarks and a live-migration scan-and-send loop.
 """
-from ._native import lib as _lib, ffi as _ffi
-from .errors import KvmDirtyError
-from .vm import (
+from .bindings.constants import (
     BACKENDS, CHUNK_PAGES, DIRTY_GFN_DTYPE, DIRTY_GFN_F_DIRTY, DIRTY_GFN_F_RESET,
-    EMULATED_BACKENDS, EXIT_DIRTY_RING_FULL, EXIT_NONE, INITIALLY_SET,
-    MANUAL_PROTECT_ENABLE, MEM_LOG_DIRTY_PAGES, MEM_READONLY, PAGE_SHIFT, PAGE_SIZE,
-    USER_MEM_SLOTS, VM, SlotInfo, WriteResult, as_gfn_array, backend_available,
+    EMULATED_BACKENDS, EXIT_DIRTY_RING_FULL, EXIT_NONE, INITIALLY_SET, MANUAL_PROTECT_ENABLE,
+    MEM_LOG_DIRTY_PAGES, MEM_READONLY, PAGE_SHIFT, PAGE_SIZE, USER_MEM_SLOTS, VERSION,
 )
-from .writers import Writers
-from .migrate import migrate  # noqa: E402  (the function; the module stays importable)
+from .bindings.boundary import as_gfn_array
+from .bindings.vm import VM, SlotInfo, WriteResult, backend_available
+from .bindings.writers import Writers
+from .errors import KvmDirtyError
+from .migration import migrate
 
-__version__ = _ffi.string(_lib.kd_version()).decode()
+__version__ = VERSION
 
 __all__ = [
     "VM", "Writers", "migrate", "KvmDirtyError", "WriteResult", "SlotInfo", "backend_available",

@@ -8,7 +8,25 @@ class KvmDirtyError(OSError):
 
 
 class RingFullError(KvmDirtyError):
-    """Raised only by helpers that cannot report a partial write (see VM.write)."""
+    """A vCPU's dirty ring reached its soft limit (KVM_EXIT_DIRTY_RING_FULL) where
+    the caller cannot go on: nobody harvests and resets it. VM.write reports the
+    exit in its result instead; this is raised by writers that have no reaper
+    (migration.workloads.VirtualWorkload without on_ring_full). errno is
+    ENOBUFS; ``vcpu`` and ``applied`` (gfns written before the exit) say where."""
+
+    def __init__(self, vcpu, applied):
+        super().__init__(_errno.ENOBUFS, "vCPU %d's dirty ring is full after %d writes and "
+                         "nobody harvests it (KVM_EXIT_DIRTY_RING_FULL)" % (vcpu, applied))
+        self.vcpu = vcpu
+        self.applied = applied
+
+
+class SinkError(RuntimeError):
+    """The migration destination failed: connection lost, stream rejected, bad report."""
+
+
+class WireError(SinkError):
+    """The wire decoder rejected a migration stream (corrupt or truncated)."""
 
 
 def check(rc, what, args=None):

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from pykvmdirty import calibrate as cal
+from pykvmdirty.analysis import calibrate as cal
+import pykvmdirty as kd
 from pykvmdirty import cli
-from pykvmdirty.costmodel import CostModel
+from pykvmdirty.analysis.costmodel import CostModel
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,13 @@ def test_quick_writes_a_loadable_model(need_kvm, tmp_path, capsys):
         assert what in text
     model = CostModel.load(str(out))
     data = json.loads(out.read_text())
-    assert set(data) == set(CostModel.field_names())
+    assert data["format"] == "pykvmdirty-cost-model" and data["version"] == 1
+    assert set(data["fields"]) == set(CostModel.field_names())
+    for f in cal.MEASURED:  # each measured field says where and when
+        assert data["fields"][f]["source"].startswith("measured by `pykvmdirty calibrate")
+    # the same file drives the migration's virtual clock
+    report = kd.migrate(guest_size="16MiB", slots=1, cost_model=str(out), max_passes=2)
+    assert report.config["cost_model"] == model.to_dict()
     for f in cal.MEASURED:
         v = getattr(model, f)
         assert math.isfinite(v) and v >= 0, (f, v)
@@ -69,7 +76,6 @@ def test_quick_writes_a_loadable_model(need_kvm, tmp_path, capsys):
 
 
 def test_json_on_stdout_and_usable_by_the_emulator(need_kvm, capsys):
-    import pykvmdirty as kd
     assert cli.main(["calibrate", "--quick"]) == 0
     cap = capsys.readouterr()
     model = CostModel.from_dict(json.loads(cap.out))

@@ -58,7 +58,7 @@ def run_race(backend, tracking, seed, loops=LOOPS):
     try:
         while vm.stats["writes"] < total:
             assert time.monotonic() < deadline, "writers made no progress"
-            for sid, _, n in SLOTS:
+            for sid, _, _n in SLOTS:
                 collect(sid)
             a = int(rng.integers(0, 16384))
             collect(0, a, int(rng.integers(0, 16384 - a + 1)))

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import pykvmdirty as kd
-from conftest import EMULATED, LOG, bits_to_set, set_to_bits
+from conftest import EMULATED, LOG, bits_to_set
 
 SLOTS = [(0, 0, 700), (1, 1024, 64), (2, 4096, 1536 + 5)]  # (id, base_gfn, npages)
 
@@ -86,7 +86,7 @@ def test_backends_agree(ops, manual):
         if key != "kernel":
             obs = [o for o in obs if o[0] in ("collect", "final")]
         groups.setdefault(key, []).append(((backend, tracking), obs))
-    for key, results in groups.items():
+    for _key, results in groups.items():
         (name0, first), rest = results[0], results[1:]
         for name, obs in rest:
             assert obs == first, (name, name0)

@@ -273,7 +273,7 @@ def _log_of(sid):
 def manual_clears(fleet, model, rng, r, got):
     """Random 64-aligned CLEARs with random masks on every logged slot (the
     same on every VM and in the model). got: {slot: the set GET returned}."""
-    for sid, (base, npages) in model.info.items():
+    for sid, (_base, npages) in model.info.items():
         if not model.log[sid]:
             continue
         for _ in range(int(rng.integers(0, 4))):
@@ -453,7 +453,6 @@ def run_ring_rounds(seed, rounds, entries, max_writes):
     fleet = Fleet(rings + BITMAP_EMULATED, vcpus=vcpus, ring_entries=entries)
     ringvms = ["kvm"] + ["%s-%s" % c for c in rings]
     bitmapvms = [n for n in fleet.vms if n not in ringvms]
-    npages = {s[0]: s[2] for s in SLOTS}
     try:
         make_slots(fleet)
         model = Model()
@@ -490,7 +489,7 @@ def run_ring_rounds(seed, rounds, entries, max_writes):
             for n in since_full:
                 since_full[n] = []
             want = set()
-            for sid, (base, n) in model.info.items():
+            for sid, (base, _n) in model.info.items():
                 if model.log[sid]:
                     want |= {base + p for p in model.dirty_set(sid)}
                     model.dirty[sid][:] = False
@@ -582,7 +581,7 @@ def run_collect_rounds(seed, rounds):
                 assert got == want.tolist(), (r, sid, first, num)
                 model.dirty[sid][first:first + num] = False
             if r == rounds:  # the rest, slot by slot
-                for sid, (base, n) in model.info.items():
+                for sid, (base, _n) in model.info.items():
                     kind, got = fleet.same("final collect(%d)" % sid, lambda vm: vm.collect(sid))
                     if kind == "ok":
                         assert got == (np.flatnonzero(model.dirty[sid]) + base).tolist()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import pykvmdirty
-from pykvmdirty.migrate import migrate
-from pykvmdirty.sinks import LocalSink
+from pykvmdirty.migration import migrate
+from pykvmdirty.migration.sinks import LocalSink
 
 
 def need(backend):

@@ -6,12 +6,11 @@ import subprocess
 import sys
 import threading
 
-import numpy as np
 import pytest
 
 from pykvmdirty.cli import main
-from pykvmdirty.migrate import MigrationError, migrate
-from pykvmdirty.sinks import Receiver
+from pykvmdirty.migration import MigrationError, migrate
+from pykvmdirty.migration.receiver import Receiver
 
 COMBOS = [("flat", "global"), ("flat", "per-slot"), ("flat", "chunked-clear"),
           ("twolevel", "per-slot"), ("twolevel", "chunked-clear"), ("bytemap", "global"),

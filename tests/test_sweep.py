@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pykvmdirty import sweep as sw
+from pykvmdirty.analysis import sweep as sw
 from pykvmdirty.cli import main
 
 GRID = sw.Grid(sizes_gib=(0.015625, 0.03125), dirty=(0, 64), backends=("flat", "twolevel"),

@@ -1,12 +1,11 @@
 """Trace files: format v1, validation with clear errors, record + replay."""
 import json
-import zipfile
 
 import numpy as np
 import pytest
 
-from pykvmdirty import trace as tr
-from pykvmdirty.migrate import migrate
+from pykvmdirty.migration import trace as tr
+from pykvmdirty.migration import migrate
 
 
 def _trace():

@@ -3,9 +3,9 @@ corruption, truncation and protocol errors are detected, never applied."""
 import numpy as np
 import pytest
 
-import pykvmdirty as kd
 from pykvmdirty._native import ffi, lib
-from pykvmdirty.sinks import SinkError, _Dest
+from pykvmdirty.bindings.wire import WireDest
+from pykvmdirty.errors import SinkError
 
 PAGE = 4096
 
@@ -93,7 +93,7 @@ def test_roundtrip_applies_pages_and_zero_pages(simd):
     c, nzero = _contents()
     batches = _stream(c, gpa_base=1 << 20)
     assert len(batches) > 3
-    d = _Dest()
+    d = WireDest()
     for b in batches:
         assert d.feed(b) == len(b)
     assert d.eos
@@ -101,7 +101,7 @@ def test_roundtrip_applies_pages_and_zero_pages(simd):
     st = d.stats()
     assert st["zero_pages"] == nzero and st["pages"] == 100 - nzero
     assert st["batches"] == len(batches) and st["guest_bytes"] == 100 * PAGE
-    (gpa, size, _), = d.regions()
+    (gpa, size), = d.regions()
     assert (gpa, size) == (1 << 20, 100 * PAGE)
     assert np.array_equal(d.memory(0).reshape(100, PAGE), c)
 
@@ -109,7 +109,7 @@ def test_roundtrip_applies_pages_and_zero_pages(simd):
 def test_stream_can_arrive_in_pieces():
     c, _ = _contents(40, seed=3)
     data = b"".join(_stream(c))
-    d = _Dest()
+    d = WireDest()
     have = b""
     for i in range(0, len(data), 777):  # odd-sized pieces
         have += data[i:i + 777]
@@ -123,7 +123,7 @@ def test_stream_can_arrive_in_pieces():
 def test_corrupted_byte_is_detected_and_nothing_applied(where):
     c, _ = _contents(30, seed=4)
     batches = _stream(c, batch=16 * 1024)
-    d = _Dest()
+    d = WireDest()
     assert d.feed(batches[0]) == len(batches[0])  # the MEM_SIZE batch (and pages)
     bad = bytearray(batches[1])
     bad[where] ^= 0x40
@@ -137,14 +137,14 @@ def test_corrupted_byte_is_detected_and_nothing_applied(where):
 def test_truncated_stream_is_reported():
     c, _ = _contents(30, seed=5)
     data = b"".join(_stream(c))
-    d = _Dest()
+    d = WireDest()
     cut = data[:len(data) - 100]
     used = d.feed(cut)
     assert not d.eos
     with pytest.raises(SinkError, match="truncated"):
         d.finish(len(cut) - used)
     # without EOS at all
-    d2 = _Dest()
+    d2 = WireDest()
     nb = b"".join(_stream(c, eos=False))
     d2.feed(nb)
     with pytest.raises(SinkError, match="no end-of-stream"):
@@ -154,7 +154,7 @@ def test_truncated_stream_is_reported():
 def test_missing_batch_is_a_sequence_error():
     c, _ = _contents(30, seed=6)
     batches = _stream(c, batch=16 * 1024)
-    d = _Dest()
+    d = WireDest()
     d.feed(batches[0])
     with pytest.raises(SinkError, match="sequence number 2, expected 1"):
         d.feed(batches[2])
@@ -178,32 +178,32 @@ def _mem_size(gpa, size):
 
 
 def test_page_outside_regions_unknown_flag_and_data_after_eos():
-    d = _Dest()
+    d = WireDest()
     d.feed(_batch([_mem_size(0, 4 * PAGE)], 0))
     with pytest.raises(SinkError, match="outside every region"):
         d.feed(_batch([_be64(8 * PAGE | 0x08) + bytes(PAGE)], 1))
-    d = _Dest()
+    d = WireDest()
     d.feed(_batch([_mem_size(0, 4 * PAGE)], 0))
     with pytest.raises(SinkError, match="unknown flags"):
         d.feed(_batch([_be64(PAGE | 0x40)], 1))
-    d = _Dest()
+    d = WireDest()
     with pytest.raises(SinkError, match="before the MEM_SIZE"):
         d.feed(_batch([_be64(0 | 0x02) + b"\0"], 0))
-    d = _Dest()
+    d = WireDest()
     d.feed(_batch([_mem_size(0, 4 * PAGE)], 0))
     with pytest.raises(SinkError, match="after end of stream"):
         d.feed(_batch([_be64(0x10), _be64(0x02) + b"\0"], 1))
 
 
 def test_zero_record_with_fill_byte_and_hashes():
-    d = _Dest()
+    d = WireDest()
     d.feed(_batch([_mem_size(0, 2 * PAGE), _be64(PAGE | 0x02) + b"\x07", _be64(0x10)], 0))
     mem = d.memory(0)
     assert (mem[PAGE:] == 7).all() and (mem[:PAGE] == 0).all()
     regions, hashes = d.hashes()
     src = np.zeros(2 * PAGE, dtype=np.uint8)
     src[PAGE:] = 7
-    from pykvmdirty.sinks import page_hashes
+    from pykvmdirty.bindings.wire import page_hashes
     assert np.array_equal(page_hashes(src), hashes)
     assert hashes[0] != hashes[1]
 
@@ -261,7 +261,7 @@ def test_sender_checksums_while_encoding_same_as_sealing_afterwards(simd):
 def test_zero_record_over_a_written_page_zeroes_it():
     # the destination skips zero records for pages it never wrote (no read, no
     # fault), but a page it wrote must really be zeroed again
-    d = _Dest()
+    d = WireDest()
     page = bytes([5]) * PAGE
     d.feed(_batch([_mem_size(0, 4 * PAGE), _be64(PAGE | 0x08) + page,
                    _be64(2 * PAGE | 0x08) + page], 0))
@@ -280,7 +280,7 @@ def test_destination_with_prefault_thread_applies_the_same(prefault):
     c = np.random.default_rng(11).integers(0, 256, (600, PAGE), dtype=np.uint8)
     c[:, 0] |= 1
     c[100:150] = 0
-    d = _Dest(prefault)
+    d = WireDest(prefault)
     for b in _stream(c, batch=128 * 1024):
         d.feed(b)
     d.finish(0)
@@ -288,4 +288,4 @@ def test_destination_with_prefault_thread_applies_the_same(prefault):
     assert d.stats()["prefaulted"] <= c.size if prefault else d.stats()["prefaulted"] == 0
     # only before the stream starts; a size that is not whole pages is EINVAL
     assert lib.kd_wire_dest_set_prefault(d._h, PAGE) == -16
-    assert lib.kd_wire_dest_set_prefault(_Dest()._h, 100) == -22
+    assert lib.kd_wire_dest_set_prefault(WireDest()._h, 100) == -22

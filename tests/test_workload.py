@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import pykvmdirty as kd
-from pykvmdirty.workloads import Generator, ThreadWorkload, VirtualWorkload, WorkloadSpec
+from pykvmdirty.bindings.workload import Generator
+from pykvmdirty.migration.workloads import ThreadWorkload, VirtualWorkload, WorkloadSpec
 
 N = 1 << 16
 
@@ -103,7 +104,7 @@ def test_virtual_workload_writes_exactly_the_rate():
             w.advance(t * 100_000_000, (t + 1) * 100_000_000)  # 10 x 100 ms
         assert w.writes == 12345
         assert vm.stats["writes"] == 12345
-        w.throttle = 20
+        w.set_throttle(20)
         w.advance(10**9, 2 * 10**9)
         assert w.writes == 12345 + 9876
 

@@ -21,7 +21,7 @@ def register(sub):
 
 
 def run(args):
-    from ..calibrate import KvmUnusable, calibrate, summary
+    from ..analysis.calibrate import KvmUnusable, calibrate, sources, summary
 
     log = sys.stdout if args.out else sys.stderr
     try:
@@ -34,9 +34,9 @@ def run(args):
     for line in summary(model, details):
         print(line, file=log)
     if args.out:
-        model.save(args.out)
+        model.save(args.out, sources(details))
         print("wrote %s (load with CostModel.load)" % args.out, file=log)
     else:
-        json.dump(model.to_dict(), sys.stdout, indent=1, sort_keys=True)
+        json.dump(model.to_file_dict(sources(details)), sys.stdout, indent=1)
         print()
     return 0

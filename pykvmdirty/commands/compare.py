@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from .. import compare as cmp
-from ..costmodel import CostModel
+from ..analysis import compare as cmp
+from ..analysis.costmodel import CostModel
 from ._args import positive_int
 
 

@@ -4,7 +4,8 @@ import time
 
 import numpy as np
 
-from .. import VM, MEM_LOG_DIRTY_PAGES, EMULATED_BACKENDS
+from ..bindings.constants import EMULATED_BACKENDS, MEM_LOG_DIRTY_PAGES, RING_MAX_ENTRIES
+from ..bindings.vm import VM
 
 
 def register(sub):
@@ -27,7 +28,7 @@ def run(args):
     print("%-9s %12s %10s %14s %12s" % ("backend", "collect µs", "found", "reprotected",
                                          "words read"))
     for backend in EMULATED_BACKENDS:
-        with VM(backend, ring_entries=65536 if backend == "ring" else None) as vm:
+        with VM(backend, ring_entries=RING_MAX_ENTRIES if backend == "ring" else None) as vm:
             vm.set_user_memory_region(0, 0, npages << 12, MEM_LOG_DIRTY_PAGES)
             times = []
             for _ in range(args.repeats):

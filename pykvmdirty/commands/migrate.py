@@ -6,10 +6,13 @@ virtual clock, in-process destination, verified page by page.
 """
 import sys
 
-from ..migrate import MODES, STRATEGIES, ZERO_ACCOUNTING, MigrationError, migrate, parse_size
-from ..sinks import SinkError
-from ..vm import BACKENDS
-from ..workloads import KINDS
+from ..migration.config import MODES, ZERO_ACCOUNTING, parse_size
+from ..migration.strategies import STRATEGIES
+from ..migration.errors import MigrationError
+from ..migration.run import migrate
+from ..errors import SinkError
+from ..bindings.constants import BACKENDS
+from ..bindings.workload import KINDS
 
 
 def register(sub):
@@ -52,6 +55,9 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step", type=float, default=0.01,
                    help="virtual mode: workload interval, seconds (default 0.01)")
+    p.add_argument("--cost-model", metavar="FILE",
+                   help="virtual clock prices: a cost-model file (written by `pykvmdirty "
+                   "calibrate`, or {field: ns}); default: the package's measured defaults")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--plot", metavar="FILE", help="PNG of per-pass dirty/sent/latency")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -90,7 +96,7 @@ def run(args):
             downtime_limit=args.downtime_limit, max_wait=args.max_wait,
             max_passes=args.max_passes, auto_converge=args.auto_converge,
             zero_pages=args.zero_pages, populate=args.populate, fill=args.fill,
-            sink=args.sink, seed=args.seed, step=args.step,
+            sink=args.sink, seed=args.seed, step=args.step, cost_model=args.cost_model,
             progress=None if args.quiet else True)
     except (MigrationError, SinkError) as e:
         print("pykvmdirty migrate: failed: %s" % e, file=sys.stderr)

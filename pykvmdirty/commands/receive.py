@@ -7,7 +7,7 @@ status 1 if the stream was truncated or corrupt.
 import json
 import sys
 
-from ..sinks import Receiver
+from ..migration.receiver import Receiver
 
 
 def register(sub):
@@ -26,7 +26,7 @@ def register(sub):
 def run(args):
     if args.count < 1:
         raise ValueError("--count must be at least 1, got %d" % args.count)
-    from ..migrate import parse_size
+    from ..migration.config import parse_size
     prefault = parse_size(args.prefault, "--prefault")
     status = 0
     with Receiver(args.listen, prefault=prefault) as rx:

@@ -3,8 +3,8 @@ processes by default, a Dask cluster with --dask tcp://HOST:PORT — merged
 into one JSON/CSV table and plot. Deterministic (counters and modelled kernel
 time, no clocks) by default, so any executor gives the same table; --timed
 measures wall time on whichever worker runs each cell."""
-from .. import compare as cmp
-from .. import sweep as sw
+from ..analysis import compare as cmp
+from ..analysis import sweep as sw
 from ._args import positive_int
 from .compare import (Progress, add_scenario_options, check_plot_available, expand_backends,
                       load_cost_model)

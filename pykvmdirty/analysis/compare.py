@@ -27,23 +27,25 @@ on any executor (local processes, Dask workers).
 import dataclasses
 import math
 import time
+from typing import Any, Dict, List
 
 import numpy as np
 
-from ._native import ffi, lib
+from ..bindings.constants import (BACKENDS, CHUNK_PAGES, DIRTY_GFN_SIZE, MAX_SLOT_PAGES,
+                                  MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, RING_MAX_ENTRIES,
+                                  RING_RESERVED_ENTRIES, USER_MEM_SLOTS)
+from ..bindings.scan import bitmap_to_gfns
+from ..bindings.vm import VM, backend_available
 from .costmodel import CostModel
-from .vm import BACKENDS, MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, VM, backend_available
 
 GIB = 1 << 30
 PAGES_PER_GIB = GIB >> PAGE_SHIFT
 BASELINES = ("flatnonzero", "read")
 ALL_BACKENDS = tuple(BACKENDS) + BASELINES  # flat twolevel bytemap ring kvm uffd + baselines
 LAYOUTS = ("one", "many")
-RING_ENTRIES = 65536  # KVM's maximum; vCPUs are added until the dirty pages fit
-RING_RESERVED = int(lib.KD_RING_RESERVED_ENTRIES)
-CHUNK_PAGES = int(lib.KD_CHUNK_PAGES)
-MAX_SLOT_PAGES = int(lib.KD_MAX_SLOT_PAGES)
-MAX_SLOTS = int(lib.KD_USER_MEM_SLOTS)
+RING_ENTRIES = RING_MAX_ENTRIES  # KVM's maximum; vCPUs are added until the dirty pages fit
+RING_RESERVED = RING_RESERVED_ENTRIES
+MAX_SLOTS = USER_MEM_SLOTS
 DEFAULT_SIZES = (1, 64, 512)
 DEFAULT_DIRTY = (0, 1000, 100000)
 DEFAULT_REPEATS = 5
@@ -167,7 +169,8 @@ def log_bytes(backend, slots, vcpus=1, ring_entries=RING_ENTRIES):
     words = sum(-(-n // 64) for _, _, n in slots)
     bitmap = 8 * words
     if backend == "twolevel":
-        return bitmap + 8 * sum(-(-(-(-n // CHUNK_PAGES)) // 64) for _, _, n in slots)
+        summary_bits = [-(-n // CHUNK_PAGES) for _, _, n in slots]
+        return bitmap + 8 * sum(-(-bits // 64) for bits in summary_bits)
     if backend == "bytemap":
         return bitmap + sum(n for _, _, n in slots)
     if backend == "hier":  # full population: pool + 4-byte index per 2048 pages + levels
@@ -175,7 +178,7 @@ def log_bytes(backend, slots, vcpus=1, ring_entries=RING_ENTRIES):
         return 256 * groups + 4 * groups + 8 * sum(-(-(-(-n // CHUNK_PAGES)) // 64)
                                                    for _, _, n in slots)
     if backend == "ring":
-        return vcpus * ring_entries * 16
+        return vcpus * ring_entries * DIRTY_GFN_SIZE
     if backend == "kvm":
         return 2 * bitmap
     return bitmap
@@ -241,6 +244,7 @@ def _run_backend(cell, pages, slots, model):
             times.append(elapsed)
             found = np.concatenate(parts) if len(parts) > 1 else parts[0]
             stats = vm.stats
+    assert found is not None  # repeats >= 1
     if not np.array_equal(found, pages):
         cell["status"] = "error"
         cell["reason"] = ("collect found %d pages, %d written; they differ"
@@ -283,9 +287,7 @@ def _flatnonzero_gfns(bm):
 
 
 def _c_read_gfns(bm, npages, out):
-    n = lib.kd_bitmap_to_gfns(ffi.from_buffer("uint64_t[]", bm), npages, 0,
-                              ffi.from_buffer("uint64_t[]", out), out.size)
-    return out[:n]
+    return bitmap_to_gfns(bm, npages, 0, out)
 
 
 def _run_baseline(cell, pages, npages, slots):
@@ -301,6 +303,7 @@ def _run_baseline(cell, pages, npages, slots):
         t0 = time.perf_counter_ns()
         found = fn()
         times.append(time.perf_counter_ns() - t0)
+    assert found is not None  # repeats >= 1
     if not np.array_equal(found, pages):
         cell["status"] = "error"
         cell["reason"] = "%s found %d pages, %d set; they differ" % (backend, found.size,
@@ -434,7 +437,7 @@ def _find(cells, size, dirty, backend, layout="one"):
 def goals(cells, size=512, dirty=1000):
     """The issue's goals at (size GiB, dirty), where the cells exist:
     [{goal, value, target, met, detail}]."""
-    out = []
+    out: List[Dict[str, Any]] = []
     if not cells or cells[0]["deterministic"]:
         return out
     flat = _find(cells, size, dirty, "flat")
@@ -550,9 +553,8 @@ def format_table(result):
 
 CSV_FIELDS = ("size_gib", "dirty", "backend", "layout", "slot_gib", "slots", "repeats",
               "seed", "deterministic", "status", "reason", "found", "collect_ns",
-              "collect_ns_min", "write_ns_per_page", "modelled_ns", "modelled_collect_ns", "log_bytes", "vcpus",
-              "ratio_flat", "ratio_kvm",
-              "kvm_ref", "kvm_ref_ns")
+              "collect_ns_min", "write_ns_per_page", "modelled_ns", "modelled_collect_ns",
+              "log_bytes", "vcpus", "ratio_flat", "ratio_kvm", "kvm_ref", "kvm_ref_ns")
 
 
 def csv_rows(cells):

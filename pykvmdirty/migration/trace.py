@@ -121,7 +121,7 @@ def load(path):
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
         raise TraceError("%s: truncated or corrupt archive (%s)" % (where, e)) from None
-    for key, kind in (("t_ns", "u"), ("offsets", "u"), ("gfns", "u"), ("vcpus", "u")):
+    for key in ("t_ns", "offsets", "gfns", "vcpus"):
         if arrays[key].dtype.kind not in "ui":
             raise TraceError("%s: %s must hold integers, got dtype %s"
                              % (where, key, arrays[key].dtype))

@@ -6,94 +6,29 @@ Kinds: idle, uniform, hotspot (``hot_share`` of the writes to a contiguous
 ``hot_fraction`` of the pages), zipf (exponent ``zipf_s``), sequential (a
 sweep, wrapping) and migration-test (QEMU's guest: every page incremented
 sweep after sweep; the value stored is the page's count). Rates are in pages
-per second. Trace replay is in :mod:`pykvmdirty.trace`.
+per second. Trace replay is in :mod:`pykvmdirty.migration.trace`.
 """
 import numbers
 
 import numpy as np
 
-from ._native import ffi, lib
-from .errors import check
-from .vm import EXIT_DIRTY_RING_FULL, _u64_ptr
+from ..bindings.constants import EXIT_DIRTY_RING_FULL
+from ..bindings.workload import Generator, WorkloadThreads, check_kind, check_shape
+from ..errors import RingFullError
 
-KINDS = {
-    "idle": lib.KD_WL_IDLE,
-    "uniform": lib.KD_WL_UNIFORM,
-    "hotspot": lib.KD_WL_HOTSPOT,
-    "zipf": lib.KD_WL_ZIPF,
-    "sequential": lib.KD_WL_SEQUENTIAL,
-    "migration-test": lib.KD_WL_MIGRATION_TEST,
-}
 _SWEEPS = ("sequential", "migration-test")
 NS = 1_000_000_000
-
-
-def _check_kind(kind):
-    if kind not in KINDS:
-        raise ValueError("unknown workload %r; choose from %s" % (kind, ", ".join(KINDS)))
-
-
-def _check_fraction(value, name, lo_open=False):
-    if not isinstance(value, numbers.Real):
-        raise TypeError("%s must be a number, got %r" % (name, value))
-    ok = (0 < value <= 1) if lo_open else (0 <= value <= 1)
-    if not ok:
-        raise ValueError("%s must be in %s, got %r" % (name, "(0, 1]" if lo_open else "[0, 1]",
-                                                       value))
-    return float(value)
 
 
 def check_rate(rate, name="rate"):
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
         raise TypeError("%s must be a number of pages per second, got %r" % (name, rate))
-    if rate < 0:
+    r = float(rate)
+    if r < 0:
         raise ValueError("%s must be >= 0 pages per second, got %r" % (name, rate))
-    if rate > 1e9:
+    if r > 1e9:
         raise ValueError("%s must be at most 1e9 pages per second, got %r" % (name, rate))
-    return int(rate)
-
-
-def _check_shape(hot_fraction, hot_share, zipf_s):
-    """The distribution parameters, checked: (hot_fraction, hot_share, zipf_s)."""
-    hot_fraction = _check_fraction(hot_fraction, "hot_fraction", lo_open=True)
-    hot_share = _check_fraction(hot_share, "hot_share")
-    if not isinstance(zipf_s, numbers.Real) or not 0 < zipf_s <= 10:
-        raise ValueError("zipf_s must be in (0, 10], got %r" % (zipf_s,))
-    return hot_fraction, hot_share, float(zipf_s)
-
-class Generator:
-    """One seeded C generator over gfns [first_gfn, first_gfn + npages)."""
-
-    def __init__(self, kind, first_gfn, npages, seed=0, hot_fraction=0.05, hot_share=0.9,
-                 zipf_s=1.0):
-        _check_kind(kind)
-        cfg = ffi.new("struct kd_workload_config *")
-        cfg.kind = KINDS[kind]
-        cfg.seed = int(seed) & (2**64 - 1)
-        cfg.first_gfn = int(first_gfn)
-        cfg.npages = int(npages)
-        cfg.hot_fraction, cfg.hot_share, cfg.zipf_s = _check_shape(hot_fraction, hot_share,
-                                                                   zipf_s)
-        if kind != "idle" and npages <= 0:
-            raise ValueError("a %s workload needs pages, got npages=%d" % (kind, npages))
-        out = ffi.new("kd_workload **")
-        check(lib.kd_workload_create(cfg, out), "workload(%s)" % kind)
-        self._h = ffi.gc(out[0], lib.kd_workload_destroy)
-        self.kind = kind
-        self._hint = ffi.new("uint64_t *")
-
-    @property
-    def handle(self):
-        return self._h
-
-    def generate(self, n, out=None):
-        """Up to n next gfns (fewer at the end of a sweep) and the value hint
-        (the sweep number for migration-test, else 0)."""
-        if out is None:
-            out = np.empty(max(int(n), 1), dtype=np.uint64)
-        k = check(lib.kd_workload_generate(self._h, _u64_ptr(out), int(n), self._hint),
-                  "workload.generate")
-        return out[:k], self._hint[0]
+    return int(r)
 
 
 class WorkloadSpec:
@@ -101,11 +36,11 @@ class WorkloadSpec:
 
     def __init__(self, kind="hotspot", rate=20000, seed=0, hot_fraction=0.05, hot_share=0.9,
                  zipf_s=1.0):
-        _check_kind(kind)
+        check_kind(kind)
         self.kind = kind
         self.rate = check_rate(rate)
         self.seed = int(seed)
-        self.hot_fraction, self.hot_share, self.zipf_s = _check_shape(hot_fraction, hot_share,
+        self.hot_fraction, self.hot_share, self.zipf_s = check_shape(hot_fraction, hot_share,
                                                                       zipf_s)
 
     def as_dict(self):
@@ -147,7 +82,7 @@ class VirtualWorkload:
         self.gens = spec.generators(first_gfn, npages, vm.vcpus)
         self.on_ring_full = on_ring_full
         self.recorder = recorder
-        self.throttle = 0
+        self._throttle = 0  # percent of the rate withheld (auto-converge)
         self._owed = 0
         self._value = 0
         self._next_vcpu = 0
@@ -155,10 +90,16 @@ class VirtualWorkload:
         self.writes = 0
         self.ring_full = 0
 
+    def set_throttle(self, percent):
+        """Withhold `percent` of the rate (QEMU's auto-converge CPU throttle)."""
+        if not 0 <= percent <= 100:
+            raise ValueError("throttle must be in [0, 100] percent, got %r" % (percent,))
+        self._throttle = percent
+
     def advance(self, t0, t1):
         if t1 <= t0 or self.spec.rate == 0 or self.spec.kind == "idle":
             return 0
-        self._owed += self.spec.rate * (t1 - t0) * (100 - self.throttle)
+        self._owed += self.spec.rate * (t1 - t0) * (100 - self._throttle)
         unit = NS * 100
         n = self._owed // unit
         self._owed -= n * unit
@@ -195,8 +136,7 @@ class VirtualWorkload:
             if res.exit_reason == EXIT_DIRTY_RING_FULL:
                 self.ring_full += 1
                 if self.on_ring_full is None:
-                    raise RuntimeError("vCPU %d's dirty ring is full and nobody reaps it"
-                                       % vcpu)
+                    raise RingFullError(vcpu, start)
                 self.on_ring_full(vcpu)
             elif res.applied == 0:
                 raise RuntimeError("write of %d gfns on vCPU %d made no progress"
@@ -213,42 +153,28 @@ class ThreadWorkload:
         self.vm = vm
         self.spec = spec
         self.gens = spec.generators(first_gfn, npages, vm.vcpus)
-        self._handle = None
+        self._threads = None
         self._value_base = value_base
-        self.stats = None
+
+    @property
+    def stats(self):
+        """Per-thread stats (writes, ring_full_waits, error) once stopped."""
+        return None if self._threads is None else self._threads.stats
 
     def start(self):
-        if self.spec.kind == "idle" or self.spec.rate == 0 and self.spec.kind == "idle":
+        if self.spec.kind == "idle":
             return self
-        arr = ffi.new("kd_workload *[]", [g.handle for g in self.gens])
-        out = ffi.new("kd_workload_threads **")
-        check(lib.kd_workload_threads_start(self.vm.handle, arr, len(self.gens),
-                                            self.spec.rate, self._value_base, out),
-              "workload threads (%s, %d pages/s)" % (self.spec.kind, self.spec.rate))
-        self._arr = arr
-        self._handle = out[0]
+        self._threads = WorkloadThreads(self.vm, self.gens, self.spec.rate, self._value_base)
         return self
 
     def throttle(self, percent):
-        if self._handle is not None:
-            check(lib.kd_workload_threads_throttle(self._handle, int(percent)),
-                  "throttle(%d)" % percent)
+        if self._threads is not None:
+            self._threads.throttle(percent)
 
     def stop(self):
         """Stop and join; returns total writes (and keeps per-thread stats)."""
-        if self._handle is None:
-            return 0 if self.stats is None else sum(s["writes"] for s in self.stats)
-        n = len(self.gens)
-        st = ffi.new("struct kd_workload_thread_stats[]", n)
-        handle, self._handle = self._handle, None
-        rc = lib.kd_workload_threads_stop(handle, st, n)
-        self.stats = [dict(writes=st[i].writes, ring_full_waits=st[i].ring_full_waits,
-                           error=st[i].error) for i in range(n)]
-        check(rc, "workload threads")
-        return sum(s["writes"] for s in self.stats)
-
-    def __del__(self):
-        try:
-            self.stop()
-        except Exception:
-            pass
+        if self._threads is None:
+            return 0
+        if self._threads.running:
+            self._threads.stop()
+        return sum(s["writes"] for s in self._threads.stats)

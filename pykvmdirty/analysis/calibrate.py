@@ -1,7 +1,7 @@
 """Calibrate the cost model on the real kernel (/dev/kvm) of this machine.
 
 Each measurement drives the real backend (``VM(backend="kvm")``) and prices
-one event of :class:`~pykvmdirty.costmodel.CostModel`:
+one event of :class:`~pykvmdirty.analysis.costmodel.CostModel`:
 
 =====================  ====================================================
 field                  measured as
@@ -28,25 +28,30 @@ repeated calls (``time.perf_counter_ns`` around one C call, buffers
 allocated beforehand). :func:`calibrate` raises :class:`KvmUnusable` with the
 reason where /dev/kvm cannot run a guest.
 """
+import datetime
 import math
+import os
+import platform
 import statistics
 import time
+from typing import Any, Dict
 
 import numpy as np
 
-from . import VM, MEM_LOG_DIRTY_PAGES, backend_available
-from ._native import ffi, lib
+from ..bindings.constants import MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, RING_MAX_ENTRIES
+from ..bindings.vm import VM, backend_available
+from ..bindings.timing import TimedLogCalls
 from .costmodel import GIB_WORDS, CostModel
-from .errors import KvmDirtyError, check
+from ..errors import KvmDirtyError
 
-GIB_PAGES = 1 << 18
+GIB_PAGES = (1 << 30) >> PAGE_SHIFT
 
 #: (measurement sizes, repeats) per mode
 SETTINGS = {
     "quick": dict(small_gib=1, big_gib=8, get_repeats=15, dirty=1000, dirty_repeats=4,
                   ring_entries=4096, ring_repeats=3, clear_repeats=50),
     "full": dict(small_gib=1, big_gib=64, get_repeats=40, dirty=4000, dirty_repeats=8,
-                 ring_entries=65536, ring_repeats=4, clear_repeats=200),
+                 ring_entries=RING_MAX_ENTRIES, ring_repeats=4, clear_repeats=200),
 }
 
 MEASURED = ("word_ns", "reprotect_ns", "tlb_flush_ns", "write_fault_ns", "ring_full_exit_ns",
@@ -82,33 +87,12 @@ def _slope(x0, y0, x1, y1):
     return (y1 - y0) / float(x1 - x0)
 
 
-class _Timer:
-    """One C call timed with preallocated buffers."""
+class _Timer(TimedLogCalls):
+    """GET/CLEAR timed with preallocated buffers, and a timed guest write."""
 
     def __init__(self, vm, slot):
-        self.vm, self.h, self.slot = vm, vm.handle, slot
-        info = vm.slot_info(slot)
-        self.npages = info.npages
-        self.nwords = (info.npages + 63) // 64
-        self.base = info.base_gfn
-        self.bitmap = np.zeros(self.nwords, dtype=np.uint64)
-        self.ptr = ffi.from_buffer("uint64_t[]", self.bitmap)
-        self.mask = np.full(max(self.nwords, 1), np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
-        self.mptr = ffi.from_buffer("uint64_t[]", self.mask)
-
-    def get(self):
-        t0 = time.perf_counter_ns()
-        rc = lib.kd_get_dirty_log(self.h, self.slot, self.ptr, self.nwords)
-        t1 = time.perf_counter_ns()
-        check(rc, "KVM_GET_DIRTY_LOG(slot %d)" % self.slot)
-        return t1 - t0
-
-    def clear(self, first, num):
-        t0 = time.perf_counter_ns()
-        rc = lib.kd_clear_dirty_log(self.h, self.slot, first, num, self.mptr)
-        t1 = time.perf_counter_ns()
-        check(rc, "KVM_CLEAR_DIRTY_LOG(slot %d)" % self.slot)
-        return t1 - t0
+        super().__init__(vm, slot)
+        self.vm = vm
 
     def write(self, gfns, value):
         t0 = time.perf_counter_ns()
@@ -192,10 +176,7 @@ def measure_ring(s, out, rng):
     with VM("kvm", ring_entries=entries) as vm:
         vm.set_user_memory_region(0, 0, 4 << 30, MEM_LOG_DIRTY_PAGES)
         pages = rng.choice(4 * GIB_PAGES, entries, replace=False).astype(np.uint64)
-        buf = np.empty(entries, dtype=vm.harvest(0).dtype)
-        bptr = ffi.cast("struct kd_dirty_gfn *", ffi.from_buffer(buf))
-        count = ffi.new("uint64_t *")
-        h = vm.handle
+        calls = TimedLogCalls(vm, 0)
         harvest, reset, full_exit, nharvested = [], [], [], []
         for i in range(s["ring_repeats"] + 1):
             res = vm.write(pages, value=i + 1)
@@ -208,18 +189,14 @@ def measure_ring(s, out, rng):
                 full_exit.append(time.perf_counter_ns() - t0)
                 if r2.applied or not r2.ring_full:
                     raise KvmUnusable("a full ring accepted a write")
-            t0 = time.perf_counter_ns()
-            rc = lib.kd_ring_harvest(h, 0, bptr, entries, count)
-            t1 = time.perf_counter_ns()
-            check(rc, "harvest")
-            n = count[0]
+            harvest_ns, n = calls.harvest(0, entries)
             t2 = time.perf_counter_ns()
             m = vm.reset_dirty_rings()
             t3 = time.perf_counter_ns()
             if m != n:
                 raise KvmUnusable("KVM_RESET_DIRTY_RINGS reset %d of %d harvested" % (m, n))
             if i:  # the first round faults host pages in: not measured
-                harvest.append((t1 - t0) / n)
+                harvest.append(harvest_ns / n)
                 reset.append((t3 - t2) / n)
                 nharvested.append(n)
     out["ring_entries"] = entries
@@ -240,7 +217,7 @@ def calibrate(quick=False, seed=0, progress=None):
         raise KvmUnusable(why)
     s = SETTINGS["quick" if quick else "full"]
     rng = np.random.default_rng(seed)
-    out = {"mode": "quick" if quick else "full", "settings": dict(s)}
+    out: Dict[str, Any] = {"mode": "quick" if quick else "full", "settings": dict(s)}
     steps = [("GET per GiB (clean)", lambda: measure_get(s, out)),
              ("re-protect and write fault per page", lambda: measure_dirty(s, out, rng)),
              ("CLEAR per call", lambda: measure_clear(s, out)),
@@ -252,7 +229,7 @@ def calibrate(quick=False, seed=0, progress=None):
             fn()
     except KvmDirtyError as e:
         raise KvmUnusable("/dev/kvm failed during calibration: %s" % e) from None
-    fields = {}
+    fields: Dict[str, float] = {}
     for f in MEASURED:
         v = out[f]
         if not (isinstance(v, float) and math.isfinite(v)):
@@ -262,6 +239,33 @@ def calibrate(quick=False, seed=0, progress=None):
     fields["summary_word_ns"] = fields["word_ns"]
     out["measured"] = sorted(fields)
     return CostModel.from_dict(fields), out
+
+
+def machine_description():
+    """This machine, as a calibration source names it: host, CPU, kernel."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return "%s (%s, %d CPUs, Linux %s)" % (platform.node(), cpu, os.cpu_count() or 0,
+                                           platform.release())
+
+
+def sources(details, when=None):
+    """{field: source} of the measured fields, for CostModel.save."""
+    when = when or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    src = "measured by `pykvmdirty calibrate%s` on %s, %s" % (
+        " --quick" if details.get("mode") == "quick" else "", machine_description(), when)
+    out = {f: src for f in details["measured"]}
+    if "summary_word_ns" in out:  # copied, not measured on its own
+        out["summary_word_ns"] = ("word_ns " + src + " (summary words are read by the "
+                                  "same kernel loop as leaf words)")
+    return out
 
 
 def summary(model, details):

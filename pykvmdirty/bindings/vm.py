@@ -1,0 +1,352 @@
+"""VM: the Python face of libkvmdirty's kd_vm (memslots, guest writes, dirty
+logs, collect, counters; the dirty-ring calls are in ring.py).
+
+Every method checks its Python arguments (raising ValueError/TypeError naming
+the bad value before C is called), makes one C call per operation, checks its
+return code (KvmDirtyError carrying the kernel's errno) and moves arrays in and
+out as numpy buffers that C reads or fills in place: no per-page Python loops.
+
+Threads: like the C API, one VM may be used from several Python threads (one
+writer per vCPU, any number of collectors): every call allocates its own
+result struct, nothing per call is stored on the VM.
+
+Lifetime (invariants):
+- the kd_vm is owned by ``self._native`` (an ``ffi.gc`` handle); numpy views
+  of its memory (slot_memory, ring) keep that handle alive, so ``close()``
+  makes the VM unusable at once but frees the C memory only when the last
+  view is gone;
+- thread pools writing into the VM (Writers, workload threads) register in
+  ``self._pools``; ``close()`` stops and joins them before letting go, and
+  deleting a slot while one runs is refused (EBUSY);
+- deleting a slot whose memory has a live numpy view is refused (EBUSY).
+"""
+import collections
+import errno
+import threading
+import weakref
+from typing import Any, Dict
+
+import numpy as np
+
+from .._native import ffi, lib
+from ..errors import KvmDirtyError, check
+from .boundary import as_gfn_array, owner_of, u64_ptr, uint_arg, view
+from .constants import (
+    ADDRESS_SPACES, BACKENDS, EXIT_DIRTY_RING_FULL, INITIALLY_SET, MANUAL_PROTECT_ENABLE,
+    MAX_VCPUS, PAGE_SHIFT, PAGE_SIZE, REAL_BACKENDS, RING_BACKENDS, STAT_FIELDS, TRACKING,
+    VM_GUEST_MEMORY, VM_O1_PROTECT,
+)
+from .ring import RingMethods
+
+
+class WriteResult(collections.namedtuple("WriteResult", "applied exit_reason")):
+    """What a kd_write did: gfns applied in order, and the exit reason
+    (EXIT_NONE, or EXIT_DIRTY_RING_FULL when the vCPU's ring reached its soft limit)."""
+    __slots__ = ()
+
+    @property
+    def ring_full(self):
+        return self.exit_reason == EXIT_DIRTY_RING_FULL
+
+
+SlotInfo = collections.namedtuple("SlotInfo", "slot flags base_gfn npages")
+
+
+def backend_available(backend):
+    """(True, None) if the backend runs here, else (False, reason)."""
+    if backend not in BACKENDS:
+        raise ValueError("unknown backend %r; choose from %s" % (backend, ", ".join(BACKENDS)))
+    why = ffi.new("const char **")
+    rc = lib.kd_backend_available(BACKENDS[backend], why)
+    return rc == 0, (ffi.string(why[0]).decode() if why[0] != ffi.NULL else None)
+
+
+class VM(RingMethods):
+    """A VM with memslots, vCPUs and one dirty-log backend.
+
+    backend: "flat" (KVM_GET_DIRTY_LOG), "twolevel" (summary bit per 2 MiB),
+    "bytemap" (QEMU 2010), "ring" (per-vCPU dirty rings), "kvm" (the real
+    kernel) or "uffd" (userfaultfd write-protect on real memory).
+    dirty_tracking: "write_protect" or "pml" (emulated backends); on "uffd",
+    "write_protect" is userfaultfd WP_ASYNC + PAGEMAP_SCAN and the fallbacks
+    "uffd_sync" (a fault-handler thread) and "mprotect" (SIGSEGV) compare with it.
+    o1_protect: count re-protection of enable/classic GET as one generation bump.
+    guest_memory: back slots with memory; writes store their value into the page.
+    address_spaces: 1 or 2 (x86 with SMM, the default); on "kvm" the kernel decides.
+    """
+
+    def __init__(self, backend="flat", vcpus=1, ring_entries=None,
+                 dirty_tracking="write_protect", o1_protect=False, guest_memory=False,
+                 address_spaces=None):
+        self._native = None
+        # running thread pools (Writers, workloads); slot -> live CMemory views
+        self._pools: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._slot_views: "Dict[int, weakref.WeakSet[Any]]" = {}
+        self._lock = threading.Lock()        # guards _npages, _slot_views, _pools
+        if backend not in BACKENDS:
+            raise ValueError("unknown backend %r; choose from %s" % (backend, ", ".join(BACKENDS)))
+        if dirty_tracking not in TRACKING:
+            raise ValueError("unknown dirty_tracking %r; choose from %s"
+                             % (dirty_tracking, ", ".join(TRACKING)))
+        vcpus = uint_arg(vcpus, "vcpus", 32)
+        if not 1 <= vcpus <= MAX_VCPUS:
+            raise ValueError("vcpus must be in [1, %d], got %d" % (MAX_VCPUS, vcpus))
+        if ring_entries is None:
+            ring_entries = 4096 if backend == "ring" else 0
+        ring_entries = uint_arg(ring_entries, "ring_entries", 32)
+        if backend not in RING_BACKENDS and ring_entries:
+            raise ValueError("ring_entries applies to the ring and kvm backends, not %r" % backend)
+        if address_spaces is not None:
+            address_spaces = uint_arg(address_spaces, "address_spaces", 32)
+            if not 1 <= address_spaces <= ADDRESS_SPACES:
+                raise ValueError("address_spaces must be in [1, %d], got %d"
+                                 % (ADDRESS_SPACES, address_spaces))
+        if backend in REAL_BACKENDS:
+            ok, why = backend_available(backend)
+            if not ok:
+                raise KvmDirtyError(errno.ENODEV, "backend %r unavailable: %s" % (backend, why))
+        cfg = ffi.new("struct kd_vm_config *")
+        cfg.address_spaces = address_spaces or 0
+        cfg.backend = BACKENDS[backend]
+        cfg.nvcpus = vcpus
+        cfg.ring_entries = ring_entries
+        cfg.tracking = TRACKING[dirty_tracking]
+        cfg.flags = ((VM_O1_PROTECT if o1_protect else 0)
+                     | (VM_GUEST_MEMORY if guest_memory else 0))
+        out = ffi.new("kd_vm **")
+        check(lib.kd_vm_create(cfg, out),
+              "kd_vm_create(backend=%r, vcpus=%d, ring_entries=%d, dirty_tracking=%r)"
+              % (backend, vcpus, ring_entries, dirty_tracking))
+        self._native = ffi.gc(out[0], lib.kd_vm_destroy)
+        check(lib.kd_vm_config_get(self._native, cfg), "kd_vm_config_get")
+        #: address spaces (slot bits 16-31); 2 on emulated x86, the kernel's on kvm
+        self.address_spaces = cfg.address_spaces
+        self.backend = backend
+        self.vcpus = vcpus
+        self.ring_entries = ring_entries
+        self.dirty_tracking = dirty_tracking
+        self.guest_memory = bool(guest_memory) or backend in REAL_BACKENDS
+        #: CLOCK_MONOTONIC time the log was sampled by the latest collect() to
+        #: finish (with several collecting threads: whichever finished last)
+        self.last_collect_ns = None
+        self._collect_hint = 0  # size hint for collect's output (any thread's last)
+        self._npages = {}  # slot -> npages, kept by set_user_memory_region
+
+    # -- lifetime ---------------------------------------------------------
+    def close(self):
+        """Stop and join thread pools still writing, then let go of the C VM
+        (freed now, or when the last numpy view of its memory is dropped)."""
+        if self._native is None:
+            return
+        for pool in list(self._pools):
+            pool.stop_and_join()
+        self._native = None
+
+    @property
+    def closed(self):
+        return self._native is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def handle(self):
+        """The kd_vm * (for the other bindings modules); ValueError once closed."""
+        native = self._native
+        if native is None:
+            raise ValueError("VM is closed")
+        return native
+
+    def register_pool(self, pool):
+        """A thread pool (with stop_and_join()) now writes into this VM."""
+        with self._lock:
+            self._pools.add(pool)
+
+    def unregister_pool(self, pool):
+        with self._lock:
+            self._pools.discard(pool)
+
+    def _check_no_pool(self, what):
+        if any(p.running for p in list(self._pools)):
+            raise KvmDirtyError(errno.EBUSY, "%s: writer threads are running on this VM; "
+                                "stop and join them first" % what)
+
+    # -- memslots -----------------------------------------------------------
+    def set_user_memory_region(self, slot, guest_phys_addr, memory_size, flags=0):
+        """KVM_SET_USER_MEMORY_REGION (bytes, like KVM). memory_size 0 deletes."""
+        slot = uint_arg(slot, "slot", 32)
+        gpa = uint_arg(guest_phys_addr, "guest_phys_addr")
+        size = uint_arg(memory_size, "memory_size")
+        flags = uint_arg(flags, "flags", 32)
+        what = ("set_user_memory_region(slot=%#x, guest_phys_addr=%#x, memory_size=%#x, "
+                "flags=%#x)" % (slot, gpa, size, flags))
+        handle = self.handle
+        with self._lock:
+            self._check_no_pool(what)
+            views = self._slot_views.get(slot)
+            if size == 0 and views is not None and len(views):
+                raise KvmDirtyError(errno.EBUSY, "%s: a numpy view of the slot's memory "
+                                    "(slot_memory) is still alive; drop it first" % what)
+            check(lib.kd_set_user_memory_region(handle, slot, flags, gpa, size), what)
+            if size:
+                self._npages[slot] = size >> PAGE_SHIFT
+            else:
+                self._npages.pop(slot, None)
+                self._slot_views.pop(slot, None)
+
+    def _slot_info(self, slot, what):
+        info = ffi.new("struct kd_slot_info *")
+        check(lib.kd_slot_info(self.handle, slot, info), "%s(slot=%#x)" % (what, slot))
+        return info
+
+    def slot_info(self, slot):
+        slot = uint_arg(slot, "slot", 32)
+        info = self._slot_info(slot, "slot_info")
+        return SlotInfo(info.slot, info.flags, info.base_gfn, info.npages)
+
+    def slots(self):
+        n = check(lib.kd_slot_list(self.handle, ffi.NULL, 0), "slots()")
+        buf = ffi.new("struct kd_slot_info[]", max(n, 1))
+        n = check(lib.kd_slot_list(self.handle, buf, n), "slots()")
+        return [SlotInfo(buf[i].slot, buf[i].flags, buf[i].base_gfn, buf[i].npages)
+                for i in range(n)]
+
+    def slot_memory(self, slot):
+        """The slot's guest memory as a writable uint8 numpy view (no copy).
+        The view keeps the C VM alive; the slot cannot be deleted while it lives."""
+        slot = uint_arg(slot, "slot", 32)
+        with self._lock:
+            info = self._slot_info(slot, "slot_memory")
+            if info.memory == ffi.NULL:
+                raise ValueError("slot %#x has no guest memory (create the VM with "
+                                 "guest_memory=True)" % slot)
+            arr = view(self._native, info.memory, info.npages * PAGE_SIZE, np.uint8)
+            self._slot_views.setdefault(slot, weakref.WeakSet()).add(owner_of(arr))
+        return arr
+
+    def slot_memory_pointer(self, slot):
+        """(void * to the slot's memory, npages) for the other bindings modules;
+        valid while the slot exists."""
+        info = self._slot_info(uint_arg(slot, "slot", 32), "slot_memory")
+        return info.memory, info.npages
+
+    def enable_manual_protect(self, initially_set=False):
+        """KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET copies, CLEAR re-protects."""
+        flags = MANUAL_PROTECT_ENABLE | (INITIALLY_SET if initially_set else 0)
+        self.enable_manual_protect_flags(flags)
+
+    def enable_manual_protect_flags(self, flags):
+        flags = uint_arg(flags, "flags")
+        check(lib.kd_enable_manual_protect(self.handle, flags),
+              "enable_manual_protect(flags=%#x)" % flags)
+
+    # -- guest side -------------------------------------------------------
+    def write(self, gfns, vcpu=0, value=0):
+        """vCPU `vcpu` writes `value` to each gfn in order (one C call).
+
+        Returns WriteResult(applied, exit_reason); a ring VM stops after the
+        write that fills a vCPU's ring to its soft limit.
+        """
+        arr = as_gfn_array(gfns)
+        vcpu = uint_arg(vcpu, "vcpu", 32)
+        if vcpu >= self.vcpus:
+            raise ValueError("vcpu must be below %d, got %d" % (self.vcpus, vcpu))
+        value = uint_arg(value, "value")
+        res = ffi.new("struct kd_write_result *")
+        check(lib.kd_write(self.handle, vcpu, u64_ptr(arr), arr.size, value, res),
+              "write(%d gfns, vcpu=%d)", (arr.size, vcpu))
+        return WriteResult(res.applied, res.exit_reason)
+
+    # -- KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG ----------------------------
+    def get_dirty_log(self, slot):
+        """The slot's bitmap in KVM layout (uint64 words, bit i = page base+i)."""
+        slot = uint_arg(slot, "slot", 32)
+        nwords = (self._npages.get(slot, 0) + 63) // 64  # no slot: C names the errno
+        bitmap = np.empty(max(nwords, 1), dtype=np.uint64)  # C writes every word
+        check(lib.kd_get_dirty_log(self.handle, slot, u64_ptr(bitmap, True), nwords),
+              "get_dirty_log(slot=%#x)", (slot,))
+        return bitmap[:nwords]
+
+    def clear_dirty_log(self, slot, first_page, num_pages, bitmap=None):
+        """KVM_CLEAR_DIRTY_LOG: clear and re-protect the pages set in bitmap
+        (bit i = page first_page + i); bitmap None clears every page of the range."""
+        slot = uint_arg(slot, "slot", 32)
+        first_page = uint_arg(first_page, "first_page")
+        num_pages = uint_arg(num_pages, "num_pages", 32)
+        nwords = (num_pages + 63) // 64
+        if bitmap is None:
+            bitmap = np.full(nwords, np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+        bitmap = np.ascontiguousarray(bitmap)
+        if bitmap.dtype != np.uint64:
+            raise TypeError("bitmap must be uint64, got dtype %s" % bitmap.dtype)
+        if bitmap.ndim != 1 or bitmap.size < nwords:
+            raise ValueError("bitmap must hold ALIGN(num_pages, 64) / 64 = %d words, got "
+                             "shape %s" % (nwords, bitmap.shape))
+        ptr = u64_ptr(bitmap) if bitmap.size else ffi.NULL
+        check(lib.kd_clear_dirty_log(self.handle, slot, first_page, num_pages, ptr),
+              "clear_dirty_log(slot=%#x, first_page=%d, num_pages=%d)"
+              % (slot, first_page, num_pages))
+
+    # -- collect ----------------------------------------------------------
+    def collect(self, slot, first_page=0, num_pages=None):
+        """Collect and clear (re-protect) the dirty pages of a slot or a range
+        of it; returns their sorted gfns as uint64. ``last_collect_ns`` is the
+        CLOCK_MONOTONIC time at which the log was sampled."""
+        handle = self.handle
+        slot = uint_arg(slot, "slot", 32)
+        first_page = uint_arg(first_page, "first_page")
+        if num_pages is None:
+            npages = self._npages.get(slot)
+            if npages is None:  # no such slot: let C name the errno
+                npages = first_page
+            if npages < first_page:
+                raise ValueError("first_page %d is past the end of slot %#x (%d pages)"
+                                 % (first_page, slot, npages))
+            num_pages = npages - first_page
+        num_pages = uint_arg(num_pages, "num_pages")
+        end = first_page + num_pages
+        # Size the output from a recent result: small collects stay cheap,
+        # large ones grow (C resumes where the buffer filled).
+        size = min(max(num_pages, 64), max(1024, 2 * self._collect_hint))
+        buf = np.empty(size, dtype=np.uint64)
+        ptr = u64_ptr(buf, True)
+        n = 0
+        res = ffi.new("struct kd_collect_result *")  # per call: threads may collect at once
+        sampled = None
+        start = first_page
+        while True:
+            check(lib.kd_collect(handle, slot, start, end - start, ptr + n, size - n, res),
+                  "collect(slot=%#x, first_page=%d, num_pages=%d)",
+                  (slot, first_page, num_pages))
+            if sampled is None:
+                sampled = res.sampled_ns
+            n += res.count
+            if res.resume_page >= end:
+                break
+            start = res.resume_page
+            size *= 2
+            grown = np.empty(size, dtype=np.uint64)
+            grown[:n] = buf[:n]
+            buf = grown
+            ptr = u64_ptr(buf, True)
+        self.last_collect_ns = sampled
+        self._collect_hint = n
+        return buf[:n]
+
+    # -- counters -----------------------------------------------------------
+    @property
+    def stats(self):
+        """Event counters (dict): what the kernel and the user side paid."""
+        st = ffi.new("struct kd_stats *")
+        check(lib.kd_stats_get(self.handle, st), "stats")
+        return {name: getattr(st, name) for name in STAT_FIELDS}
+
+    def reset_stats(self):
+        check(lib.kd_stats_reset(self.handle), "reset_stats()")
+
+    def __repr__(self):
+        return "<VM backend=%s vcpus=%d%s>" % (self.backend, self.vcpus,
+                                              " closed" if self.closed else "")

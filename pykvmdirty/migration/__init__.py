@@ -1,0 +1,8 @@
+"""Pre-copy live migration of an emulated (or real-KVM) guest: configuration,
+the controller around the C scan-and-send loop, sinks and the TCP receiver,
+guest workloads, write traces and the report. ``migrate()`` is the entry."""
+from .errors import MigrationError
+from .report import MigrationReport, PassMetrics
+from .run import migrate
+
+__all__ = ["migrate", "MigrationError", "MigrationReport", "PassMetrics"]

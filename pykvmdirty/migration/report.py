@@ -1,0 +1,155 @@
+"""What a migration did: per-pass metrics and totals (JSON, text summary, plot)."""
+import dataclasses
+import json
+from typing import List, Optional
+
+import numpy as np
+
+from .config import MiB
+
+
+@dataclasses.dataclass(repr=False)
+class PassMetrics:
+    """One pass: what the sync found and what the loop sent (ns, pages, bytes)."""
+    index: int
+    kind: str  # "bulk", "iterate", "stop-and-copy"
+    dirty_found: int = 0
+    pages_sent: int = 0
+    zero_pages: int = 0
+    bytes: int = 0
+    accounted_bytes: int = 0
+    redundant: int = 0
+    collect_ns: int = 0
+    scan_ns: int = 0
+    send_ns: int = 0
+    duration_ns: int = 0
+    latency_p50_ns: int = 0
+    latency_p99_ns: int = 0
+    latency_mean_ns: float = 0
+    latency_max_ns: int = 0
+    time_cap_exits: int = 0
+    rate_waits: int = 0
+    throttle_pct: int = 0
+    expected_downtime_ns: int = 0
+    bandwidth: float = 0
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+    def __repr__(self):
+        return "<pass %d %s dirty=%d sent=%d>" % (self.index, self.kind, self.dirty_found,
+                                                   self.pages_sent)
+
+
+class MigrationReport:
+    """Per-pass metrics and totals of one migration."""
+
+    def __init__(self, config):
+        self.config = config
+        self.passes: List[PassMetrics] = []
+        self.total_ns = 0
+        self.downtime_ns = 0
+        self.verified: Optional[bool] = None  # None for the null sink
+        self.mismatched_pages: List[int] = []  # gfns (first 16) whose hashes differ
+        self.converged = False
+        self.auto_converge_triggers = 0
+        self.final_throttle_pct = 0
+        self.workload_writes = 0
+        self.ring_full_events = 0
+        self.window_log = None      # accounted bytes per closed window (if asked)
+        self.window_budget = None
+        self.destination = None
+        self.vm_stats = None
+
+    @property
+    def npasses(self):
+        return len(self.passes)
+
+    def total(self, field):
+        return sum(getattr(p, field) for p in self.passes)
+
+    @property
+    def bytes(self):
+        return self.total("bytes")
+
+    def as_dict(self):
+        return dict(
+            config=self.config, passes=[p.as_dict() for p in self.passes],
+            totals=dict(passes=self.npasses, total_ns=self.total_ns,
+                        downtime_ns=self.downtime_ns, bytes=self.bytes,
+                        accounted_bytes=self.total("accounted_bytes"),
+                        pages_sent=self.total("pages_sent"),
+                        zero_pages=self.total("zero_pages"),
+                        redundant=self.total("redundant"),
+                        time_cap_exits=self.total("time_cap_exits"),
+                        verified=self.verified, converged=self.converged,
+                        auto_converge_triggers=self.auto_converge_triggers,
+                        final_throttle_pct=self.final_throttle_pct,
+                        workload_writes=self.workload_writes,
+                        ring_full_events=self.ring_full_events,
+                        mismatched_pages=self.mismatched_pages),
+            destination=self.destination, vm_stats=self.vm_stats)
+
+    def to_json(self, path=None):
+        text = json.dumps(self.as_dict(), indent=1, default=json_default)
+        if path:
+            with open(path, "w") as f:
+                f.write(text + "\n")
+        return text
+
+    def summary(self):
+        lines = ["%-5s %-13s %10s %10s %9s %11s %9s %9s %9s %10s %10s" % (
+            "pass", "kind", "dirty", "sent", "zero", "MiB", "redund", "coll ms", "send ms",
+            "lat p50ms", "lat p99ms")]
+        for p in self.passes:
+            lines.append("%-5d %-13s %10d %10d %9d %11.1f %9d %9.2f %9.1f %10.2f %10.2f" % (
+                p.index, p.kind, p.dirty_found, p.pages_sent, p.zero_pages, p.bytes / MiB,
+                p.redundant, p.collect_ns / 1e6, p.send_ns / 1e6, p.latency_p50_ns / 1e6,
+                p.latency_p99_ns / 1e6))
+        lines.append("passes %d, total %.3f s, downtime %.1f ms, %.1f MiB sent, redundant %d, "
+                     "verified: %s%s" % (
+                         self.npasses, self.total_ns / 1e9, self.downtime_ns / 1e6,
+                         self.bytes / MiB, self.total("redundant"),
+                         {True: "yes", False: "NO", None: "n/a (null sink)"}[self.verified],
+                         ", auto-converge throttle %d%%" % self.final_throttle_pct
+                         if self.auto_converge_triggers else ""))
+        return "\n".join(lines)
+
+    def plot(self, path):
+        """PNG of per-pass dirty pages, sent pages and latency (matplotlib)."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise RuntimeError("--plot needs matplotlib: pip install 'pykvmdirty[plot]'") \
+                from None
+        idx = [p.index for p in self.passes]
+        fig, (a, b) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+        a.plot(idx, [p.dirty_found for p in self.passes], "o-", label="dirty pages found")
+        a.plot(idx, [p.pages_sent for p in self.passes], "s-", label="pages sent")
+        a.plot(idx, [p.redundant for p in self.passes], "x-", label="redundant sends")
+        a.set_yscale("symlog")
+        a.set_ylabel("pages")
+        a.legend()
+        b.plot(idx, [p.latency_p50_ns / 1e6 for p in self.passes], "o-", label="p50")
+        b.plot(idx, [p.latency_p99_ns / 1e6 for p in self.passes], "s-", label="p99")
+        b.set_ylabel("sample-to-send latency (ms)")
+        b.set_xlabel("pass")
+        b.legend()
+        c = self.config
+        fig.suptitle("%s / %s / %s, %s" % (c["backend"], c["strategy"], c["workload"]["kind"],
+                                           c["mode"]))
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(repr(o))

@@ -1,0 +1,153 @@
+"""Pre-copy live migration: the controller around the C scan-and-send loop.
+
+``migrate(...)`` builds a guest (a VM with guest memory in ``slots`` memslots),
+starts a workload, and migrates it to a sink:
+
+1. bulk pass: every page of every slot is sent;
+2. passes: sync the dirty log with a strategy, send the dirty pages
+   (C: read, zero check, encode, rate limit, time cap), repeat;
+3. when the expected downtime (pending dirty bytes / measured bandwidth) is
+   below ``downtime_limit``, or after ``max_passes``: stop the workload, final
+   sync, send the rest without the rate limit, end the stream;
+4. verify the destination page by page (64-bit hashes) against the source.
+
+Sync strategies (migration/strategies.py): ``global`` (collect every slot at
+the start of a pass, QEMU's migration_bitmap_sync), ``per-slot`` (collect
+each slot just before scanning it, the 2010 proposal), ``chunked-clear``
+(manual protect: GET without
+clearing at pass start, CLEAR each 2^clear_shift-page chunk just before its
+first page is sent, QEMU's clear_bmap), ``ring`` (harvest and reset the dirty
+rings at pass start and whenever a vCPU's ring fills).
+
+Clocks: ``mode="virtual"`` is deterministic: a virtual clock advanced by a
+cost model (collect: per call, word, re-protected page, ring entry; send: per
+page read and bytes / link_bandwidth), the workload writing what its rate
+gives for each elapsed ``step``. ``mode="realtime"`` runs the workload as C
+threads (vCPUs) concurrently with the loop; each C call of the loop runs
+without the GIL.
+
+Sample-to-send latency is, per page sent, the sender clock when the page
+left minus the time its dirty information was taken: the collect (or GET for
+the bulk pass) that reported it, or for chunked-clear the CLEAR of its chunk
+(the moment its write protection was re-armed). A redundant send is a page
+whose first 8 bytes equal those of its previous send: workloads store a new
+value on every write, so that is "content unchanged since last sent".
+"""
+import dataclasses
+
+from ..bindings.constants import MEM_LOG_DIRTY_PAGES, PAGE_SIZE
+from ..bindings.sender import Sender, SendRegion
+from ..bindings.vm import VM
+from ..errors import SinkError
+from .config import NS, MigrationConfig
+from .controller import Controller, populate_guest, run_passes, verify_destination
+from .errors import MigrationError
+from .progress import ProgressPrinter
+from .report import MigrationReport
+from .sinks import LocalSink, NullSink, TcpSink
+from .trace import Recorder
+
+
+def make_sink(sink):
+    if sink is None or sink == "local":
+        return LocalSink()
+    if sink == "null":
+        return NullSink()
+    if isinstance(sink, str) and sink.startswith("tcp://"):
+        return TcpSink(sink[len("tcp://"):])
+    if isinstance(sink, str):
+        raise ValueError("unknown sink %r; use 'null', 'local', 'tcp://HOST:PORT' or a sink "
+                         "object" % sink)
+    for attr in ("open", "send", "finish", "encodes"):
+        if not hasattr(sink, attr):
+            raise TypeError("sink object %r lacks %r" % (sink, attr))
+    return sink
+
+
+def migrate(config=None, *, sink="local", progress=None, **options):
+    """Migrate a freshly built guest; returns a MigrationReport.
+
+    config: a MigrationConfig, or None to build one from ``options`` (the
+    MigrationConfig fields: guest_size, slots, backend, strategy, workload,
+    rate, ..., cost_model; see MigrationConfig). Options given with a config
+    replace its fields.
+    sink: "local" (in-process destination), "null", "tcp://HOST:PORT" or an object.
+    progress: True for a progress bar on stderr, or a callable
+      progress(pass_index, pages_done, pages_total) (optionally with end_pass(pm)).
+    """
+    if config is None:
+        cfg = MigrationConfig(**options)
+    elif isinstance(config, MigrationConfig):
+        cfg = dataclasses.replace(config, **options) if options else config
+    else:
+        raise TypeError("config must be a MigrationConfig, got %r" % (config,))
+    sink_obj = make_sink(sink)
+    if progress is True:
+        progress = ProgressPrinter()
+    report = MigrationReport(cfg.as_dict(getattr(sink_obj, "name", type(sink_obj).__name__)))
+
+    # ---- the guest ----
+    vm = VM(cfg.backend, vcpus=cfg.vcpus, dirty_tracking=cfg.dirty_tracking, guest_memory=True,
+            ring_entries=cfg.vm_ring_entries())
+    ctl = None
+    try:
+        cfg.sync.prepare(vm)
+        per = -(-cfg.npages // cfg.slots)
+        regions = []
+        for i in range(cfg.slots):
+            first = i * per
+            n = min(per, cfg.npages - first)
+            if n <= 0:
+                break
+            vm.set_user_memory_region(i, first * PAGE_SIZE, n * PAGE_SIZE, MEM_LOG_DIRTY_PAGES)
+            regions.append(SendRegion(vm, i, first, n))
+        populate_guest(vm, regions, cfg.npages, cfg.populate, cfg.fill, cfg.seed)
+
+        costs = cfg.costs
+        sender = Sender(rate_limit=int(cfg.bandwidth), max_wait_ns=int(cfg.max_wait * NS),
+                        zero_as_full=cfg.zero_pages == "full", virtual_clock=cfg.virtual,
+                        link_bandwidth=int(cfg.link_bandwidth),
+                        page_cost_ns=int(costs.page_ns),
+                        clear_call_ns=int(costs.ioctl_ns + costs.tlb_flush_ns),
+                        reprotect_ns=int(costs.reprotect_ns))
+        if sink_obj.encodes:
+            sender.set_buffer(cfg.batch_bytes)
+        if cfg.window_log:
+            sender.set_window_log(cfg.window_log)
+
+        recorder = Recorder(cfg.npages, dict(workload=cfg.spec.as_dict(), mode=cfg.mode,
+                                             backend=cfg.backend, strategy=cfg.strategy)) \
+            if cfg.record else None
+        ctl = Controller(cfg, vm, regions, sender, sink_obj, progress, recorder)
+        run_passes(ctl, report)
+
+        if sender.window_log is not None:
+            sender.close_window()
+            windows = min(sender.stats()["windows"], cfg.window_log)
+            report.window_log = sender.window_log[:windows].copy()
+        report.window_budget = cfg.bandwidth // 10 if cfg.bandwidth else None
+        if recorder is not None:
+            recorder.save(cfg.record)
+        report.vm_stats = vm.stats
+
+        # ---- verification ----
+        result = sink_obj.finish()
+        if result is None or not cfg.verify:
+            report.verified = None
+        else:
+            report.destination = dict(result.stats)
+            report.verified, report.mismatched_pages = verify_destination(vm, regions, result)
+        return report
+    except SinkError as e:
+        raise MigrationError(str(e)) from None
+    finally:
+        if ctl is not None and ctl.threads is not None:
+            try:
+                ctl.threads.stop()
+            except Exception:
+                pass
+        try:
+            sink_obj.close()
+        except Exception:
+            pass
+        vm.close()
