@@ -9,6 +9,8 @@ Cells:
              6 TiB slots); twolevel at 4 GiB, 512 GiB and 24 TiB; flat at
              512 GiB. "fresh" rounds dirty 1000 new pages each time (clean
              blocks are given back and taken again: the churn cost).
+  same       the 1 GiB cell's 1000 gfns in the 24 TiB guest (its first GiB):
+             the cost of the guest's size alone, same dirty pages
   kvm_get    the real classic KVM_GET_DIRTY_LOG of a 512 GiB slot (skips with
              the reason where /dev/kvm is unusable)
   write      one VM.write of 2^20 random gfns from a re-protected log: hier
@@ -92,6 +94,26 @@ def test_collect(benchmark, backend, size, dirty):
                                  else None, rounds=rounds(), iterations=1, warmup_rounds=1)
         assert got == dirty
         MEDIANS[("collect", backend, size, dirty)] = benchmark.stats.stats.median
+    finally:
+        vm.close()
+
+
+def test_collect_same_gfns_24tib(benchmark):
+    """The very gfns of the 1 GiB cell (1000 pages of the first GiB) in a
+    24 TiB guest of four slots: what the guest's size alone adds."""
+    slots = _layout(24 * TIB_GIB)
+    pages = scattered(GIB_PAGES, DIRTY, seed=15)
+    vm = _vm("hier", 24 * TIB_GIB)
+    collect = _collect_all(vm, slots, DIRTY)
+    collect()
+    benchmark.group = "hier collect %d dirty" % DIRTY
+    benchmark.extra_info.update(backend="hier", size_gib=24 * TIB_GIB, dirty=DIRTY,
+                                pages="the 1 GiB cell's")
+    try:
+        got = benchmark.pedantic(collect, setup=lambda: untimed(vm.write, pages),
+                                 rounds=rounds(), iterations=1, warmup_rounds=1)
+        assert got == DIRTY
+        MEDIANS[("same", 24 * TIB_GIB)] = benchmark.stats.stats.median
     finally:
         vm.close()
 
@@ -253,6 +275,8 @@ def test_zz_goals(benchmark):
     le, ge = (lambda v, g: v <= g), (lambda v, g: v >= g)
     t24 = 24 * TIB_GIB
     ratio("24TiB/1GiB collect, 1000 dirty (<=)", ("collect", "hier", t24, DIRTY),
+          ("collect", "hier", 1, DIRTY), 1.5, le)
+    ratio("24TiB/1GiB collect, the same 1000 gfns (<=)", ("same", t24),
           ("collect", "hier", 1, DIRTY), 1.5, le)
     ratio("24TiB/1GiB collect, 1000 fresh (<=)", ("fresh", t24), ("fresh", 1), 1.5, le)
     ratio("24TiB/1GiB collect, clean (<=)", ("collect", "hier", t24, 0),

@@ -331,25 +331,26 @@ static void retire_candidate(struct kd_hier *h, uint64_t g)
 }
 
 /* Give back the candidates of the previous call that are still clean,
- * 64 at a time: their summary and index lines are touched first so that
- * the misses overlap. */
+ * 64 at a time: their summary lines are touched first so that the misses
+ * overlap; a group dirtied again (its level-0 bits set, the common case of
+ * a steady working set) is passed over without reading its index line. */
 static void retire_pending(struct kd_hier *h, struct kd_hier_counts *c)
 {
 	for (uint64_t i0 = 0; i0 < h->nclean; i0 += 64) {
 		uint64_t i1 = h->nclean - i0 < 64 ? h->nclean : i0 + 64, acc = 0;
-		for (uint64_t i = i0; i < i1; i++) {
-			uint64_t g = h->clean[i];
-			acc += __atomic_load_n(&h->level[0][g * KD_HIER_GROUP_CHUNKS / 64],
-					       __ATOMIC_RELAXED) +
-			       __atomic_load_n(&h->index[g], __ATOMIC_RELAXED);
-		}
+		for (uint64_t i = i0; i < i1; i++)
+			acc += __atomic_load_n(&h->level[0][h->clean[i] * KD_HIER_GROUP_CHUNKS / 64],
+					       __ATOMIC_RELAXED);
 		__asm__ volatile("" : : "r"(acc));
 		for (uint64_t i = i0; i < i1; i++) {
 			uint64_t g = h->clean[i], c0 = g * KD_HIER_GROUP_CHUNKS;
 			uint64_t l0 = __atomic_load_n(&h->level[0][c0 / 64], __ATOMIC_RELAXED);
-			uint32_t b = __atomic_load_n(&h->index[g], __ATOMIC_RELAXED);
+			uint32_t b;
 			/* dirty again (summary bits set): it keeps its block */
-			if (!b || ((l0 >> (c0 % 64)) & ((1u << KD_HIER_GROUP_CHUNKS) - 1)))
+			if ((l0 >> (c0 % 64)) & ((1u << KD_HIER_GROUP_CHUNKS) - 1))
+				continue;
+			b = __atomic_load_n(&h->index[g], __ATOMIC_RELAXED);
+			if (!b)
 				continue;
 			if (h->nretired == KD_HIER_RETIRE_BATCH)
 				retire_flush(h, c);
