@@ -87,3 +87,24 @@ def test_ranged_collects_match_a_set_model():
         model.difference_update(want)
     assert list(vm.collect(0)) == sorted(model)
     vm.close()
+
+
+def test_stale_summaries_cleared_by_clean_collects():
+    """Above level 0 a collect only reads; a summary bit over a subtree it
+    finds empty is dropped then. After a scattered round, clean collects
+    return to reading the root word alone within one collect per level, and
+    a page dirtied meanwhile under a kept summary bit is still found."""
+    npages = 6 * 1024 * 262144  # four levels
+    pages = np.random.default_rng(1).choice(npages, 1000, replace=False).astype(np.uint64)
+    with kd.VM("hier") as vm:
+        vm.set_user_memory_region(0, 0, npages << 12, kd.MEM_LOG_DIRTY_PAGES)
+        vm.write(pages)
+        assert np.array_equal(vm.collect(0), np.sort(pages))
+        vm.write(pages[:10])  # under summary bits the collect kept
+        assert np.array_equal(vm.collect(0), np.sort(pages[:10]))
+        scanned = []
+        for _ in range(6):
+            vm.reset_stats()
+            assert vm.collect(0).size == 0
+            scanned.append(vm.stats["summary_words_scanned"])
+        assert scanned[0] > 1 and scanned[-2:] == [1, 1], scanned

@@ -24,17 +24,26 @@
  * stores/loads C relies on are seq_cst.
  * 1. Leaf and summaries. W: fetch_or(leaf) then, level by level upwards,
  *    load the bit and fetch_or it if clear, stopping at the first bit found
- *    set. C takes a summary word's bits with fetch_and BEFORE reading the
- *    children, and after visiting a child re-sets the child's bit if the
- *    child still holds anything. If W's leaf RMW precedes C's take of that
- *    leaf, C takes the bit now. Otherwise it follows C's take, which follows
- *    C's clearing of every ancestor bit on the path; W's loads of those bits
- *    come later still, so W finds them clear and sets them up to the first
- *    one that someone set again after C cleared it: a writer that set it
- *    goes on upwards itself, and C sets it again only for a subtree it has
- *    left non-empty, on its way back up. Either way the path from the root
- *    to W's bit is set when both are done, and the next collect visits it.
- *    A summary bit over an empty subtree is harmless: a wasted visit.
+ *    set. C takes a level-0 word's bits with fetch_and BEFORE reading the
+ *    leaves, and after visiting a chunk sets its bit again if the chunk
+ *    still holds anything. If W's leaf RMW precedes C's take of that leaf,
+ *    C takes the bit now. Otherwise it follows C's take, which follows C's
+ *    clearing of the chunk's level-0 bit; W's load of that bit comes later
+ *    still, so W finds it clear (or set again by someone who set the path
+ *    above it, see below) and sets it.
+ *    Above level 0, C only reads (so a steady working set's writers stop at
+ *    level 0 and C spends no RMW above it). C clears a bit of level k >= 1
+ *    only for a child word it found empty when it read it, and then with
+ *    fetch_and, a fresh load of the child word, and fetch_or if the child
+ *    holds anything again (drop_stale). A writer W that set a bit of that
+ *    child word then loads the parent bit after its RMW: if that RMW came
+ *    before C's fresh load, C sees it and sets the parent back; if after,
+ *    W's load follows C's clear and W sets the parent itself. C never clears
+ *    the bits on the path to a word it found non-empty, so a parent C sets
+ *    back has its own path set. Invariant after both: a set bit of level k
+ *    has its path to the root set, and a dirty leaf its level-0 bit: the
+ *    next collect visits it. A summary bit over an empty subtree is
+ *    harmless: one wasted visit, which clears it.
  * 2. Blocks. A group's block is taken under h->lock (the fault path's lock,
  *    like KVM's mmu_lock) and published in index[g]; the fast path reads the
  *    index without the lock. A block C leaves clean is given back by C's
@@ -485,15 +494,17 @@ static void flush_chunks(struct walk *k)
 	k->bn = 0;
 }
 
-/* Bits of level word wi in range, taken (cleared) unless copying. */
-static uint64_t take_bits(struct walk *k, unsigned lvl, uint64_t wi)
+/* Bits of level word wi in range: taken (cleared) at level 0 unless
+ * copying, read only above (1. at the top). *empty: the whole word was 0. */
+static uint64_t take_bits(struct walk *k, unsigned lvl, uint64_t wi, bool *empty)
 {
 	uint64_t *word = &k->h->level[lvl][wi], shift = 6ull * lvl;
 	uint64_t lo = k->c0 >> shift, hi = ((k->c1 - 1) >> shift) + 1;
-	uint64_t bits = __atomic_load_n(word, __ATOMIC_SEQ_CST) & ones_in(wi, lo, hi);
+	uint64_t full = __atomic_load_n(word, __ATOMIC_SEQ_CST), bits = full & ones_in(wi, lo, hi);
 
 	k->c->summary_words_scanned++;
-	if (bits && k->take)
+	*empty = !full;
+	if (bits && k->take && lvl == 0)
 		bits &= __atomic_fetch_and(word, ~bits, __ATOMIC_SEQ_CST);
 	return bits;
 }
@@ -506,14 +517,20 @@ static uint64_t touch_words(const uint64_t *level, const uint64_t *idx, unsigned
 	return acc;
 }
 
-/* Give back bit j of level lvl's word wi if child word `child` of level
- * lvl - 1 is not empty (the collector's step up in 1.). */
-static void give_back_if_nonempty(struct walk *k, unsigned lvl, uint64_t child)
+/* A level-lvl bit (lvl >= 1) whose child word `child` of level lvl - 1
+ * was found empty: clear it, then look at the child again and set it back
+ * if a writer filled the child meanwhile (the collector's step in 1.). */
+static void drop_stale(struct walk *k, unsigned lvl, uint64_t child)
 {
-	if (k->take && __atomic_load_n(&k->h->level[lvl - 1][child], __ATOMIC_SEQ_CST))
-		__atomic_fetch_or(&k->h->level[lvl][child / 64], 1ull << (child % 64),
-				  __ATOMIC_SEQ_CST);
+	uint64_t *word = &k->h->level[lvl][child / 64], bit = 1ull << (child % 64);
+
+	__atomic_fetch_and(word, ~bit, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&k->h->level[lvl - 1][child], __ATOMIC_SEQ_CST))
+		__atomic_fetch_or(word, bit, __ATOMIC_SEQ_CST);
 }
+
+/* Frontier entries found empty carry this flag (word indices are < 2^40). */
+#define STALE (1ull << 63)
 
 /*
  * The subtree under word wi of level lvl <= 2, breadth first so that the
@@ -528,11 +545,12 @@ static void visit_subtree(struct walk *k, unsigned lvl, uint64_t wi)
 	struct kd_hier *h = k->h;
 	uint64_t bits, acc = 0;
 	unsigned n1 = 0, n0 = 0;
+	bool empty;
 
 	if (lvl == 0) {
 		k->f0[n0++] = wi;
 	} else {
-		bits = take_bits(k, lvl, wi);
+		bits = take_bits(k, lvl, wi, &empty);
 		for (; bits; bits &= bits - 1) {
 			uint64_t child = wi * 64 + (uint64_t)__builtin_ctzll(bits);
 			if (lvl == 2)
@@ -542,49 +560,52 @@ static void visit_subtree(struct walk *k, unsigned lvl, uint64_t wi)
 		}
 		if (lvl == 2) {
 			acc += touch_words(h->level[1], k->f1, n1);
-			for (unsigned i = 0; i < n1; i++)
-				for (bits = take_bits(k, 1, k->f1[i]); bits; bits &= bits - 1)
+			for (unsigned i = 0; i < n1; i++) {
+				for (bits = take_bits(k, 1, k->f1[i], &empty); bits; bits &= bits - 1)
 					k->f0[n0++] = k->f1[i] * 64 + (uint64_t)__builtin_ctzll(bits);
+				k->f1[i] |= empty ? STALE : 0;
+			}
 		}
 		acc += touch_words(h->level[0], k->f0, n0);
 	}
 	__asm__ volatile("" : : "r"(acc));
 	for (unsigned i = 0; i < n0 && !k->stopped; i++) {
-		for (bits = take_bits(k, 0, k->f0[i]); bits; bits &= bits - 1)
+		for (bits = take_bits(k, 0, k->f0[i], &empty); bits; bits &= bits - 1)
 			k->bc[k->bn++] = k->f0[i] * 64 + (uint64_t)__builtin_ctzll(bits);
+		k->f0[i] |= empty ? STALE : 0;
 		if (k->bn >= BATCH_CHUNKS)
 			flush_chunks(k);
 	}
 	flush_chunks(k);
+	if (!k->take)
+		return;
 	if (lvl >= 1)
 		for (unsigned i = 0; i < n0; i++)
-			give_back_if_nonempty(k, 1, k->f0[i]);
+			if (k->f0[i] & STALE)
+				drop_stale(k, 1, k->f0[i] & ~STALE);
 	if (lvl == 2)
 		for (unsigned i = 0; i < n1; i++)
-			give_back_if_nonempty(k, 2, k->f1[i]);
+			if (k->f1[i] & STALE)
+				drop_stale(k, 2, k->f1[i] & ~STALE);
 }
 
-/* Levels above 2, depth first: take, visit the children, give back the
- * bits of children left non-empty. */
+/* Levels above 2, depth first: read, visit the children, drop the bits
+ * of children found empty. */
 static void visit_word(struct walk *k, unsigned lvl, uint64_t wi)
 {
-	uint64_t bits;
+	bool empty;
+	uint64_t bits = take_bits(k, lvl, wi, &empty);
 
-	if (lvl <= 2) {
-		visit_subtree(k, lvl, wi);
-		return;
-	}
-	bits = take_bits(k, lvl, wi);
-	while (bits) {
+	while (bits && !k->stopped) {
 		uint64_t child = wi * 64 + (uint64_t)__builtin_ctzll(bits);
-		if (k->stopped) { /* give back what was not visited */
-			if (k->take)
-				__atomic_fetch_or(&k->h->level[lvl][wi], bits, __ATOMIC_SEQ_CST);
-			return;
-		}
+		bool stale = !__atomic_load_n(&k->h->level[lvl - 1][child], __ATOMIC_SEQ_CST);
 		bits &= bits - 1;
-		visit_word(k, lvl - 1, child);
-		give_back_if_nonempty(k, lvl, child);
+		if (lvl - 1 <= 2)
+			visit_subtree(k, lvl - 1, child);
+		else
+			visit_word(k, lvl - 1, child);
+		if (stale && k->take)
+			drop_stale(k, lvl, child);
 	}
 }
 
@@ -601,8 +622,12 @@ static void walk_run(struct walk *k)
 	k->resume = k->end;
 	if (k->take)
 		retire_pending(k->h, k->c);
-	if (k->first < k->end)
-		visit_word(k, k->h->nlevels - 1, 0);
+	if (k->first < k->end) {
+		if (k->h->nlevels - 1 <= 2)
+			visit_subtree(k, k->h->nlevels - 1, 0);
+		else
+			visit_word(k, k->h->nlevels - 1, 0);
+	}
 }
 
 void kd_hier_get(struct kd_hier *h, uint64_t *bitmap, bool copy_only, struct kd_hier_counts *c)
