@@ -97,3 +97,17 @@ def test_bad_arguments_leave_the_log_unchanged():
         with pytest.raises(ValueError, match="slot"):
             vm.collect_slots([-1])
         assert list(vm.collect_slots()) == [1, SLOT_PAGES[0] + 1]
+
+
+@pytest.mark.parametrize("backend", ["kvm", "uffd"])
+def test_real_backends(backend):
+    ok, why = kd.backend_available(backend)
+    if not ok:
+        pytest.skip("%s backend unavailable here: %s" % (backend, why))
+    with kd.VM(backend) as vm:
+        vm.set_user_memory_region(0, 0, 64 << 20, LOG)
+        vm.set_user_memory_region(1, 64 << 20, 64 << 20, LOG)
+        vm.collect_slots()
+        vm.write(np.array([3, 16384 + 5, 20000], dtype=np.uint64))
+        assert list(vm.collect_slots()) == [3, 16384 + 5, 20000]
+        assert vm.collect_slots().size == 0
