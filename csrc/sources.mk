@@ -21,6 +21,8 @@ KD_SOURCES = \
 	emu/twolevel.c \
 	emu/bytemap.c \
 	emu/dirty_ring.c \
+	emu/hier_log.c \
+	emu/hier.c \
 	real/kvm/kvm_ops.c \
 	real/kvm/kvm_open.c \
 	real/kvm/kvm_slots.c \

@@ -12,7 +12,7 @@ def snapshot(vm):
     return (vm.slots(), vm.stats)
 
 
-@pytest.fixture(params=["flat", "twolevel", "bytemap", "ring"])
+@pytest.fixture(params=["flat", "twolevel", "bytemap", "ring", "hier"])
 def vm(request):
     v = kd.VM(request.param, vcpus=2)
     v.set_user_memory_region(0, 0, 1 << 24, LOG)

@@ -14,7 +14,7 @@ def vm_with_slot(backend="flat", **kw):
     return vm
 
 
-@pytest.mark.parametrize("backend", ["flat", "twolevel", "bytemap", "ring"])
+@pytest.mark.parametrize("backend", ["flat", "twolevel", "bytemap", "ring", "hier"])
 def test_one_fault_per_page_per_protection_epoch(backend):
     vm = vm_with_slot(backend)
     s0 = vm.stats
@@ -78,6 +78,20 @@ def test_scan_counters():
     bm.collect(0)
     st = bm.stats
     assert st["bytemap_bytes_scanned"] == NPAGES and st["get_calls"] == 1
+    hier = vm_with_slot("hier")
+    hier.write([5, 100000])
+    hier.reset_stats()
+    hier.collect(0)
+    st = hier.stats
+    # one word per level on the two paths (levels of 64 words' worth of
+    # chunks each; NPAGES // 512 chunks), and the two dirty chunks' leaves
+    levels, n = 0, -(-NPAGES // 512)
+    while True:
+        n, levels = -(-n // 64), levels + 1
+        if n == 1:
+            break
+    assert st["summary_words_scanned"] == 1 + 2 * (levels - 1)
+    assert st["words_scanned"] == 2 * 8
 
 
 def test_untracked_writes():

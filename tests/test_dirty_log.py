@@ -7,7 +7,7 @@ import pytest
 import pykvmdirty as kd
 from conftest import LOG, bits_to_set, make_vm, set_to_bits
 
-BITMAP_BACKENDS = ["flat", "twolevel", "bytemap", "kvm"]
+BITMAP_BACKENDS = ["flat", "twolevel", "bytemap", "hier", "kvm"]
 NPAGES = (1 << 18) + 3  # 1 GiB + 3 pages: not a multiple of 64, as dirty_log_test
 
 

@@ -6,7 +6,7 @@ import pytest
 import pykvmdirty as kd
 from conftest import GIB, LOG, MIB, make_vm
 
-BACKENDS = ["flat", "twolevel", "bytemap", "ring", "kvm"]
+BACKENDS = ["flat", "twolevel", "bytemap", "ring", "hier", "kvm"]
 
 
 @pytest.fixture(params=BACKENDS)

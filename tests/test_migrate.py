@@ -5,7 +5,7 @@ import pytest
 
 from pykvmdirty.migration import MigrationError, migrate
 
-COMBOS = [(b, s) for b in ("flat", "twolevel", "bytemap") for s in
+COMBOS = [(b, s) for b in ("flat", "twolevel", "bytemap", "hier") for s in
           ("global", "per-slot", "chunked-clear")] + [("ring", s) for s in
                                                        ("global", "per-slot", "ring")]
 SMALL = dict(guest_size="32MiB", slots=4, rate=20000, bandwidth=32 << 20, seed=1,

@@ -32,6 +32,7 @@
 #define KD_CHUNK_WORDS (KD_CHUNK_PAGES / 64u)
 
 struct kd_backend_ops;
+struct kd_hier;
 
 /* One memslot. base_gfn/npages never change while writers run. */
 struct kd_slot {
@@ -64,6 +65,7 @@ struct kd_slot {
 	uint64_t *dirty;   /* flat/two-level/byte-map leaf bitmap, KVM layout */
 	uint64_t *summary; /* two-level: bit c = chunk c (512 pages) may be dirty */
 	uint64_t nsummary; /* summary words */
+	struct kd_hier *hier; /* hier backend: the whole log (emu/hier_log.h) */
 
 	/* User side. */
 	uint8_t *bytemap;  /* byte map backend: one byte per page, client bits */

@@ -8,6 +8,7 @@
 #define KD_EMU_H
 
 #include "core/backend.h"
+#include "emu/hier_log.h"
 
 /* emu/common.c: guest memory with KD_VM_GUEST_MEMORY, else none. */
 KD_HIDDEN int kd_emu_slot_memory(kd_vm *vm, struct kd_slot *s);
@@ -58,10 +59,15 @@ KD_HIDDEN void kd_ring_push(struct kd_ring *r, uint32_t slot, uint64_t offset);
 /*
  * Mark a page dirty in the slot's kernel log after a fault (or PML drain).
  * Where the log lives says what to do: a ring VM's slots have no bitmap
- * (the vCPU's ring is the log), a two-level slot has a summary too.
+ * (the vCPU's ring is the log), a two-level slot has a summary too, a hier
+ * slot its own log (emu/hier_log.h).
  */
 static inline void kd_log_mark(struct kd_vcpu *v, struct kd_slot *s, uint64_t rel)
 {
+	if (s->hier) {
+		kd_hier_mark(s->hier, rel);
+		return;
+	}
 	if (!s->dirty) {
 		kd_ring_push(&v->ring, s->id, rel);
 		return;

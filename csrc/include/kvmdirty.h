@@ -80,6 +80,7 @@ enum kd_backend {
 	KD_BACKEND_RING = 3,     /* per-vCPU dirty rings */
 	KD_BACKEND_KVM = 4,      /* the real kernel through /dev/kvm */
 	KD_BACKEND_UFFD = 5,     /* userfaultfd WP_ASYNC + PAGEMAP_SCAN */
+	KD_BACKEND_HIER = 6,     /* 64-ary summaries over 2 MiB chunks, pooled leaves */
 };
 
 enum kd_tracking {
@@ -123,6 +124,14 @@ struct kd_collect_result {
 	uint64_t count;       /* gfns stored */
 	uint64_t resume_page; /* slot-relative page to resume from; == end when done */
 	uint64_t sampled_ns;  /* CLOCK_MONOTONIC when the log was sampled */
+};
+
+struct kd_collect_slots_result {
+	uint64_t count;        /* gfns stored */
+	uint32_t resume_index; /* index into slots[] to resume from; == nslots when done */
+	uint32_t pad;
+	uint64_t resume_page;  /* page of slots[resume_index] to resume from (0 when done) */
+	uint64_t sampled_ns;   /* CLOCK_MONOTONIC when the first slot was sampled */
 };
 
 struct kd_slot_info {
@@ -242,6 +251,20 @@ KD_API int kd_clear_dirty_log(kd_vm *vm, uint32_t slot, uint64_t first_page,
  */
 KD_API int kd_collect(kd_vm *vm, uint32_t slot, uint64_t first_page, uint64_t num_pages,
 		      uint64_t *gfns, uint64_t cap, struct kd_collect_result *res);
+
+/*
+ * kd_collect of several whole slots in one call (a guest-wide sync): the
+ * slots in the order given, each collected with kd_collect's semantics, one
+ * slot's sorted gfns after the previous slot's. Starts at slots[first_index]
+ * page first_page (0 for a fresh sync); stops when gfns is full at a 64-page
+ * boundary and says where to resume. Every slot id is checked (EINVAL, then
+ * ENOENT for no slot or no log, in the order given) before any is touched;
+ * EINVAL also for first_index > nslots, first_page past its slot, or
+ * cap < 64 with more pages than cap left to walk.
+ */
+KD_API int kd_collect_slots(kd_vm *vm, const uint32_t *slots, uint32_t nslots,
+			    uint32_t first_index, uint64_t first_page, uint64_t *gfns,
+			    uint64_t cap, struct kd_collect_slots_result *res);
 
 /* Ring: copy the vCPU's DIRTY entries in order into out, marking each RESET. */
 KD_API int kd_ring_harvest(kd_vm *vm, uint32_t vcpu, struct kd_dirty_gfn *out,

@@ -12,6 +12,7 @@ extern const struct kd_backend_ops kd_bytemap_ops KD_HIDDEN;  /* emu/bytemap.c *
 extern const struct kd_backend_ops kd_ring_ops KD_HIDDEN;     /* emu/dirty_ring.c */
 extern const struct kd_backend_ops kd_kvm_ops KD_HIDDEN;      /* real/kvm/kvm_ops.c */
 extern const struct kd_backend_ops kd_uffd_ops KD_HIDDEN;     /* real/uffd/uffd_ops.c */
+extern const struct kd_backend_ops kd_hier_ops KD_HIDDEN;     /* emu/hier.c */
 
 static const struct kd_backend_ops *const backends[] = {
 	[KD_BACKEND_FLAT] = &kd_flat_ops,
@@ -20,6 +21,7 @@ static const struct kd_backend_ops *const backends[] = {
 	[KD_BACKEND_RING] = &kd_ring_ops,
 	[KD_BACKEND_KVM] = &kd_kvm_ops,
 	[KD_BACKEND_UFFD] = &kd_uffd_ops,
+	[KD_BACKEND_HIER] = &kd_hier_ops,
 };
 
 const struct kd_backend_ops *kd_backend_ops(uint32_t backend)

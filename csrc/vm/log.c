@@ -1,6 +1,6 @@
 /*
  * vm/log.c - the user side of the dirty log: KVM_GET_DIRTY_LOG,
- * KVM_CLEAR_DIRTY_LOG and kd_collect. Each checks its arguments here, in
+ * KVM_CLEAR_DIRTY_LOG, kd_collect and kd_collect_slots. Each checks its arguments here, in
  * KVM's order, kicks the vCPUs (PML) where the backend buffers, and calls
  * the backend.
  */
@@ -125,6 +125,89 @@ done:
 	res->resume_page = resume;
 	vm->user.collect_calls++;
 	vm->user.pages_collected += n;
+out:
+	kd_vm_unlock(vm);
+	return r;
+}
+
+/* Check every slot of a kd_collect_slots call before touching any (state
+ * unchanged on error); *left = pages to walk from (first_index, first_page). */
+static int check_slots(kd_vm *vm, const uint32_t *slots, uint32_t nslots, uint32_t first_index,
+		       uint64_t first_page, uint64_t *left)
+{
+	uint64_t total = 0;
+
+	for (uint32_t i = 0; i < nslots; i++)
+		if (kd_slot_id_check(vm, slots[i]))
+			return -EINVAL;
+	for (uint32_t i = 0; i < nslots; i++) {
+		struct kd_slot *s = kd_slot_by_id(vm, slots[i]);
+
+		if (!s || !s->logging)
+			return -ENOENT;
+		if (i == first_index && first_page > s->npages)
+			return -EINVAL;
+		if (i >= first_index)
+			total += s->npages - (i == first_index ? first_page : 0);
+	}
+	if (first_index == nslots && first_page)
+		return -EINVAL;
+	*left = total;
+	return 0;
+}
+
+KD_API int kd_collect_slots(kd_vm *vm, const uint32_t *slots, uint32_t nslots,
+			    uint32_t first_index, uint64_t first_page, uint64_t *gfns,
+			    uint64_t cap, struct kd_collect_slots_result *res)
+{
+	uint64_t n = 0, page = first_page, left = 0;
+	uint32_t i = first_index;
+	int r;
+
+	if (!vm || !res || first_index > nslots || (!slots && nslots))
+		return -EINVAL;
+	kd_vm_lock(vm);
+	r = check_slots(vm, slots, nslots, first_index, first_page, &left);
+	if (r)
+		goto out;
+	if (cap < 64 && cap < left) {
+		r = -EINVAL;
+		goto out;
+	}
+	if (!gfns && cap) {
+		r = -EFAULT;
+		goto out;
+	}
+	res->sampled_ns = kd_clock_ns();
+	if (left)
+		kick(vm);
+	for (; i < nslots; i++, page = 0) {
+		struct kd_slot *s = kd_slot_by_id(vm, slots[i]);
+		uint64_t got = 0, resume = s->npages;
+
+		if (page == s->npages)
+			continue;
+		if (cap - n < 64 && cap - n < s->npages - page)
+			break; /* full: resume at (i, page) */
+		r = vm->ops->collect(vm, s, page, s->npages, gfns + n, cap - n, &got, &resume);
+		if (r && n) { /* pages already taken are returned, never lost: */
+			r = 0;    /* the error comes back on the call resuming here */
+			break;
+		}
+		if (r)
+			goto out;
+		n += got;
+		vm->user.pages_collected += got;
+		if (resume < s->npages) {
+			page = resume;
+			break;
+		}
+	}
+	res->count = n;
+	res->resume_index = i;
+	res->pad = 0;
+	res->resume_page = i < nslots ? page : 0;
+	vm->user.collect_calls++;
 out:
 	kd_vm_unlock(vm);
 	return r;

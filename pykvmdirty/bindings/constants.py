@@ -4,17 +4,26 @@ import numpy as np
 
 from .._native import ffi, lib
 
-BACKENDS = {
-    "flat": lib.KD_BACKEND_FLAT,
-    "twolevel": lib.KD_BACKEND_TWOLEVEL,
-    "bytemap": lib.KD_BACKEND_BYTEMAP,
-    "ring": lib.KD_BACKEND_RING,
-    "kvm": lib.KD_BACKEND_KVM,
-    "uffd": lib.KD_BACKEND_UFFD,
-}
-EMULATED_BACKENDS = ("flat", "twolevel", "bytemap", "ring")
+
+def _registered_backends():
+    """name -> enum kd_backend for every backend the library registers
+    (vm/backends.c), asked of the library by kd_backend_name: a backend added
+    in C appears here without a Python edit. The enum has no gaps; the scan
+    stops at the first unregistered number."""
+    out = {}
+    for number in range(256):
+        name = lib.kd_backend_name(number)
+        if name == ffi.NULL:
+            break
+        out[ffi.string(name).decode()] = number
+    return out
+
+
+BACKENDS = _registered_backends()
 #: backends whose VM runs on the host's real memory and kernel
 REAL_BACKENDS = ("kvm", "uffd")
+#: backends emulated in C on anonymous memory (every registered one that is not real)
+EMULATED_BACKENDS = tuple(b for b in BACKENDS if b not in REAL_BACKENDS)
 #: backends with per-vCPU dirty rings (ring_entries applies)
 RING_BACKENDS = ("ring", "kvm")
 TRACKING = {"write_protect": lib.KD_TRACK_WRITE_PROTECT, "pml": lib.KD_TRACK_PML,
