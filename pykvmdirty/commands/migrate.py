@@ -10,6 +10,8 @@ import sys
 from ..migration.config import EXIT_SERVICE_S, MODES, ZERO_ACCOUNTING, parse_size
 from ..migration.strategies import STRATEGIES
 from ..migration.errors import MigrationError
+from ..migration.loop_placement import LOOP_THREADS
+from ..migration.placements import migrate_both_placements
 from ..migration.run import migrate
 from ..errors import SinkError
 from ..migration.sinks import TcpSink
@@ -64,9 +66,10 @@ def register(sub):
                    help="virtual clock prices: a cost-model file (written by `pykvmdirty "
                    "calibrate`, or {field: ns}); default: the package's measured defaults")
     p.add_argument("--loop-thread", default="migration-thread",
-                   choices=["iothread", "migration-thread"],
                    help="where the loop runs: iothread holds the global lock for each "
-                        "iteration (QEMU 2010), migration-thread only for the sync")
+                        "iteration (QEMU 2010), migration-thread only for the sync; both: "
+                        "one run per placement with the same settings, side by side "
+                        "(needs --exit-rate)")
     p.add_argument("--exit-rate", type=float, default=0,
                    help="guest exits per second per vCPU that take the global lock "
                         "(0: none; e.g. 1000, assumed)")
@@ -110,7 +113,29 @@ def _bw(text, name):
     return _size(text, name)
 
 
+def check_loop_thread(args):
+    """ValueError (one CLI line) for a bad --loop-thread or what `both` cannot do."""
+    lt = args.loop_thread
+    if lt not in LOOP_THREADS + ("both",):
+        raise ValueError("--loop-thread must be one of %s, got %r"
+                         % (", ".join(LOOP_THREADS + ("both",)), lt))
+    if lt != "both":
+        return
+    if not args.exit_rate > 0:
+        raise ValueError("--loop-thread both compares the guest's exits on the lock: give "
+                         "--exit-rate > 0 (got %r)" % args.exit_rate)
+    for opt, value in (("--profile", args.profile), ("--plot", args.plot),
+                       ("--record", args.record), ("--secret-file", args.secret_file)):
+        if value:
+            raise ValueError("--loop-thread both runs two migrations and cannot take %s; "
+                             "run each placement on its own for it" % opt)
+    if args.sink not in ("local", "null"):
+        raise ValueError("--loop-thread both runs two migrations: --sink must be local or "
+                         "null, got %r" % args.sink)
+
+
 def run(args):
+    check_loop_thread(args)
     check_output_paths(args, ("--json", "--plot", "--record"))
     check_plot_available(args.plot)
     sink = args.sink
@@ -122,8 +147,9 @@ def run(args):
     if args.profile:
         from ..qemu.entry import cli_run
         return cli_run(args, _bw(args.bandwidth, "--bandwidth"))
+    both = args.loop_thread == "both"
     try:
-        report = migrate(
+        report = (migrate_both_placements if both else migrate)(
             guest_size=args.guest_size, slots=args.slots, backend=args.backend,
             strategy=args.strategy, clear_shift=args.clear_shift, workload=args.workload,
             rate=args.rate, hot_fraction=args.hot_fraction, hot_share=args.hot_share,
@@ -134,7 +160,7 @@ def run(args):
             max_passes=args.max_passes, auto_converge=args.auto_converge,
             zero_pages=args.zero_pages, populate=args.populate, fill=args.fill,
             sink=sink, seed=args.seed, step=args.step, cost_model=args.cost_model,
-            loop_thread=args.loop_thread, exit_rate=args.exit_rate,
+            **({} if both else dict(loop_thread=args.loop_thread)), exit_rate=args.exit_rate,
             exit_service=args.exit_service,
             progress=None if args.quiet else True, max_memory=args.max_memory)
     except (MigrationError, SinkError) as e:

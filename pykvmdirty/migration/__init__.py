@@ -3,6 +3,8 @@ the controller around the C scan-and-send loop, sinks and the TCP receiver,
 guest workloads, write traces and the report. ``migrate()`` is the entry."""
 from .errors import MigrationError
 from .report import MigrationReport, PassMetrics
+from .placements import PlacementComparison, migrate_both_placements
 from .run import migrate
 
-__all__ = ["migrate", "MigrationError", "MigrationReport", "PassMetrics"]
+__all__ = ["migrate", "migrate_both_placements", "PlacementComparison", "MigrationError",
+           "MigrationReport", "PassMetrics"]

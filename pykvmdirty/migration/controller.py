@@ -55,6 +55,7 @@ class Controller:
         self.wl_time = 0            # the virtual workload has written up to here
         self.carry = []             # gfns reaped early (ring full), for the next sync
         self.ring_full_events = 0   # reaps (real time)
+        self.resyncs = 0            # iothread: syncs at iterations inside a pass
         self.bases = np.array([sl.base_gfn for sl in slots], dtype=np.uint64)
         self._last_progress = 0.0
         self.stopped = False
@@ -208,6 +209,8 @@ class Controller:
             elif rc == SEND_TIME_CAP:
                 self.placement.between_iterations()
                 s.iteration_begin()  # between iterations: what QEMU's migration thread does
+                if not final:
+                    self.iothread_resync()
             elif rc == SEND_RATE_LIMITED:
                 self.wait_budget_unlocked(final)
             elif rc == SEND_DEADLINE:
@@ -238,6 +241,25 @@ class Controller:
             self.run_workload()
         self.placement.iteration_begin()
         self.sender.iteration_begin()
+        if not final:
+            self.iothread_resync()
+
+    def iothread_resync(self):
+        """iothread placement: every iteration begins with a sync of the whole
+        dirty log, inside the iteration's hold of the lock. QEMU 0.13 (2010),
+        arch_init.c ram_save_live(): each call, stage 2 included, starts with
+        cpu_physical_sync_dirty_bitmap(0, TARGET_PHYS_ADDR_MAX) and then sends
+        until qemu_file_rate_limit(); it is called through
+        qemu_savevm_state_iterate() (savevm.c) from migrate_fd_put_ready()
+        (migration.c), a main-loop handler that runs holding qemu_global_mutex.
+        The pages found are carried to the next pass's sync (never lost); the
+        first iteration of a pass syncs through the strategy itself."""
+        if not self.placement.iothread:
+            return
+        gfns = self.strategy.reap(self)
+        self.resyncs += 1
+        if gfns.size:
+            self.carry.append(gfns)
 
     def finish_pass(self, pm, before, t_start):
         after = self.sender.stats()
@@ -424,6 +446,7 @@ def run_passes(ctl, report):
     report.downtime_ns = ctl.clock() - t_stop
     report.total_ns = ctl.clock() - t_begin
     report.final_throttle_pct = state["throttle"]
+    report.iothread_resyncs = ctl.resyncs
     if ctl.virtual_writer is not None:
         report.workload_writes = ctl.workload.writes
         report.ring_full_events = ctl.virtual_writer.ring_full

@@ -56,6 +56,7 @@ class MigrationReport:
         self.final_throttle_pct = 0
         self.workload_writes = 0
         self.ring_full_events = 0
+        self.iothread_resyncs = 0   # iothread: dirty-log syncs at iterations inside a pass
         self.window_log = None      # accounted bytes per closed window (if asked)
         self.window_budget = None
         self.destination = None
@@ -91,6 +92,7 @@ class MigrationReport:
                         final_throttle_pct=self.final_throttle_pct,
                         workload_writes=self.workload_writes,
                         ring_full_events=self.ring_full_events,
+                        iothread_resyncs=self.iothread_resyncs,
                         mismatched_pages=self.mismatched_pages),
             destination=self.destination, vm_stats=self.vm_stats,
             guest_impact=self.guest_impact)
@@ -118,6 +120,9 @@ class MigrationReport:
                          {True: "yes", False: "NO", None: "n/a (null sink)"}[self.verified],
                          ", auto-converge throttle %d%%" % self.final_throttle_pct
                          if self.auto_converge_triggers else ""))
+        if self.iothread_resyncs:
+            lines.append("iothread: %d dirty-log syncs at iterations inside passes (QEMU 2010 "
+                         "synced at every iteration)" % self.iothread_resyncs)
         if self.guest_impact:
             from ..analysis.guest_impact import text
             lines.append(text(self.guest_impact))
