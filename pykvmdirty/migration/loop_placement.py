@@ -4,7 +4,9 @@
 the main loop and runs holding qemu_global_mutex; every iteration (the dirty
 bitmap sync, the scan and the send up to the max-wait cap, 50 ms) holds it,
 and the lock is dropped only between iterations. A vCPU exit that needs the
-lock waits for the rest of the iteration.
+lock waits for the rest of the iteration. Every iteration begins with a
+sync of the whole dirty log (Controller.iothread_resync, QEMU 0.13's
+ram_save_live).
 
 ``migration-thread`` (QEMU since 1.3-1.4, 2012-13): the loop runs in a
 thread of its own and takes the lock only around the bitmap sync (each
@@ -17,7 +19,8 @@ for KVM_RESET_DIRTY_RINGS; the placement here is the proposal's).
 The placement is the only code that takes the lock for the loop. Real time:
 ``GlobalLock.lock/unlock`` (the vCPU threads contend for it). Virtual clock:
 the hold's start and end on the virtual clock are recorded and the exits
-are played against them after the run.
+are played against them after the run. Both placements side by side:
+migration/placements.py (two runs, the loops differ).
 """
 import contextlib
 
