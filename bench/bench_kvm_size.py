@@ -87,7 +87,8 @@ def estimate(npages):
     """What a kvm slot of npages commits: kernel metadata and bitmaps, the
     backend's maps, the GET buffer here, the pages the guest writes."""
     est = limits.Estimate()
-    est.add("kvm logs + kernel metadata", limits.log_memory("kvm", [npages]))
+    est.add("kernel slot metadata (rmap)", limits.kvm_slot_metadata([npages]))
+    est.add("kvm dirty logs", limits.log_memory("kvm", [npages]))
     est.add("GET buffer", 8 * -(-npages // 64))
     est.add("guest pages written", DIRTY * (4096 + limits.PTE_BYTES))
     return est

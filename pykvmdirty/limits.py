@@ -184,8 +184,8 @@ def log_memory(backend, slot_pages, vcpus=1, ring_entries=4096, tracking="write_
         bm = _bitmap(n)
         if backend in ("kvm", "uffd"):
             total += 2 * bm + _bitmap(-(-n // 64) // 64 + 1)   # pending + scan target
-            if backend == "kvm":                                # the kernel's two bitmaps
-                total += 2 * bm + n * KVM_SLOT_METADATA_PER_PAGE  # and its rmap
+            if backend == "kvm":
+                total += 2 * bm                                 # the kernel's two bitmaps
         elif backend == "ring":
             total += 2 * bm + _bitmap(-(-n // 64) // 64 + 1)   # protection + pending
         else:
@@ -197,6 +197,12 @@ def log_memory(backend, slot_pages, vcpus=1, ring_entries=4096, tracking="write_
     if backend in ("ring", "kvm") and ring_entries:
         total += vcpus * _pages(ring_entries * DIRTY_GFN_SIZE)
     return total
+
+
+def kvm_slot_metadata(slot_pages):
+    """Bytes the kernel vmallocs per memslot beyond the dirty bitmaps (the
+    shadow MMU's rmap and large-page info), dirty logging or not."""
+    return sum(n * KVM_SLOT_METADATA_PER_PAGE for n in slot_pages)
 
 
 def thp_mode():
@@ -256,6 +262,8 @@ def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
     est.add("source guest memory", committed_bytes(npages, contiguous, scattered,
                                                    thp == "always") + npages * PTE_BYTES)
     est.add("dirty logs", log_memory(backend, slot_pages, vcpus, ring_entries, tracking))
+    if backend == "kvm":
+        est.add("kernel slot metadata (rmap)", kvm_slot_metadata(slot_pages))
     est.add("sender bookkeeping", npages * 8 + _bitmap(npages) + batch_bytes)
     if sink == "local":  # destination memory asks for huge pages (csrc/wire.c)
         est.add("destination", committed_bytes(npages, contiguous, scattered, thp != "never")
@@ -275,6 +283,8 @@ def compare_cell_estimate(npages, slot_pages, backend, dirty, vcpus=1, ring_entr
         est.add("dirty logs", hier_committed(slot_pages, dirty))
     else:
         est.add("dirty logs", log_memory(backend, slot_pages, vcpus, ring_entries))
+        if backend == "kvm":
+            est.add("kernel slot metadata (rmap)", kvm_slot_metadata(slot_pages))
         if backend in ("kvm", "uffd"):
             est.add("guest pages written", dirty * (PAGE_SIZE + PTE_BYTES))
     est.add("dirty page lists", dirty * 8 * 4)
