@@ -247,6 +247,10 @@ def test_a_cell_over_the_memory_limit_is_skipped_with_the_reason():
     est = cmp.cell_estimate(s.cells()[2])
     assert est.total > 24 * TIB_GIB * cmp.PAGES_PER_GIB * 10
     assert "kernel slot metadata (rmap) 60.0 GiB" in by["kvm"]["reason"]
+    # uffd write-protects the untouched guest with a pte marker per page
+    uffd = dict(s.cells()[0], backend="uffd")
+    assert "page tables of the write-protected guest 48.0 GiB" in \
+        cmp.cell_estimate(uffd).describe()
     assert "skipped: memory: sizes_gib 24576 with backend flat" in cmp.format_table(r)
 
 
