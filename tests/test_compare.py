@@ -88,7 +88,8 @@ def test_ring_spreads_over_vcpus_when_dirty_exceeds_one_ring():
 def test_many_slot_layout():
     c = cmp.run_cell(0.0625, 200, "twolevel", layout="many", slot_gib=0.015625, repeats=2)
     assert c["status"] == "ok" and c["slots"] == 4 and c["found"] == 200
-    assert c["stats"]["collect_calls"] == 4
+    assert c["collect_call"] == "collect_slots"  # guest-wide: one C call over the 4 slots
+    assert c["stats"]["collect_calls"] == 1
     slots = cmp.slot_layout(10 << 18, "many", 4)
     assert [s[2] for s in slots] == [4 << 18, 4 << 18, 2 << 18]
 
@@ -200,4 +201,64 @@ def test_scenario_validation():
     with pytest.raises(ValueError, match="exceed"):
         cmp.Scenario(sizes_gib=[512], layout="many", slot_gib=0.015625)
     with pytest.raises(ValueError, match="pages per slot"):
-        cmp.Scenario(sizes_gib=[8192], layout="one")
+        cmp.Scenario(sizes_gib=[1], layout="many", slot_gib=8192)
+    with pytest.raises(ValueError, match="slots"):
+        cmp.Scenario(sizes_gib=[32768 * 8192])
+
+
+TIB_GIB = 1024
+
+
+def test_a_guest_over_kvms_slot_cap_is_the_fewest_equal_slots():
+    assert cmp.slot_layout(8191 * cmp.PAGES_PER_GIB, "one", 1) == [(0, 0, 8191 << 18)]
+    slots = cmp.slot_layout(24 * TIB_GIB * cmp.PAGES_PER_GIB, "one", 1)
+    assert [(s[1], s[2]) for s in slots] == [(i * (6 << 28), 6 << 28) for i in range(4)]
+    # 8 TiB is one page over the cap: two slots of 4 TiB
+    slots = cmp.slot_layout(8 * TIB_GIB * cmp.PAGES_PER_GIB, "one", 1)
+    assert [s[2] for s in slots] == [4 << 28, 4 << 28]
+    for npages in (cmp.MAX_SLOT_PAGES + 1, 3 * cmp.MAX_SLOT_PAGES + 5, 20 << 28):
+        slots = cmp.slot_layout(npages, "one", 1)
+        assert sum(s[2] for s in slots) == npages
+        assert all(s[2] <= cmp.MAX_SLOT_PAGES for s in slots)
+        assert all(s[1] % cmp.CHUNK_PAGES == 0 for s in slots)
+
+
+def test_hier_at_24_tib_collects_every_slot_in_one_call():
+    c = cmp.run_cell(24 * TIB_GIB, 300, "hier", repeats=2)
+    assert c["status"] == "ok", c["reason"]
+    assert c["slots"] == 4 and c["collect_call"] == "collect_slots"
+    assert c["found"] == 300
+    # the pages really span the slots: the check inside run_cell compared them
+    pages = cmp.dirty_pages(24 * TIB_GIB * cmp.PAGES_PER_GIB, 300, 0)
+    assert int(pages[-1]) >= 3 * (6 << 28) > int(pages[0])
+
+
+def test_a_cell_over_the_memory_limit_is_skipped_with_the_reason():
+    s = cmp.Scenario(sizes_gib=[24 * TIB_GIB], dirty=[10], backends=["hier", "flat", "kvm"],
+                     repeats=1)
+    r = cmp.run_compare(s, max_memory="256MiB")
+    by = {c["backend"]: c for c in r["cells"]}
+    assert by["hier"]["status"] == "ok" and by["hier"]["found"] == 10
+    for b in ("flat", "kvm"):
+        assert by[b]["status"] == "skipped"
+        assert ("sizes_gib 24576 with backend %s needs an estimated" % b) in by[b]["reason"]
+        assert "more than the limit of 256.0 MiB" in by[b]["reason"]
+    # the kernel's rmap makes kvm the hungriest: ~10 bytes per page
+    est = cmp.cell_estimate(s.cells()[2])
+    assert est.total > 24 * TIB_GIB * cmp.PAGES_PER_GIB * 10
+    assert "kernel slot metadata (rmap) 60.0 GiB" in by["kvm"]["reason"]
+    # uffd write-protects the untouched guest with a pte marker per page
+    uffd = dict(s.cells()[0], backend="uffd")
+    assert "page tables of the write-protected guest 48.0 GiB" in \
+        cmp.cell_estimate(uffd).describe()
+    assert "skipped: memory: sizes_gib 24576 with backend flat" in cmp.format_table(r)
+
+
+def test_cli_large_sizes_report_skipped_rows(capsys):
+    rc, out, _ = run_cli(capsys, "--sizes", "24576", "--dirty", "5", "--backends",
+                         "hier,flat", "--repeats", "1", "--max-memory", "128MiB")
+    assert rc == 0
+    rows = [line for line in out.splitlines() if line.startswith("24576")]
+    assert len(rows) == 2, out
+    assert rows[0].split()[2] == "hier" and rows[0].split()[-1] == "5"
+    assert "skipped: memory:" in rows[1]

@@ -69,22 +69,35 @@ def gib_to_pages(size_gib):
 
 
 def slot_layout(npages, layout, slot_gib):
-    """[(slot id, first page, npages)] for a guest of npages pages."""
+    """[(slot id, first page, npages)] for a guest of npages pages.
+
+    Layout "one" is one slot where the kernel allows it; a larger guest is
+    split into the fewest equal slots of at most MAX_SLOT_PAGES (2^31-1
+    pages, KVM's cap), each a whole number of 2 MiB chunks: 24 TiB is four
+    slots of 6 TiB. Layout "many" is slots of slot_gib GiB."""
     if layout not in LAYOUTS:
         raise ValueError("unknown layout %r; choose from %s" % (layout, ", ".join(LAYOUTS)))
     if layout == "one":
-        if npages > MAX_SLOT_PAGES:
-            raise ValueError("one slot of %d pages exceeds KVM's %d pages per slot; "
-                             "use layout 'many'" % (npages, MAX_SLOT_PAGES))
-        return [(0, 0, npages)]
-    per = gib_to_pages(slot_gib)
-    if per > MAX_SLOT_PAGES:
-        raise ValueError("slot size %r GiB exceeds KVM's %d pages per slot"
-                         % (slot_gib, MAX_SLOT_PAGES))
-    n = -(-npages // per)
-    if n > MAX_SLOTS:
-        raise ValueError("%d slots of %r GiB exceed KVM's %d slots; use larger --slot-gib"
-                         % (n, slot_gib, MAX_SLOTS))
+        if npages <= MAX_SLOT_PAGES:
+            return [(0, 0, npages)]
+        n = -(-npages // MAX_SLOT_PAGES) - 1
+        per = MAX_SLOT_PAGES + 1
+        while per > MAX_SLOT_PAGES:  # rounding up to a chunk may need one slot more
+            n += 1
+            per = -(-npages // n)
+            per = -(-per // CHUNK_PAGES) * CHUNK_PAGES
+        if n > MAX_SLOTS:
+            raise ValueError("a guest of %d pages needs %d slots of at most %d pages, more "
+                             "than KVM's %d slots" % (npages, n, MAX_SLOT_PAGES, MAX_SLOTS))
+    else:
+        per = gib_to_pages(slot_gib)
+        if per > MAX_SLOT_PAGES:
+            raise ValueError("slot size %r GiB exceeds KVM's %d pages per slot"
+                             % (slot_gib, MAX_SLOT_PAGES))
+        n = -(-npages // per)
+        if n > MAX_SLOTS:
+            raise ValueError("%d slots of %r GiB exceed KVM's %d slots; use larger --slot-gib"
+                             % (n, slot_gib, MAX_SLOTS))
     return [(i, i * per, min(per, npages - i * per)) for i in range(n)]
 
 
@@ -223,6 +236,8 @@ def _run_backend(cell, pages, slots, model):
         for sid, first, n in slots:
             vm.set_user_memory_region(sid, first << PAGE_SHIFT, n << PAGE_SHIFT,
                                       MEM_LOG_DIRTY_PAGES)
+        ids = [sid for sid, _, _ in slots]
+        cell["collect_call"] = "collect_slots" if len(slots) > 1 else "collect"
         times = []
         write_times = []
         stats = None
@@ -235,15 +250,14 @@ def _run_backend(cell, pages, slots, model):
             if applied != pages.size:
                 raise RuntimeError("%s: only %d of %d dirty pages written"
                                    % (backend, applied, pages.size))
-            elapsed = 0
-            parts = []
-            for sid, _, _ in slots:
+            if len(slots) > 1:  # guest-wide: one C call over every slot
                 t0 = time.perf_counter_ns()
-                got = vm.collect(sid)
-                elapsed += time.perf_counter_ns() - t0
-                parts.append(got)
-            times.append(elapsed)
-            found = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                found = vm.collect_slots(ids)
+                times.append(time.perf_counter_ns() - t0)
+            else:
+                t0 = time.perf_counter_ns()
+                found = vm.collect(slots[0][0])
+                times.append(time.perf_counter_ns() - t0)
             stats = vm.stats
     assert found is not None  # repeats >= 1
     if not np.array_equal(found, pages):
@@ -387,48 +401,92 @@ def add_ratios(cells, cost_model=None):
     return cells
 
 
+def cell_estimate(c):
+    """limits.Estimate of what one cell (a Scenario.cells() dict) commits."""
+    npages = gib_to_pages(c["size_gib"])
+    slots = slot_layout(npages, c["layout"], c["slot_gib"])
+    vcpus = ring_vcpus(c["dirty"]) if c["backend"] == "ring" else 1
+    return limits.compare_cell_estimate(npages, [n for _, _, n in slots], c["backend"],
+                                        c["dirty"], vcpus, RING_ENTRIES)
+
+
 def memory_estimate(scenario):
     """(largest estimate, its cell): what the hungriest cell of a Scenario
     commits (cells run one after another, each freeing its VM)."""
     best = None
     for c in scenario.cells():
-        npages = gib_to_pages(c["size_gib"])
-        slots = slot_layout(npages, c["layout"], c["slot_gib"])
-        vcpus = ring_vcpus(c["dirty"]) if c["backend"] == "ring" else 1
-        est = limits.compare_cell_estimate(npages, [n for _, _, n in slots], c["backend"],
-                                           c["dirty"], vcpus, RING_ENTRIES)
+        est = cell_estimate(c)
         if best is None or est.total > best[0].total:
             best = (est, c)
     return best
 
 
+def _subject(c):
+    what = "sizes_gib %g with backend %s" % (c["size_gib"], c["backend"])
+    if c["layout"] == "many":
+        what += " (layout many, slot_gib %g)" % c["slot_gib"]
+    return what
+
+
 def check_memory(scenario, max_memory=None, copies=1):
     """Raise limits.MemoryLimitError, before any cell runs, if the hungriest
-    cell (times `copies` cells running at once) exceeds the memory limit."""
+    cell (times `copies` cells running at once) exceeds the memory limit.
+    (sweep's rule; compare skips single cells instead: memory_refusals.)"""
     est, cell = memory_estimate(scenario)
-    what = "sizes_gib %g with backend %s" % (cell["size_gib"], cell["backend"])
-    if scenario.layout == "many":
-        what += " (layout many, slot_gib %g)" % scenario.slot_gib
+    what = _subject(cell)
     if copies > 1:
         est = limits.parallel(est, copies, "workers")
         what += " on %d workers at once" % copies
     limits.check(est, limits.resolve_limit(max_memory), what)
 
 
+def memory_refusals(scenario, max_memory=None):
+    """{index in scenario.cells(): reason} of the cells whose own estimate
+    exceeds the memory limit (e.g. flat or kvm at 24 TiB on a small machine):
+    compare reports them as skipped with the reason and runs the rest.
+    Raises limits.MemoryLimitError, naming the hungriest cell, when no cell
+    fits (nothing would run)."""
+    limit = limits.resolve_limit(max_memory)
+    out = {}
+    cells = scenario.cells()
+    for i, c in enumerate(cells):
+        try:
+            limits.check(cell_estimate(c), limit, _subject(c))
+        except limits.MemoryLimitError as e:
+            out[i] = "memory: %s" % e
+    if cells and len(out) == len(cells):
+        check_memory(scenario, max_memory)
+    return out
+
+
+def skipped_cell(size_gib, dirty, backend, layout, slot_gib, repeats, seed, deterministic,
+                 reason):
+    """The result of a cell that did not run, with the reason."""
+    slots = slot_layout(gib_to_pages(size_gib), layout, slot_gib)
+    cell = _cell_base(size_gib, dirty, backend, layout, slot_gib, repeats, seed,
+                      deterministic, slots)
+    cell.update(status="skipped", reason=reason)
+    return cell
+
+
 def run_compare(scenario, cost_model=None, progress=None, executor=None, max_memory=None):
     """Run every cell of a Scenario. progress(cell) is called after each.
     executor: any concurrent.futures.Executor (cells run as separate tasks),
-    or None to run them here in order. Returns the result dict. A scenario
-    whose hungriest cell would exceed max_memory (default: see
-    pykvmdirty.limits) is refused first (limits.MemoryLimitError)."""
-    if executor is None:
-        check_memory(scenario, max_memory)
+    or None to run them here in order. Returns the result dict. Run here,
+    a cell whose estimate exceeds max_memory (default: see pykvmdirty.limits)
+    is skipped with the reason; a grid of which no cell fits is refused first
+    (limits.MemoryLimitError). With an executor the caller checks memory
+    (check_memory with the number of workers)."""
+    refused = memory_refusals(scenario, max_memory) if executor is None else {}
     model = cost_model or CostModel()
     tasks = scenario.cells()
     if executor is None:
         cells = []
-        for t in tasks:
-            cells.append(run_cell(cost_model=model, **t))
+        for i, t in enumerate(tasks):
+            if i in refused:
+                cells.append(skipped_cell(reason=refused[i], **t))
+            else:
+                cells.append(run_cell(cost_model=model, **t))
             if progress:
                 progress(cells[-1])
     else:
@@ -544,7 +602,7 @@ def format_table(result):
             lines.append("")
         prev = group
         size = "%g" % c["size_gib"]
-        if c["layout"] == "many":
+        if c["layout"] == "many" or c["slots"] > 1:  # GiB/slots
             size += "/%d" % c["slots"]
         if c["status"] == "ok":
             note = "%d" % c["found"]

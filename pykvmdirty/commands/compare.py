@@ -197,7 +197,7 @@ def run(args):
                             backends=expand_backends(args.backends), repeats=args.repeats,
                             layout=args.layout, slot_gib=args.slot_gib, seed=args.seed,
                             deterministic=args.deterministic)
-    cmp.check_memory(scenario, args.max_memory)
+    cmp.memory_refusals(scenario, args.max_memory)  # refuses a grid where nothing fits
     progress = Progress(len(scenario.cells()), "compare", not args.no_progress)
     try:
         result = cmp.run_compare(scenario, cost_model=model, progress=progress,
