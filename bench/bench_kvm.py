@@ -31,27 +31,13 @@ from pykvmdirty import limits
 from pykvmdirty._native import ffi, lib
 from pykvmdirty.errors import check
 
-from benchutil import GIB_PAGES, bench_sizes, rounds, scattered
+from benchutil import GIB_PAGES, bench_sizes, kvm_reason, rounds, scattered
 
 SIZES = bench_sizes()
 DIRTY = [0, 1000]
 CELLS = ["kvm_get", "kvm_collect", "flat_get", "flat_collect", "twolevel_collect",
          "twolevel_rawc"]
 MEDIANS = {}  # (size, dirty, cell) -> median seconds, this run
-
-
-def _kvm_reason():
-    ok, why = kd.backend_available("kvm")
-    if not ok:
-        return why or "unavailable"
-    try:
-        with kd.VM("kvm") as vm:
-            vm.set_user_memory_region(0, 0, 2 << 20, kd.MEM_LOG_DIRTY_PAGES)
-            if vm.write([1]).applied != 1:
-                return "the guest did not run"
-    except OSError as e:
-        return str(e)
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +93,7 @@ def _raw_collect(vm, npages, dirty):
 def test_get_vs_collect(benchmark, vms, size, dirty, cell):
     backend, op = cell.split("_")
     if backend == "kvm":
-        why = _kvm_reason()
+        why = kvm_reason()
         if why:
             pytest.skip("kvm backend unavailable here: %s" % why)
         slot = [int(size * GIB_PAGES)]

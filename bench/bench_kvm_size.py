@@ -35,6 +35,8 @@ import numpy as np
 
 import pykvmdirty as kd
 from pykvmdirty import limits
+
+from benchutil import kvm_reason  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 from pykvmdirty._native import ffi, lib
 from pykvmdirty.analysis import compare as cmp
 from pykvmdirty.errors import check
@@ -172,20 +174,6 @@ def measure(label, npages, limit, rounds):
     row["get_clean_us_per_gib"] = row["get_clean_ns"] / 1e3 / row["gib"]
     row["get_dirty_us_per_gib"] = row["get_dirty_ns"] / 1e3 / row["gib"]
     return row
-
-
-def kvm_reason():
-    ok, why = kd.backend_available("kvm")
-    if not ok:
-        return why or "unavailable"
-    try:
-        with kd.VM("kvm") as vm:
-            vm.set_user_memory_region(0, 0, 2 << 20, kd.MEM_LOG_DIRTY_PAGES)
-            if vm.write([1]).applied != 1:
-                return "the guest did not run"
-    except OSError as e:
-        return str(e)
-    return None
 
 
 def main(argv=None):

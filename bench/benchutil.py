@@ -57,3 +57,18 @@ def untimed(fn, *args):
     """Call fn for a pedantic setup; return None (pytest-benchmark takes a
     setup's return value as the benchmarked call's arguments)."""
     fn(*args)
+
+
+def kvm_reason():
+    """None if a kvm VM runs its guest here, else the reason (for skips)."""
+    ok, why = kd.backend_available("kvm")
+    if not ok:
+        return why or "unavailable"
+    try:
+        with kd.VM("kvm") as vm:
+            vm.set_user_memory_region(0, 0, 2 << 20, kd.MEM_LOG_DIRTY_PAGES)
+            if vm.write([1]).applied != 1:
+                return "the guest did not run"
+    except OSError as e:
+        return str(e)
+    return None

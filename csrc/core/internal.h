@@ -185,6 +185,9 @@ KD_HIDDEN uint64_t kd_find_byte_with(const uint8_t *b, uint64_t from, uint64_t t
 /* core/pending.c: pages reported by the kernel but not yet collected (the
  * emulated ring and both real backends park what a collect brought in) */
 KD_HIDDEN int kd_pending_alloc(struct kd_slot *s);
+/* A real backend's user-side maps of a logging slot: pending, and scratch (the
+ * GET / PAGEMAP_SCAN target, s->nwords words); freed by kd_slot_log_free. */
+KD_HIDDEN int kd_pending_scratch_alloc(kd_vm *vm, struct kd_slot *s);
 KD_HIDDEN void kd_pending_free(struct kd_slot *s);
 KD_HIDDEN void kd_pending_or(struct kd_slot *s, uint64_t w, uint64_t bits);
 KD_HIDDEN void kd_pending_or_bitmap(struct kd_slot *s, const uint64_t *bm);

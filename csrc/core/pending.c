@@ -23,6 +23,20 @@ int kd_pending_alloc(struct kd_slot *s)
 	return 0;
 }
 
+int kd_pending_scratch_alloc(kd_vm *vm, struct kd_slot *s)
+{
+	int r = kd_pending_alloc(s);
+
+	if (r)
+		return r;
+	s->scratch = kd_bitmap_alloc(s->nwords, false, 0);
+	if (!s->scratch) {
+		kd_slot_log_free(vm, s);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 void kd_pending_free(struct kd_slot *s)
 {
 	kd_bitmap_free(s->pending, s->nwords);

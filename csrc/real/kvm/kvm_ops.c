@@ -74,16 +74,7 @@ static void kvm_slot_memory_free(kd_vm *vm, struct kd_slot *s)
  * slot brought in, scratch is the GET target. */
 static int kvm_log_alloc(kd_vm *vm, struct kd_slot *s)
 {
-	int r = kd_pending_alloc(s);
-
-	if (r)
-		return r;
-	s->scratch = kd_bitmap_alloc(s->nwords, false, 0);
-	if (!s->scratch) {
-		kd_slot_log_free(vm, s);
-		return -ENOMEM;
-	}
-	return 0;
+	return kd_pending_scratch_alloc(vm, s);
 }
 
 static int kvm_manual_protect(kd_vm *vm, uint64_t flags)

@@ -59,15 +59,10 @@ static int uffd_slot_memory(kd_vm *vm, struct kd_slot *s)
  * brought in, scratch is the scan target. */
 static int uffd_log_alloc(kd_vm *vm, struct kd_slot *s)
 {
-	int r = kd_pending_alloc(s);
+	int r = kd_pending_scratch_alloc(vm, s);
 
 	if (r)
 		return r;
-	s->scratch = kd_bitmap_alloc(s->nwords, false, 0);
-	if (!s->scratch) {
-		kd_slot_log_free(vm, s);
-		return -ENOMEM;
-	}
 	r = kd_uffd_add_range(U(vm), s->id, s->memory, s->memory_bytes);
 	if (r)
 		kd_slot_log_free(vm, s);
