@@ -22,19 +22,8 @@
 
 #include "kvmdirty.h"
 
-static int passed, failed;
+#include "check.h"
 
-#define CHECK(cond, ...)                                          \
-	do {                                                      \
-		if (cond) {                                       \
-			passed++;                                 \
-		} else {                                          \
-			failed++;                                 \
-			printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-			printf(__VA_ARGS__);                      \
-			printf("\n");                             \
-		}                                                 \
-	} while (0)
 
 #define SLOT_PAGES 4096u
 
@@ -219,6 +208,5 @@ int main(void)
 	test_memslots_busy_while_writers_run();
 	test_memslots_busy_while_workload_threads_run();
 	test_hold_release();
-	printf("%d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return check_summary();
 }

@@ -30,23 +30,8 @@
 #define GIB (1ull << 30)
 #define LOG KD_MEM_LOG_DIRTY_PAGES
 
-static int failures;
+#include "check.h"
 
-#define CHECK(cond, ...)                                                            \
-	do {                                                                        \
-		if (!(cond)) {                                                      \
-			failures++;                                                 \
-			printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);      \
-			printf(__VA_ARGS__);                                        \
-			printf("\n");                                               \
-		}                                                                   \
-	} while (0)
-#define CHECK_RC(expr, want)                                                        \
-	do {                                                                        \
-		int rc_ = (expr);                                                   \
-		CHECK(rc_ == (want), "%s = %d (%s), want %d", #expr, rc_,           \
-		      strerror(-rc_), (want));                                      \
-	} while (0)
 
 static uint64_t now_ns(void)
 {
@@ -711,6 +696,5 @@ int main(int argc, char **argv)
 	test_two_vcpus();
 	if (bench)
 		bench_get();
-	printf(failures ? "FAILED: %d checks\n" : "OK\n", failures);
-	return failures ? 1 : 0;
+	return check_summary();
 }

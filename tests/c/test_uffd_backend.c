@@ -38,24 +38,9 @@
 #define RACE_NS 400000000ull /* writers run this long (or LOG_CAP stores) */
 #define TIMED_PAGES 4096u
 
-static int failures;
+#include "check.h"
 
-#define CHECK(cond, ...)                                                        \
-	do {                                                                    \
-		if (!(cond)) {                                                  \
-			failures++;                                             \
-			printf("  FAIL %s:%d: ", __FILE__, __LINE__);           \
-			printf(__VA_ARGS__);                                    \
-			printf("\n");                                           \
-		}                                                               \
-	} while (0)
 
-#define CHECK_RC(expr, want)                                                    \
-	do {                                                                    \
-		int rc_ = (expr);                                               \
-		CHECK(rc_ == (want), "%s = %d (%s), want %d", #expr, rc_,       \
-		      strerror(-rc_), (want));                                  \
-	} while (0)
 
 static uint64_t now_ns(void)
 {
@@ -452,7 +437,7 @@ static void run_mode(uint32_t mode, uint32_t flags, const char *name)
 	const char *why = NULL;
 	struct kd_uffd *u = NULL;
 	int r = kd_uffd_probe(mode, &why);
-	int before = failures;
+	int before = failed;
 
 	printf("mode %s\n", name);
 	if (r == -EIO) {
@@ -486,7 +471,7 @@ static void run_mode(uint32_t mode, uint32_t flags, const char *name)
 	}
 	if (!flags)
 		timings(mode, name);
-	printf("  %s\n", failures == before ? "ok" : "FAILED");
+	printf("  %s\n", failed == before ? "ok" : "FAILED");
 }
 
 int main(int argc, char **argv)
@@ -517,6 +502,5 @@ int main(int argc, char **argv)
 		if (want)
 			run_mode(modes[i].mode, modes[i].flags, modes[i].name);
 	}
-	printf("%s (%d failures)\n", failures ? "FAILED" : "PASSED", failures);
-	return failures ? 1 : 0;
+	return check_summary();
 }
