@@ -61,6 +61,13 @@ def backend_available(backend):
     return rc == 0, (ffi.string(why[0]).decode() if why[0] != ffi.NULL else None)
 
 
+
+def _grown(buf, n):
+    """A collect output twice as large holding buf[:n], and its C pointer."""
+    grown = np.empty(2 * buf.size, dtype=np.uint64)
+    grown[:n] = buf[:n]
+    return grown, u64_ptr(grown, True)
+
 class VM(RingMethods):
     """A VM with memslots, vCPUs and one dirty-log backend.
 
@@ -327,11 +334,8 @@ class VM(RingMethods):
             if res.resume_page >= end:
                 break
             start = res.resume_page
-            size *= 2
-            grown = np.empty(size, dtype=np.uint64)
-            grown[:n] = buf[:n]
-            buf = grown
-            ptr = u64_ptr(buf, True)
+            buf, ptr = _grown(buf, n)
+            size = buf.size
         self.last_collect_ns = sampled
         self._collect_hint = n
         return buf[:n]
@@ -363,11 +367,8 @@ class VM(RingMethods):
             if res.resume_index >= len(ids):
                 break
             index, page = res.resume_index, res.resume_page
-            size *= 2
-            grown = np.empty(size, dtype=np.uint64)
-            grown[:n] = buf[:n]
-            buf = grown
-            ptr = u64_ptr(buf, True)
+            buf, ptr = _grown(buf, n)
+            size = buf.size
         self.last_collect_ns = sampled
         self._collect_hint = n
         return buf[:n]
