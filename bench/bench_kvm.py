@@ -31,7 +31,7 @@ from pykvmdirty import limits
 from pykvmdirty._native import ffi, lib
 from pykvmdirty.errors import check
 
-from benchutil import GIB_PAGES, bench_sizes, kvm_reason, rounds, scattered
+from benchutil import GIB_PAGES, bench_sizes, kvm_reason, raw_get, rounds, scattered
 
 SIZES = bench_sizes()
 DIRTY = [0, 1000]
@@ -59,19 +59,6 @@ def vms():
     yield get
     for vm in cache.values():
         vm.close()
-
-
-def _raw_get(vm):
-    nwords = (vm.slot_info(0).npages + 63) // 64
-    bitmap = np.zeros(nwords, dtype=np.uint64)
-    bitmap[:] = 1  # fault the buffer in before timing
-    ptr = ffi.from_buffer("uint64_t[]", bitmap)
-    handle = vm.handle
-
-    def get():
-        check(lib.kd_get_dirty_log(handle, 0, ptr, nwords), "get_dirty_log")
-        return bitmap
-    return get
 
 
 def _raw_collect(vm, npages, dirty):
@@ -108,7 +95,7 @@ def test_get_vs_collect(benchmark, vms, size, dirty, cell):
     vm = vms(backend, size)
     vm.collect(0)  # start from a clean, protected log
     if op == "get":
-        fn = _raw_get(vm)
+        fn = raw_get(vm, vm.slot_info(0).npages)
     elif op == "rawc":
         fn = _raw_collect(vm, npages, dirty)
     else:

@@ -36,10 +36,8 @@ import numpy as np
 import pykvmdirty as kd
 from pykvmdirty import limits
 
-from benchutil import kvm_reason  # noqa: E402  (bench/ is sys.path[0] when run as a script)
-from pykvmdirty._native import ffi, lib
+from benchutil import kvm_reason, raw_get  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 from pykvmdirty.analysis import compare as cmp
-from pykvmdirty.errors import check
 
 GIB_PAGES = 1 << 18
 MAX_SLOT_PAGES = cmp.MAX_SLOT_PAGES
@@ -94,20 +92,6 @@ def estimate(npages):
     est.add("GET buffer", 8 * -(-npages // 64))
     est.add("guest pages written", DIRTY * (4096 + limits.PTE_BYTES))
     return est
-
-
-def raw_get(vm, npages):
-    """The classic GET as one C call into a preallocated, faulted-in bitmap."""
-    nwords = -(-npages // 64)
-    bitmap = np.empty(nwords, dtype=np.uint64)
-    bitmap.fill(0)
-    ptr = ffi.from_buffer("uint64_t[]", bitmap)
-    handle = vm.handle
-
-    def get():
-        check(lib.kd_get_dirty_log(handle, 0, ptr, nwords), "get_dirty_log")
-        return bitmap
-    return get
 
 
 def timed(fn, rounds, setup=None):

@@ -72,3 +72,19 @@ def kvm_reason():
     except OSError as e:
         return str(e)
     return None
+
+
+def raw_get(vm, npages):
+    """The classic KVM_GET_DIRTY_LOG of slot 0 as one C call (no Python
+    wrapper in the timing) into a preallocated bitmap faulted in up front."""
+    from pykvmdirty._native import ffi, lib
+    from pykvmdirty.errors import check
+    nwords = -(-npages // 64)
+    bitmap = np.ones(nwords, dtype=np.uint64)  # written: faulted in before timing
+    ptr = ffi.from_buffer("uint64_t[]", bitmap)
+    handle = vm.handle
+
+    def get():
+        check(lib.kd_get_dirty_log(handle, 0, ptr, nwords), "get_dirty_log")
+        return bitmap
+    return get
