@@ -39,9 +39,9 @@ PTE_BYTES = 8                 # one page-table entry per 4 KiB page read or writ
 # ~20 GiB for an 8 TiB slot; this, not the dirty bitmaps, bounds the real
 # kvm backend's slot sizes.
 KVM_SLOT_METADATA_PER_PAGE = 10
-HIER_INDEX_PER_GROUP = 4      # hier: a 4-byte block index per 2048-page group
-HIER_GROUP_PAGES = 2048
-HIER_BLOCK_BYTES = 256
+HIER_INDEX_PER_GROUP = 4      # hier: a 4-byte block index per 4096-page group
+HIER_GROUP_PAGES = 4096
+HIER_BLOCK_BYTES = 512
 HUGE_BYTES = 2 * 1024 * 1024
 DEFAULT_FRACTION = 0.8        # of the available memory, when no limit is given
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40

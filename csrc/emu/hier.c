@@ -21,8 +21,8 @@
 
 #include "emu/emu.h"
 
-#define PREFETCH_AHEAD 32
-#define PREFETCH_MIN_PAGES (1ull << 23) /* 32 GiB: 1 MiB of leaves */
+#define PREFETCH_AHEAD 64 /* index this far ahead, the leaf half as far */
+#define PREFETCH_MIN_PAGES (1ull << 18) /* past 1 GiB (32 KiB of leaves) */
 
 static void hier_sync_writers(void *ctx)
 {
@@ -79,7 +79,7 @@ static int hier_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64
 {
 	const bool mem = vm->cfg.flags & KD_VM_GUEST_MEMORY;
 	struct kd_slot *s = NULL;
-	uint64_t i = 0;
+	uint64_t i = 0, faults = 0, untracked = 0; /* locals: c may alias the log */
 	bool prefetch = false;
 
 	if (vm->cfg.tracking == KD_TRACK_PML) /* D bits, buffer, drain: generic */
@@ -105,14 +105,16 @@ static int hier_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64
 			if (mem)
 				kd_slot_store(s, rel, value);
 			if (!s->logging) {
-				c->untracked_writes++;
+				untracked++;
 				continue;
 			}
-			c->write_faults += kd_hier_write(s->hier, rel, mem);
+			faults += kd_hier_write(s->hier, rel, mem);
 		}
 		kd_spin_unlock(v->lock);
 	}
 	c->writes += i;
+	c->write_faults += faults;
+	c->untracked_writes += untracked;
 	*applied = i;
 	*exit_reason = 0;
 	return 0;

@@ -7,12 +7,17 @@
  *
  * Memory. Every array is reserved with MAP_NORESERVE and never populated:
  * a page commits when first written. An 8 TiB slot reserves 256 MiB of pool,
- * 4 MiB of index and 520 KiB of summaries; 1000 dirty pages commit about
- * 1000 blocks (256 KiB) plus the index and level-0 pages they touch. At full
+ * 2 MiB of index and 520 KiB of summaries; 1000 dirty pages commit about
+ * 1000 blocks (512 KiB) plus the index and level-0 pages they touch. At full
  * population the pool is the flat bitmap (rounded up to a group), the index
- * 4 bytes per 256-byte block (1.6%) and the summaries 1/512 of that (0.2%).
+ * 4 bytes per 512-byte block (0.8%) and the summaries 1/512 of that (0.2%).
  * Blocks are handed out LIFO from the free list, so a steady working set
- * keeps reusing the same few pool pages.
+ * keeps reusing the same few pool pages. Clean blocks are given back only
+ * while more than 2 x (the groups the last collector call visited) +
+ * retire_slack are linked: a steady working set then pays nothing for
+ * retirement (no second look at its groups' summaries), and the blocks kept
+ * clean are bounded by that figure (3000 blocks, 750 KiB, for 1000 dirty
+ * groups): a bound on memory, not a leak.
  *
  * Protection. A page is writable exactly when its leaf bit is set, as in the
  * other bitmap logs (internal.h): the writer's fetch_or that finds the bit
@@ -149,6 +154,7 @@ int kd_hier_init(struct kd_hier *h, uint64_t npages, bool initially_set,
 	h->ngroups = (npages + KD_HIER_GROUP_PAGES - 1) / KD_HIER_GROUP_PAGES;
 	h->sync_writers = sync_writers;
 	h->sync_ctx = sync_ctx;
+	h->retire_slack = KD_HIER_RETIRE_SLACK;
 	n = h->nchunks;
 	do { /* level k: one bit per node of level k - 1 (chunks for k = 0) */
 		h->nlevel_words[h->nlevels] = (n + 63) / 64;
@@ -345,6 +351,10 @@ static void retire_candidate(struct kd_hier *h, uint64_t g)
  * a steady working set) is passed over without reading its index line. */
 static void retire_pending(struct kd_hier *h, struct kd_hier_counts *c)
 {
+	if (h->retire_slack && h->blocks_live <= 2 * h->groups_last + h->retire_slack) {
+		h->nclean = 0; /* few enough: keep them linked (see Memory) */
+		return;
+	}
 	for (uint64_t i0 = 0; i0 < h->nclean; i0 += 64) {
 		uint64_t i1 = h->nclean - i0 < 64 ? h->nclean : i0 + 64, acc = 0;
 		for (uint64_t i = i0; i < i1; i++)
@@ -386,12 +396,48 @@ struct walk {
 	uint64_t *out;         /* gfns (collect) or bitmap (get, copy) */
 	uint64_t n, cap, base_gfn, resume;
 	bool bounded, stopped;
+	bool whole;            /* first..end is the whole log */
+	uint64_t last_group, groups; /* distinct groups visited (retire bound) */
 	struct kd_hier_counts *c;
 	/* a subtree's frontier below its root (visit_subtree) and the chunk
 	 * batch: the collector's scratch in struct kd_hier */
 	uint64_t *f1, *f0, *bc;
 	unsigned bn;
 };
+
+/* Take the leaf words of a chunk wholly in range (the common case of a walk
+ * over whole slots) into gfns or a bitmap: the loads first, then one
+ * exchange per non-zero word. Locals, not k's fields, in the loop: gfns are
+ * uint64_t like k's counters, so every store through k->out would reload
+ * them. false (nothing taken) if a bounded collect may not have room: each
+ * non-zero word can yield up to 64 gfns (writers may add bits). */
+static bool take_whole_chunk(struct walk *k, uint64_t *leaf, uint64_t w0)
+{
+	uint64_t *writable = k->h->writable, *out = k->out, cnt = k->n, rep = 0;
+	unsigned nz = 0;
+
+#pragma GCC unroll 8
+	for (unsigned i = 0; i < KD_HIER_CHUNK_WORDS; i++)
+		nz |= (unsigned)(__atomic_load_n(&leaf[w0 + i], __ATOMIC_RELAXED) != 0) << i;
+	if (k->bounded && k->cap - cnt < 64ull * (unsigned)__builtin_popcount(nz))
+		return false;
+	for (unsigned m = nz; m; m &= m - 1) {
+		uint64_t w = w0 + (uint64_t)__builtin_ctz(m);
+		uint64_t bits = __atomic_exchange_n(&leaf[w], 0, __ATOMIC_SEQ_CST);
+		rep += (uint64_t)__builtin_popcountll(bits);
+		if (writable && bits)
+			__atomic_fetch_and(&writable[w], ~bits, __ATOMIC_SEQ_CST);
+		if (k->mode == WALK_GET) {
+			out[w] = bits;
+			continue;
+		}
+		for (uint64_t gfn0 = k->base_gfn + w * 64; bits; bits &= bits - 1)
+			out[cnt++] = gfn0 + (uint64_t)__builtin_ctzll(bits);
+	}
+	k->n = cnt;
+	k->c->reprotected += rep;
+	return true;
+}
 
 /* Chunk `chunk` with block b, whose level-0 bit (bit j of *l0) was taken
  * (not in copy mode): take its leaf words in range; give the bit back if
@@ -407,20 +453,29 @@ static void visit_chunk(struct walk *k, uint64_t chunk, uint32_t b)
 
 	if (!b)
 		return; /* a late writer's bit: restored with its block, see 2. */
+	if (g != k->last_group) {
+		k->last_group = g;
+		k->groups++;
+	}
 	if (p1 > h->npages)
 		p1 = h->npages;
 	partial = chunk * KD_CHUNK_PAGES < k->first || p1 > k->end;
+	leaf = block_words(h, b) + (chunk % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS -
+	       chunk * KD_HIER_CHUNK_WORDS;
+	k->c->words_scanned += KD_HIER_CHUNK_WORDS;
+	if (!partial && k->mode != WALK_COPY && take_whole_chunk(k, leaf, w0)) {
+		retire_candidate(h, g); /* all taken: the chunk is left clean */
+		return;
+	}
 	if (w0 < k->wfirst)
 		w0 = k->wfirst;
 	if (w1 > k->wend)
 		w1 = k->wend;
-	leaf = block_words(h, b) + (chunk % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS -
-	       chunk * KD_HIER_CHUNK_WORDS;
+	k->c->words_scanned -= KD_HIER_CHUNK_WORDS - (w1 - w0);
 	for (uint64_t w = w0; w < w1; w++) {
 		uint64_t m = partial ? ones_in(w, k->first, k->end) : ~0ull;
 		nz |= (unsigned)((__atomic_load_n(&leaf[w], __ATOMIC_RELAXED) & m) != 0) << (w - w0);
 	}
-	k->c->words_scanned += w1 - w0;
 	while (nz) {
 		uint64_t w = w0 + (uint64_t)__builtin_ctz(nz), bits;
 		uint64_t m = partial ? ones_in(w, k->first, k->end) : ~0ull;
@@ -460,26 +515,23 @@ static void visit_chunk(struct walk *k, uint64_t chunk, uint32_t b)
 	retire_candidate(h, g);
 }
 
-/* The batched chunks: touch their index entries, then their leaf lines,
- * with independent loads (their misses overlap; unlike a prefetch a load
- * that misses the TLB is never dropped), then take them in order. */
+/* The batched chunks: load their index entries, then touch their leaf
+ * lines, with independent loads (their misses overlap; unlike a prefetch a
+ * load that misses the TLB is never dropped), then take them in order (the
+ * takes are exchanges, which would serialise the misses). */
 static void flush_chunks(struct walk *k)
 {
 	struct kd_hier *h = k->h;
 	uint32_t blocks[BATCH_CHUNKS + 64];
 	uint64_t acc = 0;
 
+	for (unsigned i = 0; i < k->bn; i++) /* after the take of the level-0 bit (1. and 2.) */
+		blocks[i] = __atomic_load_n(&h->index[k->bc[i] / KD_HIER_GROUP_CHUNKS], __ATOMIC_SEQ_CST);
 	for (unsigned i = 0; i < k->bn; i++)
-		acc += __atomic_load_n(&h->index[k->bc[i] / KD_HIER_GROUP_CHUNKS], __ATOMIC_RELAXED);
-	for (unsigned i = 0; i < k->bn; i++) {
-		uint64_t ch = k->bc[i];
-		/* after the take of the chunk's level-0 bit (1. and 2.) */
-		blocks[i] = __atomic_load_n(&h->index[ch / KD_HIER_GROUP_CHUNKS], __ATOMIC_SEQ_CST);
 		if (blocks[i])
 			acc += __atomic_load_n(block_words(h, blocks[i]) +
-						       (ch % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS,
+						       (k->bc[i] % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS,
 					       __ATOMIC_RELAXED);
-	}
 	__asm__ volatile("" : : "r"(acc)); /* keep the touches */
 	for (unsigned i = 0; i < k->bn; i++) {
 		uint64_t ch = k->bc[i];
@@ -496,11 +548,14 @@ static void flush_chunks(struct walk *k)
 
 /* Bits of level word wi in range: taken (cleared) at level 0 unless
  * copying, read only above (1. at the top). *empty: the whole word was 0. */
-static uint64_t take_bits(struct walk *k, unsigned lvl, uint64_t wi, bool *empty)
+static inline __attribute__((always_inline)) uint64_t
+take_bits(struct walk *k, unsigned lvl, uint64_t wi, bool *empty)
 {
-	uint64_t *word = &k->h->level[lvl][wi], shift = 6ull * lvl;
-	uint64_t lo = k->c0 >> shift, hi = ((k->c1 - 1) >> shift) + 1;
-	uint64_t full = __atomic_load_n(word, __ATOMIC_SEQ_CST), bits = full & ones_in(wi, lo, hi);
+	uint64_t *word = &k->h->level[lvl][wi];
+	uint64_t full = __atomic_load_n(word, __ATOMIC_SEQ_CST), bits = full;
+
+	if (!k->whole) /* a range: the bits of this level's nodes inside it */
+		bits &= ones_in(wi, k->c0 >> (6 * lvl), ((k->c1 - 1) >> (6 * lvl)) + 1);
 
 	k->c->summary_words_scanned++;
 	*empty = !full;
@@ -619,6 +674,8 @@ static void walk_run(struct walk *k)
 	k->wend = (k->end + 63) / 64;
 	k->c0 = k->first / KD_CHUNK_PAGES;
 	k->c1 = (k->end + KD_CHUNK_PAGES - 1) / KD_CHUNK_PAGES;
+	k->whole = k->first == 0 && k->end == k->h->npages;
+	k->last_group = UINT64_MAX;
 	k->resume = k->end;
 	if (k->take)
 		retire_pending(k->h, k->c);
@@ -628,6 +685,8 @@ static void walk_run(struct walk *k)
 		else
 			visit_word(k, k->h->nlevels - 1, 0);
 	}
+	if (k->take)
+		k->h->groups_last = k->groups;
 }
 
 void kd_hier_get(struct kd_hier *h, uint64_t *bitmap, bool copy_only, struct kd_hier_counts *c)

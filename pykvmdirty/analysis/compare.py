@@ -187,10 +187,11 @@ def log_bytes(backend, slots, vcpus=1, ring_entries=RING_ENTRIES):
         return bitmap + 8 * sum(-(-bits // 64) for bits in summary_bits)
     if backend == "bytemap":
         return bitmap + sum(n for _, _, n in slots)
-    if backend == "hier":  # full population: pool + 4-byte index per 2048 pages + levels
-        groups = sum(-(-n // 2048) for _, _, n in slots)
+    if backend == "hier":  # full population: pool + block index + levels
+        groups = sum(-(-n // limits.HIER_GROUP_PAGES) for _, _, n in slots)
         chunks = (-(-n // CHUNK_PAGES) for _, _, n in slots)
-        return 256 * groups + 4 * groups + 8 * sum(-(-c // 64) for c in chunks)
+        return ((limits.HIER_BLOCK_BYTES + limits.HIER_INDEX_PER_GROUP) * groups
+                + 8 * sum(-(-c // 64) for c in chunks))
     if backend == "ring":
         return vcpus * ring_entries * DIRTY_GFN_SIZE
     if backend == "kvm":

@@ -72,13 +72,15 @@ static int check_invariants(const struct kd_hier *h, const uint64_t *ref)
 		}
 		linked += h->index[g] != 0;
 		bad += any && !h->index[g];
-		bad += !any && h->index[g] && !candidate[g];
+		/* a clean linked block waits for the next call's check, unless
+		 * the retirement bound keeps it (retire_slack) */
+		bad += !any && h->index[g] && !candidate[g] && !h->retire_slack;
 	}
 	free(candidate);
 	return bad == 0 && linked == kd_hier_blocks_live(h) ? 0 : -1;
 }
 
-static void model_run(uint64_t npages, bool initially_set, unsigned rounds)
+static void model_run(uint64_t npages, bool initially_set, unsigned rounds, uint32_t slack)
 {
 	struct kd_hier h;
 	struct kd_hier_counts c = {0};
@@ -90,6 +92,7 @@ static void model_run(uint64_t npages, bool initially_set, unsigned rounds)
 	CHECK(r == 0, "init %llu pages: %d", (unsigned long long)npages, r);
 	if (r)
 		return;
+	h.retire_slack = slack;
 	if (initially_set)
 		for (uint64_t p = 0; p < npages; p++)
 			ref[p / 64] |= 1ull << (p % 64);
@@ -251,6 +254,7 @@ static void race_run(uint64_t target)
 	memset(&r, 0, sizeof(r));
 	r.memory = calloc(RACE_PAGES, 8);
 	CHECK(kd_hier_init(&r.h, RACE_PAGES, false, race_sync, &r) == 0, "race init");
+	r.h.retire_slack = 0; /* every clean block given back: the most churn */
 	for (unsigned i = 0; i < RACE_WRITERS; i++) {
 		pthread_mutex_init(&r.section[i], NULL);
 		args[i] = (struct writer_arg){&r, i};
@@ -332,6 +336,7 @@ static void late_run(bool rival)
 	uint64_t gfns[64], resume, n, got = 0;
 
 	CHECK(kd_hier_init(&h, 1u << 16, false, late_sync, &l) == 0, "late init");
+	h.retire_slack = 0;
 	kd_hier_write(&h, 4100, false); /* the group's block, with one page */
 	l.stale_block = h.index[4100 / KD_HIER_GROUP_PAGES];
 	n = kd_hier_collect(&h, 0, 1u << 16, 0, gfns, 64, &resume, &c);
@@ -393,6 +398,44 @@ static void size_run(void)
 		kd_hier_destroy(&h[s]);
 }
 
+/* The retirement bound: rounds of fresh scattered pages (each round's
+ * groups left clean by the previous collect) keep at most 2 x the groups a
+ * collect visits + retire_slack + one round's new blocks linked; a steady
+ * set of pages takes no new block and frees none. */
+static void retire_bound_run(void)
+{
+	enum { DIRTY = 300, ROUNDS = 200 };
+	const uint64_t npages = 1ull << 26; /* 256 GiB: 32768 groups */
+	struct kd_hier h;
+	struct kd_hier_counts c = {0};
+	uint64_t pages[DIRTY], gfns[DIRTY + 64], resume, worst = 0, n, lost = 0;
+
+	CHECK(kd_hier_init(&h, npages, false, no_sync, NULL) == 0, "bound init");
+	for (unsigned round = 0; round < ROUNDS; round++) {
+		for (unsigned i = 0; i < DIRTY; i++) {
+			pages[i] = (rnd() % (npages / KD_HIER_GROUP_PAGES)) * KD_HIER_GROUP_PAGES;
+			kd_hier_write(&h, pages[i], false);
+		}
+		if (kd_hier_blocks_live(&h) > worst)
+			worst = kd_hier_blocks_live(&h);
+		n = kd_hier_collect(&h, 0, npages, 0, gfns, DIRTY + 64, &resume, &c);
+		lost += n > DIRTY;
+	}
+	CHECK(worst <= 2 * DIRTY + KD_HIER_RETIRE_SLACK + DIRTY && c.blocks_freed > 0 && !lost,
+	      "bound: %llu blocks linked at worst, %llu freed",
+	      (unsigned long long)worst, (unsigned long long)c.blocks_freed);
+	n = c.blocks_freed;
+	for (unsigned round = 0; round < 20; round++) { /* the last round's pages, steady */
+		for (unsigned i = 0; i < DIRTY; i++)
+			kd_hier_write(&h, pages[i], false);
+		worst = kd_hier_blocks_live(&h);
+		kd_hier_collect(&h, 0, npages, 0, gfns, DIRTY + 64, &resume, &c);
+	}
+	CHECK(kd_hier_blocks_live(&h) == worst && c.blocks_freed - n <= worst,
+	      "bound: a steady set keeps its blocks (%llu linked)", (unsigned long long)worst);
+	kd_hier_destroy(&h);
+}
+
 static void bad_input(void)
 {
 	struct kd_hier h;
@@ -410,11 +453,13 @@ int main(int argc, char **argv)
 	static const uint64_t sizes[] = {1, 63, 64, 511, 512, 2048, 2049, 100000, 1u << 20};
 	bad_input();
 	for (unsigned i = 0; i < sizeof(sizes) / sizeof(*sizes); i++) {
-		model_run(sizes[i], false, sizes[i] > 100000 ? 150 : 400);
-		model_run(sizes[i], true, 100);
+		model_run(sizes[i], false, sizes[i] > 100000 ? 150 : 400, 0);
+		model_run(sizes[i], true, 100, 0);
+		model_run(sizes[i], false, sizes[i] > 100000 ? 150 : 400, KD_HIER_RETIRE_SLACK);
 	}
 	late_run(false);
 	late_run(true);
+	retire_bound_run();
 	race_run(race_writes);
 	size_run();
 	return check_summary();
