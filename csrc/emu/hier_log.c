@@ -55,9 +55,12 @@
  *    next call if its summary bits are still clear then, in three steps:
  *    (a) under the lock, unlink it (index[g] = 0); (b) sync_writers:
  *    every writer that could have read the old index has left its section;
- *    (c) under the lock, look again: a clean block goes to the free list;
- *    bits that a late writer put there (it read the index before (a)) are
- *    moved back: the block is linked again if the group still has none,
+ *    (c) under the lock, look again at the group's level-0 bits: all clear
+ *    means the block is clean (every writer that set a leaf bit since C
+ *    last took them has set the chunk's level-0 bit by now, (b), and only C
+ *    clears those), and it goes to the free list; else the bits a late
+ *    writer put there (it read the index before (a)), if any, are moved
+ *    back: the block is linked again if the group still has none,
  *    else OR-ed into the group's new block, and the summaries above them set
  *    again as a writer would. So a bit is always either in the block the
  *    index names or in one waiting for (c), and a block is reused only after
@@ -262,14 +265,17 @@ bool kd_hier_mark_slow(struct kd_hier *h, uint64_t rel)
 	return true;
 }
 
-static bool block_clean(const struct kd_hier *h, uint32_t b)
+/* The level-0 bits of group g's chunks. Once sync_writers has returned
+ * ((c) of 2.), all clear means the group's unlinked block is clean, without
+ * reading its lines: a writer sets a leaf bit's level-0 bit before leaving
+ * its section (1.), and only the collector, which is here, clears level-0
+ * bits. */
+static uint64_t group_summary(const struct kd_hier *h, uint64_t g)
 {
-	const uint64_t *w = block_words(h, b);
-	uint64_t acc = 0;
+	uint64_t c0 = g * KD_HIER_GROUP_CHUNKS;
 
-	for (unsigned i = 0; i < KD_HIER_BLOCK_WORDS; i++)
-		acc |= __atomic_load_n(&w[i], __ATOMIC_SEQ_CST);
-	return !acc;
+	return (__atomic_load_n(&h->level[0][c0 / 64], __ATOMIC_SEQ_CST) >> (c0 % 64)) &
+	       ((1ull << KD_HIER_GROUP_CHUNKS) - 1);
 }
 
 /* (c) of 2. for a block with bits a late writer left: move them to where the
@@ -300,9 +306,9 @@ static void block_restore(struct kd_hier *h, uint32_t g, uint32_t b)
 }
 
 /* Give back the blocks collected in h->retired (steps (a)-(c) of 2.). The
- * caller saw their summary bits clear; a block found dirty after the sync
- * (a writer between its leaf and summary steps, or a late one) is restored,
- * so (a) need not look at the leaves. */
+ * caller saw their summary bits clear; a block whose summary bits are set
+ * after the sync (a writer between its leaf and summary steps, or a late
+ * one) is restored, so neither (a) nor (c) reads the leaves of a clean one. */
 static void retire_flush(struct kd_hier *h, struct kd_hier_counts *c)
 {
 	uint32_t kept = 0;
@@ -325,7 +331,7 @@ static void retire_flush(struct kd_hier *h, struct kd_hier_counts *c)
 	lock(h); /* (c) */
 	for (uint32_t i = 0; i < kept; i++) {
 		struct kd_hier_retired r = h->retired[i];
-		if (block_clean(h, r.block)) {
+		if (!group_summary(h, r.group)) {
 			block_free(h, r.block);
 			c->blocks_freed++;
 		} else {
@@ -362,11 +368,9 @@ static void retire_pending(struct kd_hier *h, struct kd_hier_counts *c)
 					       __ATOMIC_RELAXED);
 		__asm__ volatile("" : : "r"(acc));
 		for (uint64_t i = i0; i < i1; i++) {
-			uint64_t g = h->clean[i], c0 = g * KD_HIER_GROUP_CHUNKS;
-			uint64_t l0 = __atomic_load_n(&h->level[0][c0 / 64], __ATOMIC_RELAXED);
+			uint64_t g = h->clean[i];
 			uint32_t b;
-			/* dirty again (summary bits set): it keeps its block */
-			if ((l0 >> (c0 % 64)) & ((1u << KD_HIER_GROUP_CHUNKS) - 1))
+			if (group_summary(h, g)) /* dirty again: it keeps its block */
 				continue;
 			b = __atomic_load_n(&h->index[g], __ATOMIC_RELAXED);
 			if (!b)
@@ -405,40 +409,6 @@ struct walk {
 	unsigned bn;
 };
 
-/* Take the leaf words of a chunk wholly in range (the common case of a walk
- * over whole slots) into gfns or a bitmap: the loads first, then one
- * exchange per non-zero word. Locals, not k's fields, in the loop: gfns are
- * uint64_t like k's counters, so every store through k->out would reload
- * them. false (nothing taken) if a bounded collect may not have room: each
- * non-zero word can yield up to 64 gfns (writers may add bits). */
-static bool take_whole_chunk(struct walk *k, uint64_t *leaf, uint64_t w0)
-{
-	uint64_t *writable = k->h->writable, *out = k->out, cnt = k->n, rep = 0;
-	unsigned nz = 0;
-
-#pragma GCC unroll 8
-	for (unsigned i = 0; i < KD_HIER_CHUNK_WORDS; i++)
-		nz |= (unsigned)(__atomic_load_n(&leaf[w0 + i], __ATOMIC_RELAXED) != 0) << i;
-	if (k->bounded && k->cap - cnt < 64ull * (unsigned)__builtin_popcount(nz))
-		return false;
-	for (unsigned m = nz; m; m &= m - 1) {
-		uint64_t w = w0 + (uint64_t)__builtin_ctz(m);
-		uint64_t bits = __atomic_exchange_n(&leaf[w], 0, __ATOMIC_SEQ_CST);
-		rep += (uint64_t)__builtin_popcountll(bits);
-		if (writable && bits)
-			__atomic_fetch_and(&writable[w], ~bits, __ATOMIC_SEQ_CST);
-		if (k->mode == WALK_GET) {
-			out[w] = bits;
-			continue;
-		}
-		for (uint64_t gfn0 = k->base_gfn + w * 64; bits; bits &= bits - 1)
-			out[cnt++] = gfn0 + (uint64_t)__builtin_ctzll(bits);
-	}
-	k->n = cnt;
-	k->c->reprotected += rep;
-	return true;
-}
-
 /* Chunk `chunk` with block b, whose level-0 bit (bit j of *l0) was taken
  * (not in copy mode): take its leaf words in range; give the bit back if
  * bits are left. */
@@ -462,16 +432,11 @@ static void visit_chunk(struct walk *k, uint64_t chunk, uint32_t b)
 	partial = chunk * KD_CHUNK_PAGES < k->first || p1 > k->end;
 	leaf = block_words(h, b) + (chunk % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS -
 	       chunk * KD_HIER_CHUNK_WORDS;
-	k->c->words_scanned += KD_HIER_CHUNK_WORDS;
-	if (!partial && k->mode != WALK_COPY && take_whole_chunk(k, leaf, w0)) {
-		retire_candidate(h, g); /* all taken: the chunk is left clean */
-		return;
-	}
 	if (w0 < k->wfirst)
 		w0 = k->wfirst;
 	if (w1 > k->wend)
 		w1 = k->wend;
-	k->c->words_scanned -= KD_HIER_CHUNK_WORDS - (w1 - w0);
+	k->c->words_scanned += w1 - w0;
 	for (uint64_t w = w0; w < w1; w++) {
 		uint64_t m = partial ? ones_in(w, k->first, k->end) : ~0ull;
 		nz |= (unsigned)((__atomic_load_n(&leaf[w], __ATOMIC_RELAXED) & m) != 0) << (w - w0);
@@ -515,6 +480,62 @@ static void visit_chunk(struct walk *k, uint64_t chunk, uint32_t b)
 	retire_candidate(h, g);
 }
 
+/* The batch of a take over the whole log (collect or GET, every chunk
+ * wholly in range): one tight loop, state in locals (gfns are uint64_t like
+ * k's fields: every store through k->out would reload them). Takes chunks
+ * in order until one might not fit a bounded collect (each non-zero leaf
+ * word can yield 64 gfns: writers may add bits); returns how many it took,
+ * and visit_chunk does the rest. Each chunk is left clean: its group is a
+ * retire candidate (once: a walk visits groups in order). */
+static unsigned take_whole_batch(struct walk *k, const uint32_t *blocks)
+{
+	struct kd_hier *h = k->h;
+	uint64_t *out = k->out, *writable = h->writable, cnt = k->n, rep = 0, words = 0;
+	uint64_t last_g = k->last_group, groups = k->groups;
+	const bool get = k->mode == WALK_GET;
+	unsigned i;
+
+	for (i = 0; i < k->bn; i++) {
+		uint64_t ch = k->bc[i], g = ch / KD_HIER_GROUP_CHUNKS, w0 = ch * KD_HIER_CHUNK_WORDS;
+		uint64_t *leaf;
+		unsigned nz = 0;
+
+		if (!blocks[i])
+			continue; /* a late writer's bit: restored with its block, see 2. */
+		leaf = block_words(h, blocks[i]) + (ch % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS;
+#pragma GCC unroll 8
+		for (unsigned j = 0; j < KD_HIER_CHUNK_WORDS; j++)
+			nz |= (unsigned)(__atomic_load_n(&leaf[j], __ATOMIC_RELAXED) != 0) << j;
+		if (k->bounded && k->cap - cnt < 64ull * (unsigned)__builtin_popcount(nz))
+			break;
+		words += KD_HIER_CHUNK_WORDS;
+		for (; nz; nz &= nz - 1) {
+			unsigned j = (unsigned)__builtin_ctz(nz);
+			uint64_t bits = __atomic_exchange_n(&leaf[j], 0, __ATOMIC_SEQ_CST);
+			rep += (uint64_t)__builtin_popcountll(bits);
+			if (writable && bits)
+				__atomic_fetch_and(&writable[w0 + j], ~bits, __ATOMIC_SEQ_CST);
+			if (get) {
+				out[w0 + j] = bits;
+				continue;
+			}
+			for (uint64_t gfn0 = k->base_gfn + (w0 + j) * 64; bits; bits &= bits - 1)
+				out[cnt++] = gfn0 + (uint64_t)__builtin_ctzll(bits);
+		}
+		if (g != last_g) {
+			last_g = g;
+			groups++;
+			retire_candidate(h, g);
+		}
+	}
+	k->n = cnt;
+	k->last_group = last_g;
+	k->groups = groups;
+	k->c->reprotected += rep;
+	k->c->words_scanned += words;
+	return i;
+}
+
 /* The batched chunks: load their index entries, then touch their leaf
  * lines, with independent loads (their misses overlap; unlike a prefetch a
  * load that misses the TLB is never dropped), then take them in order (the
@@ -524,16 +545,19 @@ static void flush_chunks(struct walk *k)
 	struct kd_hier *h = k->h;
 	uint32_t blocks[BATCH_CHUNKS + 64];
 	uint64_t acc = 0;
+	unsigned i = 0;
 
-	for (unsigned i = 0; i < k->bn; i++) /* after the take of the level-0 bit (1. and 2.) */
-		blocks[i] = __atomic_load_n(&h->index[k->bc[i] / KD_HIER_GROUP_CHUNKS], __ATOMIC_SEQ_CST);
-	for (unsigned i = 0; i < k->bn; i++)
-		if (blocks[i])
-			acc += __atomic_load_n(block_words(h, blocks[i]) +
-						       (k->bc[i] % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS,
+	for (unsigned j = 0; j < k->bn; j++) /* after the take of the level-0 bit (1. and 2.) */
+		blocks[j] = __atomic_load_n(&h->index[k->bc[j] / KD_HIER_GROUP_CHUNKS], __ATOMIC_SEQ_CST);
+	for (unsigned j = 0; j < k->bn; j++)
+		if (blocks[j])
+			acc += __atomic_load_n(block_words(h, blocks[j]) +
+						       (k->bc[j] % KD_HIER_GROUP_CHUNKS) * KD_HIER_CHUNK_WORDS,
 					       __ATOMIC_RELAXED);
 	__asm__ volatile("" : : "r"(acc)); /* keep the touches */
-	for (unsigned i = 0; i < k->bn; i++) {
+	if (k->whole && k->take && !k->stopped)
+		i = take_whole_batch(k, blocks);
+	for (; i < k->bn; i++) {
 		uint64_t ch = k->bc[i];
 		if (k->stopped) { /* give back what was not visited */
 			if (k->take)
