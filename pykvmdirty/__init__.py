@@ -12,7 +12,7 @@ from .bindings.constants import (
     MEM_LOG_DIRTY_PAGES, MEM_READONLY, PAGE_SHIFT, PAGE_SIZE, USER_MEM_SLOTS, VERSION,
 )
 from .bindings.boundary import as_gfn_array
-from .bindings.vm import VM, SlotInfo, WriteResult, backend_available
+from .bindings.vm import VM, LogMemory, SlotInfo, WriteResult, backend_available
 from .bindings.writers import Writers
 from .errors import KvmDirtyError
 from .migration import migrate
@@ -20,7 +20,8 @@ from .migration import migrate
 __version__ = VERSION
 
 __all__ = [
-    "VM", "Writers", "migrate", "KvmDirtyError", "WriteResult", "SlotInfo", "backend_available",
+    "VM", "Writers", "migrate", "KvmDirtyError", "WriteResult", "SlotInfo", "LogMemory",
+    "backend_available",
     "as_gfn_array", "BACKENDS", "EMULATED_BACKENDS", "CHUNK_PAGES", "DIRTY_GFN_DTYPE",
     "DIRTY_GFN_F_DIRTY", "DIRTY_GFN_F_RESET", "EXIT_DIRTY_RING_FULL", "EXIT_NONE",
     "INITIALLY_SET", "MANUAL_PROTECT_ENABLE", "MEM_LOG_DIRTY_PAGES", "MEM_READONLY",

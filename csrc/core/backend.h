@@ -66,6 +66,9 @@ struct kd_backend_ops {
 	 * kernel log and user-side maps. log_free undoes it. */
 	int (*log_alloc)(kd_vm *vm, struct kd_slot *s);
 	void (*log_free)(kd_vm *vm, struct kd_slot *s);
+	/* Adds what the log keeps beyond the slot's generic arrays (counted by
+	 * kd_slot_log_memory) to *out. NULL: nothing beyond them. */
+	void (*log_memory)(kd_vm *vm, struct kd_slot *s, struct kd_log_memory *out);
 	/* Drain every vCPU's buffered entries (PML) into the logs: KVM kicks
 	 * the vCPUs before GET/CLEAR and before a slot is deleted or moved.
 	 * NULL: nothing buffered. */

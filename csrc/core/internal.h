@@ -164,6 +164,9 @@ KD_HIDDEN void kd_slot_rebase(kd_vm *vm, struct kd_slot *s, uint64_t base_gfn);
 KD_HIDDEN void kd_aspace_free(struct kd_aspace *as);
 /* Free every log and user-side map of the slot (NULL fields are skipped). */
 KD_HIDDEN void kd_slot_log_free(kd_vm *vm, struct kd_slot *s);
+/* Adds the slot's generic log arrays (bitmaps, summary, byte map, scratch,
+ * pending) to *out: reserved bytes and resident ones (mincore). */
+KD_HIDDEN void kd_slot_log_memory(const struct kd_slot *s, struct kd_log_memory *out);
 /* Guest memory owned by the library (anonymous, MAP_NORESERVE). */
 KD_HIDDEN int kd_slot_memory_alloc(kd_vm *vm, struct kd_slot *s);
 KD_HIDDEN void kd_slot_memory_free(kd_vm *vm, struct kd_slot *s);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "core/internal.h"
+#include "core/resident.h"
 
 int kd_slot_id_check(const kd_vm *vm, uint32_t slot)
 {
@@ -145,6 +146,26 @@ void kd_slot_log_free(kd_vm *vm, struct kd_slot *s)
 	s->writable = s->dirty = s->scratch = s->summary = NULL;
 	s->bytemap = NULL;
 	s->nsummary = 0;
+}
+
+static void account(struct kd_log_memory *out, const void *p, uint64_t bytes)
+{
+	if (!p)
+		return;
+	out->reserved += kd_mapped_bytes(bytes);
+	out->resident += kd_resident_bytes(p, bytes);
+}
+
+void kd_slot_log_memory(const struct kd_slot *s, struct kd_log_memory *out)
+{
+	if (s->writable != s->dirty)
+		account(out, s->writable, s->nwords * 8);
+	account(out, s->dirty, s->nwords * 8);
+	account(out, s->summary, s->nsummary * 8);
+	account(out, s->bytemap, s->npages);
+	account(out, s->scratch, s->nwords * 8);
+	account(out, s->pending, s->nwords * 8);
+	account(out, s->pending_summary, s->npending_summary * 8);
 }
 
 int kd_slot_memory_alloc(kd_vm *vm, struct kd_slot *s)

@@ -73,6 +73,12 @@ static int hier_log_alloc(kd_vm *vm, struct kd_slot *s)
 	return 0;
 }
 
+static void hier_log_memory(kd_vm *vm, struct kd_slot *s, struct kd_log_memory *out)
+{
+	(void)vm;
+	kd_hier_memory(s->hier, &out->reserved, &out->resident);
+}
+
 static int hier_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64_t n,
 		      uint64_t value, struct kd_vcpu_counters *c, uint64_t *applied,
 		      uint32_t *exit_reason)
@@ -165,6 +171,7 @@ const struct kd_backend_ops kd_hier_ops = {
 	.slot_memory_free = kd_slot_memory_free,
 	.log_alloc = hier_log_alloc,
 	.log_free = hier_log_free,
+	.log_memory = hier_log_memory,
 	.kick = kd_kick_all_vcpus,
 	.write = hier_write,
 	.get_dirty_log = hier_get,

@@ -79,6 +79,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "core/resident.h"
 #include "emu/hier_log.h"
 
 #define HUGE_BYTES (2ull << 20)
@@ -782,23 +783,14 @@ void kd_hier_clear(struct kd_hier *h, uint64_t first, uint64_t num, const uint64
 	c->words_scanned += nw;
 }
 
-uint64_t kd_hier_resident_bytes(const struct kd_hier *h)
+void kd_hier_memory(const struct kd_hier *h, uint64_t *reserved, uint64_t *resident)
 {
-	long psz = sysconf(_SC_PAGESIZE);
-	unsigned char vec[4096];
-	uint64_t total = 0;
-
 	for (unsigned i = 0; i < KD_HIER_MAX_LEVELS + 4; i++) {
-		uint64_t pages = (h->map_bytes[i] + (uint64_t)psz - 1) / (uint64_t)psz;
-		for (uint64_t p = 0; h->map[i] && p < pages; p += sizeof(vec)) {
-			uint64_t n = pages - p < sizeof(vec) ? pages - p : sizeof(vec);
-			if (mincore((char *)h->map[i] + p * (uint64_t)psz, n * (uint64_t)psz, vec))
-				continue;
-			for (uint64_t q = 0; q < n; q++)
-				total += (vec[q] & 1) ? (uint64_t)psz : 0;
-		}
+		if (!h->map[i])
+			continue;
+		*reserved += kd_mapped_bytes(h->map_bytes[i]);
+		*resident += kd_resident_bytes(h->map[i], h->map_bytes[i]);
 	}
-	return total;
 }
 
 uint64_t kd_hier_blocks_live(const struct kd_hier *h)

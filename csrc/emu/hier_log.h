@@ -83,7 +83,7 @@ struct kd_hier {
 	uint64_t *scratch;
 	void (*sync_writers)(void *ctx);
 	void *sync_ctx;
-	/* mappings, for munmap and for kd_hier_resident_bytes */
+	/* mappings, for munmap and for kd_hier_memory */
 	void *map[KD_HIER_MAX_LEVELS + 4];
 	uint64_t map_bytes[KD_HIER_MAX_LEVELS + 4];
 };
@@ -170,9 +170,9 @@ void kd_hier_clear(struct kd_hier *h, uint64_t first, uint64_t num, const uint64
 uint64_t kd_hier_collect(struct kd_hier *h, uint64_t first, uint64_t end, uint64_t base_gfn,
 			 uint64_t *gfns, uint64_t cap, uint64_t *resume, struct kd_hier_counts *c);
 
-/* Bytes of the log's mappings resident in memory now (mincore), and blocks
- * in use; for tests and benchmarks. */
-uint64_t kd_hier_resident_bytes(const struct kd_hier *h);
+/* Adds the bytes the log's mappings reserve and those resident now
+ * (mincore) to *reserved and *resident; and the blocks in use. */
+void kd_hier_memory(const struct kd_hier *h, uint64_t *reserved, uint64_t *resident);
 uint64_t kd_hier_blocks_live(const struct kd_hier *h);
 
 #endif /* KD_LOG_HIER_H */

@@ -212,6 +212,20 @@ KD_API int kd_vm_release(kd_vm *vm);
 KD_API int kd_set_user_memory_region(kd_vm *vm, uint32_t slot, uint32_t flags,
 				     uint64_t guest_phys_addr, uint64_t memory_size);
 KD_API int kd_slot_info(kd_vm *vm, uint32_t slot, struct kd_slot_info *out);
+/*
+ * Memory a slot's dirty log holds in this process: every array of the
+ * emulated kernel log and of the user side (bitmaps, summaries, leaf pools,
+ * GET scratch, pending maps). reserved: address space; resident: pages
+ * present now (mincore), what a lazily backed log has really committed.
+ * The real backends' kernel memory is not counted (KVM's bitmaps and rmap
+ * live in the kernel). -EINVAL: bad slot id or NULL; -ENOENT: no slot, or
+ * no dirty log on it.
+ */
+struct kd_log_memory {
+	uint64_t reserved;
+	uint64_t resident;
+};
+KD_API int kd_log_memory(kd_vm *vm, uint32_t slot, struct kd_log_memory *out);
 /* Number of slots; fills up to cap entries sorted by (as_id, base_gfn). */
 KD_API int kd_slot_list(kd_vm *vm, struct kd_slot_info *out, uint32_t cap);
 

@@ -138,6 +138,29 @@ KD_API int kd_slot_info(kd_vm *vm, uint32_t slot, struct kd_slot_info *out)
 	return r;
 }
 
+KD_API int kd_log_memory(kd_vm *vm, uint32_t slot, struct kd_log_memory *out)
+{
+	struct kd_slot *s;
+	int r = 0;
+
+	if (!vm || !out)
+		return -EINVAL;
+	if (kd_slot_id_check(vm, slot))
+		return -EINVAL;
+	kd_vm_lock(vm);
+	s = kd_slot_by_id(vm, slot);
+	if (!s || !s->logging) {
+		r = -ENOENT;
+	} else {
+		*out = (struct kd_log_memory){0};
+		kd_slot_log_memory(s, out);
+		if (vm->ops->log_memory)
+			vm->ops->log_memory(vm, s, out);
+	}
+	kd_vm_unlock(vm);
+	return r;
+}
+
 KD_API int kd_slot_list(kd_vm *vm, struct kd_slot_info *out, uint32_t cap)
 {
 	uint32_t n = 0;

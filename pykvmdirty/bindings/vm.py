@@ -50,6 +50,9 @@ class WriteResult(collections.namedtuple("WriteResult", "applied exit_reason")):
 
 
 SlotInfo = collections.namedtuple("SlotInfo", "slot flags base_gfn npages")
+# Bytes a slot's dirty log holds in this process: address space reserved and
+# pages resident (kd_log_memory).
+LogMemory = collections.namedtuple("LogMemory", "reserved resident")
 
 
 def backend_available(backend):
@@ -213,6 +216,16 @@ class VM(RingMethods):
         slot = uint_arg(slot, "slot", 32)
         info = self._slot_info(slot, "slot_info")
         return SlotInfo(info.slot, info.flags, info.base_gfn, info.npages)
+
+    def log_memory(self, slot):
+        """Bytes the slot's dirty log holds in this process (kd_log_memory):
+        LogMemory(reserved, resident), resident = pages present now
+        (mincore), what a lazily backed log has committed. The real
+        backends' kernel memory (KVM's bitmaps) is not counted."""
+        slot = uint_arg(slot, "slot", 32)
+        out = ffi.new("struct kd_log_memory *")
+        check(lib.kd_log_memory(self.handle, slot, out), "log_memory(slot=%#x)" % slot)
+        return LogMemory(out.reserved, out.resident)
 
     def slots(self):
         n = check(lib.kd_slot_list(self.handle, ffi.NULL, 0), "slots()")

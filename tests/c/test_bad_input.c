@@ -31,6 +31,7 @@ int main(void)
 	struct kd_collect_result res;
 	struct kd_write_result wr;
 	struct kd_slot_info info;
+	struct kd_log_memory mem;
 	struct kd_stats st;
 	uint64_t buf[64], count, gfn = 5, huge = 1ull << 60;
 	uint32_t used, limit;
@@ -70,6 +71,8 @@ int main(void)
 	EXPECT(kd_stats_get(NULL, &st), -EINVAL);
 	EXPECT(kd_stats_get(vm, NULL), -EINVAL);
 	EXPECT(kd_slot_info(vm, 0, NULL), -EINVAL);
+	EXPECT(kd_log_memory(NULL, 0, &mem), -EINVAL);
+	EXPECT(kd_log_memory(vm, 0, NULL), -EINVAL);
 	EXPECT(kd_reset_dirty_rings(NULL, &count), -EINVAL);
 	kd_vm_destroy(NULL);
 
@@ -81,6 +84,10 @@ int main(void)
 	EXPECT(kd_set_user_memory_region(vm, 1, 0, 4096, 4096), -EEXIST);
 	EXPECT(kd_set_user_memory_region(vm, 1, 1u << 7, 1ull << 32, 4096), -EINVAL);
 	EXPECT(kd_slot_info(vm, 1, &info), -ENOENT);
+	EXPECT(kd_log_memory(vm, 1, &mem), -ENOENT);
+	EXPECT(kd_log_memory(vm, KD_USER_MEM_SLOTS, &mem), -EINVAL);
+	EXPECT(kd_log_memory(vm, 0, &mem), 0);
+	EXPECT(mem.reserved == 4096 && mem.resident == 4096, 1); /* a 2 KiB bitmap: one page */
 
 	/* writes */
 	EXPECT(kd_write(vm, 2, &gfn, 1, 0, &wr), -EINVAL);

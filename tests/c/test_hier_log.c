@@ -367,7 +367,7 @@ static void size_run(void)
 	const uint64_t npages = 6ull << 28; /* 6 TiB of 4 KiB pages */
 	static struct kd_hier h[SLOTS];
 	struct kd_hier_counts c = {0};
-	uint64_t pages[DIRTY], gfns[DIRTY + 64], resident = 0, got = 0, resume, bad = 0;
+	uint64_t pages[DIRTY], gfns[DIRTY + 64], resident = 0, reserved = 0, got = 0, resume, bad = 0;
 
 	for (unsigned s = 0; s < SLOTS; s++)
 		CHECK(kd_hier_init(&h[s], npages, false, no_sync, NULL) == 0, "6 TiB init");
@@ -386,13 +386,14 @@ static void size_run(void)
 		}
 		got += n;
 		bad += resume != npages;
-		resident += kd_hier_resident_bytes(&h[s]);
+		kd_hier_memory(&h[s], &reserved, &resident);
 	}
 	/* duplicates among the 1000 random pages are vanishingly rare in 24 TiB */
 	CHECK(got == DIRTY && bad == 0, "24 TiB: collected %llu of %u, %llu bad",
 	      (unsigned long long)got, DIRTY, (unsigned long long)bad);
-	CHECK(resident <= 64ull << 20, "24 TiB: %llu bytes resident",
-	      (unsigned long long)resident);
+	CHECK(resident <= 64ull << 20 && reserved >= 4 * (192ull << 20), /* the pools */
+	      "24 TiB: %llu bytes resident of %llu reserved", (unsigned long long)resident,
+	      (unsigned long long)reserved);
 	printf("24 TiB, 1000 dirty: %llu KiB resident\n", (unsigned long long)resident >> 10);
 	for (unsigned s = 0; s < SLOTS; s++)
 		kd_hier_destroy(&h[s]);
