@@ -16,6 +16,10 @@ Cells:
   write      one VM.write of 2^20 random gfns from a re-protected log: hier
              and flat at 1, 64 and 512 GiB; also alternated within each
              round (the ratio that survives a loaded machine)
+  interleaved  each collect goal's two cells alternated within every round
+             (24 TiB vs 1 GiB hier, flat vs hier at 512 GiB, the real GET vs
+             hier at 512 GiB, ...): the median of the per-round ratios, the
+             figure that survives this machine's 2x swings between runs
   memory     resident bytes the VM adds (process RSS, /proc/self/statm):
              full population (INITIALLY_SET, every block taken) at 64 and
              512 GiB, hier vs flat; 24 TiB with 1000 dirty pages

@@ -85,7 +85,10 @@ static int hier_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64
 {
 	const bool mem = vm->cfg.flags & KD_VM_GUEST_MEMORY;
 	struct kd_slot *s = NULL;
-	uint64_t i = 0, faults = 0, untracked = 0; /* locals: c may alias the log */
+	struct kd_hier *h = NULL;
+	/* locals, refreshed when the slot changes: c may alias the log, and
+	 * the log's atomics keep the compiler from caching s's fields */
+	uint64_t i = 0, faults = 0, untracked = 0, base = 0, npages = 0;
 	bool prefetch = false;
 
 	if (vm->cfg.tracking == KD_TRACK_PML) /* D bits, buffer, drain: generic */
@@ -94,27 +97,31 @@ static int hier_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64
 		uint64_t stop = n - i > KD_WRITE_BATCH ? i + KD_WRITE_BATCH : n;
 		kd_spin_lock(v->lock); /* guest entry: a writer section */
 		for (; i < stop; i++) {
-			uint64_t gfn = gfns[i], rel;
-			struct kd_slot *was = s;
-			s = kd_slot_lookup_near(vm, s, gfn);
-			rel = gfn - s->base_gfn;
-			if (s != was) /* a log that fits the caches gains nothing */
-				prefetch = s->hier && s->npages > PREFETCH_MIN_PAGES;
+			uint64_t rel = gfns[i] - base;
+			if (rel >= npages) { /* another slot (or the first) */
+				s = kd_slot_lookup_near(vm, s, gfns[i]);
+				base = s->base_gfn;
+				npages = s->npages;
+				h = s->logging ? s->hier : NULL;
+				rel = gfns[i] - base;
+				/* a log that fits the caches gains nothing */
+				prefetch = h && npages > PREFETCH_MIN_PAGES;
+			}
 			if (prefetch && i + PREFETCH_AHEAD < n) { /* random gfns miss in big slots */
-				uint64_t ahead = gfns[i + PREFETCH_AHEAD] - s->base_gfn;
-				uint64_t near = gfns[i + PREFETCH_AHEAD / 2] - s->base_gfn;
-				if (ahead < s->npages)
-					kd_hier_prefetch_index(s->hier, ahead);
-				if (near < s->npages)
-					kd_hier_prefetch_leaf(s->hier, near);
+				uint64_t ahead = gfns[i + PREFETCH_AHEAD] - base;
+				uint64_t near = gfns[i + PREFETCH_AHEAD / 2] - base;
+				if (ahead < npages)
+					kd_hier_prefetch_index(h, ahead);
+				if (near < npages)
+					kd_hier_prefetch_leaf(h, near);
 			}
 			if (mem)
 				kd_slot_store(s, rel, value);
-			if (!s->logging) {
+			if (!h) {
 				untracked++;
 				continue;
 			}
-			faults += kd_hier_write(s->hier, rel, mem);
+			faults += kd_hier_write(h, rel, mem);
 		}
 		kd_spin_unlock(v->lock);
 	}
