@@ -1,5 +1,5 @@
 """The real KVM_GET_DIRTY_LOG (classic) at large slot sizes, on the kvm backend:
-one slot of 1, 64, 512 GiB, 1, 4 and 8 TiB (8 TiB = 2^31-1 pages, the largest
+one slot of 1, 64, 512 GiB, 1, 4, 6 and 8 TiB (8 TiB = 2^31-1 pages, the largest
 slot the kernel takes), plus one slot of 2^31 pages (the kernel refuses it),
 guest memory MAP_NORESERVE and untouched except the pages written.
 
@@ -42,7 +42,7 @@ from pykvmdirty.analysis import compare as cmp
 GIB_PAGES = 1 << 18
 MAX_SLOT_PAGES = cmp.MAX_SLOT_PAGES
 SIZES = [("1 GiB", GIB_PAGES), ("64 GiB", 64 * GIB_PAGES), ("512 GiB", 512 * GIB_PAGES),
-         ("1 TiB", 1024 * GIB_PAGES), ("4 TiB", 4096 * GIB_PAGES),
+         ("1 TiB", 1024 * GIB_PAGES), ("4 TiB", 4096 * GIB_PAGES), ("6 TiB", 6144 * GIB_PAGES),
          ("8 TiB (2^31-1 pages)", MAX_SLOT_PAGES), ("2^31 pages", MAX_SLOT_PAGES + 1)]
 DIRTY = 1000
 
