@@ -153,6 +153,9 @@ KD_HIDDEN void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable);
 KD_HIDDEN struct kd_slot *kd_slot_by_id(kd_vm *vm, uint32_t slot);
 KD_HIDDEN struct kd_slot *kd_slot_by_gfn(kd_vm *vm, uint32_t as_id, uint64_t gfn);
 KD_HIDDEN int kd_slot_id_check(const kd_vm *vm, uint32_t slot);
+/* The slot an id names, in KVM's order: -EINVAL bad id, -ENOENT no slot
+ * (with need_log: or no dirty log on it). Under vm->lock. */
+KD_HIDDEN int kd_slot_find(kd_vm *vm, uint32_t slot, bool need_log, struct kd_slot **out);
 /* Another slot of the address space overlapping [base, base + npages)? */
 KD_HIDDEN bool kd_slot_overlaps(kd_vm *vm, uint32_t slot, uint64_t base, uint64_t npages);
 /* Room for one more slot in slot's address space (-ENOMEM). */

@@ -26,6 +26,16 @@ struct kd_slot *kd_slot_by_id(kd_vm *vm, uint32_t slot)
 	return as->by_id ? as->by_id[slot & 0xffff] : NULL;
 }
 
+int kd_slot_find(kd_vm *vm, uint32_t slot, bool need_log, struct kd_slot **out)
+{
+	if (kd_slot_id_check(vm, slot))
+		return -EINVAL;
+	*out = kd_slot_by_id(vm, slot);
+	if (!*out || (need_log && !(*out)->logging))
+		return -ENOENT;
+	return 0;
+}
+
 struct kd_slot *kd_slot_by_gfn(kd_vm *vm, uint32_t as_id, uint64_t gfn)
 {
 	struct kd_aspace *as = &vm->as[as_id];

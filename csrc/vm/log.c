@@ -12,12 +12,9 @@ static int lookup_log(kd_vm *vm, uint32_t slot, bool misaligned, struct kd_slot 
 {
 	if (!vm->ops->has_bitmap)
 		return -ENXIO;
-	if (kd_slot_id_check(vm, slot) || misaligned)
+	if (misaligned)
 		return -EINVAL;
-	*out = kd_slot_by_id(vm, slot);
-	if (!*out || !(*out)->logging)
-		return -ENOENT;
-	return 0;
+	return kd_slot_find(vm, slot, true, out);
 }
 
 static void kick(kd_vm *vm)
@@ -93,14 +90,10 @@ KD_API int kd_collect(kd_vm *vm, uint32_t slot, uint64_t first_page, uint64_t nu
 
 	if (!vm || !res)
 		return -EINVAL;
-	if (kd_slot_id_check(vm, slot))
-		return -EINVAL;
 	kd_vm_lock(vm);
-	s = kd_slot_by_id(vm, slot);
-	if (!s || !s->logging) {
-		r = -ENOENT;
+	r = kd_slot_find(vm, slot, true, &s);
+	if (r)
 		goto out;
-	}
 	if (first_page > s->npages || num_pages > s->npages - first_page ||
 	    (cap < 64 && cap < num_pages)) {
 		r = -EINVAL;

@@ -122,18 +122,14 @@ static void fill_info(const struct kd_slot *s, struct kd_slot_info *out)
 KD_API int kd_slot_info(kd_vm *vm, uint32_t slot, struct kd_slot_info *out)
 {
 	struct kd_slot *s;
-	int r = 0;
+	int r;
 
 	if (!vm || !out)
 		return -EINVAL;
-	if (kd_slot_id_check(vm, slot))
-		return -EINVAL;
 	kd_vm_lock(vm);
-	s = kd_slot_by_id(vm, slot);
-	if (s)
+	r = kd_slot_find(vm, slot, false, &s);
+	if (!r)
 		fill_info(s, out);
-	else
-		r = -ENOENT;
 	kd_vm_unlock(vm);
 	return r;
 }
@@ -141,17 +137,13 @@ KD_API int kd_slot_info(kd_vm *vm, uint32_t slot, struct kd_slot_info *out)
 KD_API int kd_log_memory(kd_vm *vm, uint32_t slot, struct kd_log_memory *out)
 {
 	struct kd_slot *s;
-	int r = 0;
+	int r;
 
 	if (!vm || !out)
 		return -EINVAL;
-	if (kd_slot_id_check(vm, slot))
-		return -EINVAL;
 	kd_vm_lock(vm);
-	s = kd_slot_by_id(vm, slot);
-	if (!s || !s->logging) {
-		r = -ENOENT;
-	} else {
+	r = kd_slot_find(vm, slot, true, &s);
+	if (!r) {
 		*out = (struct kd_log_memory){0};
 		kd_slot_log_memory(s, out);
 		if (vm->ops->log_memory)
