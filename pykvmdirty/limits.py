@@ -42,6 +42,7 @@ KVM_SLOT_METADATA_PER_PAGE = 10
 HIER_INDEX_PER_GROUP = 4      # hier: a 4-byte block index per 4096-page group
 HIER_GROUP_PAGES = 4096
 HIER_BLOCK_BYTES = 512
+HIER_RETIRE_SLACK = 1024      # clean blocks kept beyond 2x the working set (hier_log.h)
 HUGE_BYTES = 2 * 1024 * 1024
 DEFAULT_FRACTION = 0.8        # of the available memory, when no limit is given
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -300,14 +301,16 @@ def hier_committed(slot_pages, dirty):
     """Bytes the hier log commits for `dirty` scattered pages (csrc/emu/
     hier_log.c: every array reserved MAP_NORESERVE, committed where
     written): at most the whole block index and summary levels of every slot
-    (about 1/500 of a flat bitmap), plus a pool block per dirty page, in
-    2 MiB pages (the arrays ask for transparent huge pages)."""
+    (about 1/500 of a flat bitmap), plus the pool blocks: one per dirty page,
+    and as many clean ones as the log keeps linked before it gives them back
+    (2x the working set + HIER_RETIRE_SLACK), in 2 MiB pages (the arrays ask
+    for transparent huge pages)."""
     total = 0
     for n in slot_pages:
         groups = -(-n // HIER_GROUP_PAGES)
         chunks = -(-n // CHUNK_PAGES)
         total += _pages(groups * HIER_INDEX_PER_GROUP) + 2 * _bitmap(chunks)
-        pool = min(groups, dirty) * HIER_BLOCK_BYTES
+        pool = min(groups, 3 * dirty + HIER_RETIRE_SLACK) * HIER_BLOCK_BYTES
         total += -(-pool // HUGE_BYTES) * HUGE_BYTES
     return total
 

@@ -100,3 +100,18 @@ def test_receiver_claim_estimate_counts_memory_and_hashes():
     est = limits.receiver_claim_estimate(1 << 40)
     assert (1 << 40) < est.total < (1 << 40) * 1.01
     assert "page hashes" in est.describe()
+
+
+def test_hier_geometry_matches_the_c_header():
+    """limits prices the hier log from its geometry; the C header is the
+    truth (csrc/emu/hier_log.h is internal, not in the cffi interface)."""
+    import pathlib
+    import re
+    header = (pathlib.Path(__file__).resolve().parent.parent / "csrc" / "emu" /
+              "hier_log.h").read_text()
+
+    def define(name):
+        return int(re.search(r"#define %s (\d+)u" % name, header).group(1))
+    assert limits.HIER_GROUP_PAGES == define("KD_HIER_GROUP_CHUNKS") * kd.CHUNK_PAGES
+    assert limits.HIER_BLOCK_BYTES == limits.HIER_GROUP_PAGES // 8
+    assert limits.HIER_RETIRE_SLACK == define("KD_HIER_RETIRE_SLACK")
