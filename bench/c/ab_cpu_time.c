@@ -13,33 +13,11 @@
  * and the ratio second/first.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <time.h>
-#include "kvmdirty.h"
 
-typedef struct {
-	int (*vm_create)(const struct kd_vm_config *, kd_vm **);
-	void (*vm_destroy)(kd_vm *);
-	int (*region)(kd_vm *, uint32_t, uint32_t, uint64_t, uint64_t);
-	int (*write)(kd_vm *, uint32_t, const uint64_t *, uint64_t, uint64_t, struct kd_write_result *);
-	int (*collect)(kd_vm *, uint32_t, uint64_t, uint64_t, uint64_t *, uint64_t, struct kd_collect_result *);
-	int (*ws_start)(kd_vm *, uint32_t, const uint64_t *const *, const uint64_t *, uint64_t, uint64_t, kd_writers **);
-	int (*ws_join)(kd_writers *, uint64_t *);
-} api;
+#include "ab_api.h"
 
 static double cpu(clockid_t c) { struct timespec t; clock_gettime(c, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
-
-static void load(const char *path, api *a)
-{
-	void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-	if (!h) { printf("%s\n", dlerror()); exit(1); }
-	a->vm_create = dlsym(h, "kd_vm_create"); a->vm_destroy = dlsym(h, "kd_vm_destroy");
-	a->region = dlsym(h, "kd_set_user_memory_region"); a->write = dlsym(h, "kd_write");
-	a->collect = dlsym(h, "kd_collect"); a->ws_start = dlsym(h, "kd_writers_start");
-	a->ws_join = dlsym(h, "kd_writers_join");
-}
 
 #define NG 1000000
 int main(int argc, char **argv)
