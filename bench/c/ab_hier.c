@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "ab_api.h"
+#include "bench_util.h"
 
 #define GIB_PAGES (1ull << 18)
 #define DIRTY 1000
@@ -29,33 +30,6 @@
 #define WRITE_ROUNDS 15
 #define WRITE_GFNS (1u << 20)
 #define MAX_BUILDS 8
-
-static uint64_t rng = 88172645463325252ull;
-static uint64_t next_random(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return v[n / 2];
-}
 
 static void random_pages(uint64_t *g, unsigned n, uint64_t span)
 {

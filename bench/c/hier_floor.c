@@ -26,6 +26,8 @@
 #include <sys/mman.h>
 #include <time.h>
 
+#include "bench_util.h"
+
 #define CHUNK_PAGES 512u
 #define GROUP_CHUNKS 8u
 #define GROUP_PAGES (CHUNK_PAGES * GROUP_CHUNKS)
@@ -48,15 +50,6 @@ static uint64_t now_ns(void)
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-static uint64_t rng = 88172645463325252ull;
-static uint64_t next_random(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
 }
 
 static void *lazy(uint64_t bytes)
@@ -152,12 +145,6 @@ static uint64_t log_collect(struct log *l, uint64_t base, uint64_t *out)
 	return count;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 /* Median µs of a collect over nslots equal slots of total pages, DIRTY
  * random pages (the same ones) dirtied before each round. */
 static double median_collect(uint64_t total, unsigned nslots)
@@ -185,8 +172,7 @@ static double median_collect(uint64_t total, unsigned nslots)
 			exit(1);
 		}
 	}
-	qsort(t, ROUNDS, sizeof(*t), cmp_double);
-	return t[ROUNDS / 2];
+	return median(t, ROUNDS);
 }
 
 int main(void)
