@@ -7,8 +7,9 @@
  * KD_HIER_GROUP_CHUNKS consecutive chunks; the leaves of a group live in one
  * pool block (64 words, 512 bytes), taken from the pool on the group's first
  * dirtying and given back when a collect or CLEAR has left it clean and it
- * is still clean at the next collector call. index[g]
- * names the block of group g (block number + 1; 0 = none, so the lazily
+ * is still clean at the next collector call, once more blocks are linked
+ * than the bound of hier_log.c (Memory) keeps. index[g] names the block of
+ * group g (block number + 1; 0 = none, so the lazily
  * backed, never-touched index reads as "no block"). Level 0 holds one bit
  * per chunk, level k+1 one bit per word of level k, up to a single word.
  * Leaf bit set == page dirty == page writable (write protection): the fault
