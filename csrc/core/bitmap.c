@@ -11,56 +11,41 @@
 #include <sys/mman.h>
 
 #include "core/internal.h"
+#include "core/mapping.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define KD_HAVE_AVX2_PATH 1
 #endif
 
-#define KD_HUGE (2ull << 20)
-
 /*
- * Logs of 2 MiB and more are 2 MiB-aligned with MADV_HUGEPAGE: a scattered
- * scan touches one 4 KiB page per dirty chunk, and with 4 KiB pages every one
+ * Logs of 2 MiB and more are 2 MiB-aligned with MADV_HUGEPAGE (kd_map_reserve):
+ * a scattered scan touches one 4 KiB page per dirty chunk, and with 4 KiB pages every one
  * of them is a TLB miss (dearer still under nested paging). The kernel backs
  * vmalloc'd dirty bitmaps with whatever it has; here we take the favourable
  * case for every backend alike.
  */
 void *kd_pages_alloc(uint64_t bytes, bool populate)
 {
-	int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
-	uint64_t len = bytes;
-	char *p, *aligned;
+	char *p;
 
 	if (!bytes)
 		return NULL;
 	if (!populate) {
-		p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
+		p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 		return p == MAP_FAILED ? NULL : p;
 	}
-	if (bytes >= KD_HUGE)
-		len = bytes + KD_HUGE;
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE, flags, -1, 0);
-	if (p == MAP_FAILED)
+	p = kd_map_reserve(bytes);
+	if (!p)
 		return NULL;
-	aligned = p;
-	if (len != bytes) {
-		aligned = (char *)(((uintptr_t)p + KD_HUGE - 1) & ~(uintptr_t)(KD_HUGE - 1));
-		if (aligned > p)
-			munmap(p, (size_t)(aligned - p));
-		if (aligned + bytes < p + len)
-			munmap(aligned + bytes, (size_t)(p + len - (aligned + bytes)));
-#ifdef MADV_HUGEPAGE
-		madvise(aligned, bytes, MADV_HUGEPAGE);
-#endif
-	}
 #ifdef MADV_POPULATE_WRITE
-	if (!madvise(aligned, bytes, MADV_POPULATE_WRITE))
-		return aligned;
+	if (!madvise(p, bytes, MADV_POPULATE_WRITE))
+		return p;
 #endif
 	for (uint64_t off = 0; off < bytes; off += KD_PAGE_SIZE) /* populate: real pages */
-		((volatile char *)aligned)[off] = 0;
-	return aligned;
+		((volatile char *)p)[off] = 0;
+	return p;
 }
 
 void kd_pages_free(void *p, uint64_t bytes)

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 
 #include "core/internal.h"
-#include "core/resident.h"
+#include "core/mapping.h"
 
 int kd_slot_id_check(const kd_vm *vm, uint32_t slot)
 {

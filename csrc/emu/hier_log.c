@@ -79,36 +79,15 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "core/resident.h"
+#include "core/mapping.h"
 #include "emu/hier_log.h"
 
-#define HUGE_BYTES (2ull << 20)
 
-/* Reserve address space; nothing commits until written. 2 MiB aligned with
- * MADV_HUGEPAGE past 2 MiB, so a walk over a large level takes few TLB
- * misses; a touched 2 MiB region may then commit whole. */
+/* A lazily backed array (core/mapping.h), its size kept for munmap. */
 static void *lazy_map(uint64_t bytes, uint64_t *mapped)
 {
-	uint64_t len = bytes < HUGE_BYTES ? bytes : bytes + HUGE_BYTES;
-	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), *a;
-
-	if (p == MAP_FAILED)
-		return NULL;
-	if (len == bytes) {
-		*mapped = bytes;
-		return p;
-	}
-	a = (char *)(((uintptr_t)p + HUGE_BYTES - 1) & ~(uintptr_t)(HUGE_BYTES - 1));
-	if (a > p)
-		munmap(p, (size_t)(a - p));
-	if (a + bytes < p + len)
-		munmap(a + bytes, (size_t)(p + len - (a + bytes)));
-#ifdef MADV_HUGEPAGE
-	madvise(a, bytes, MADV_HUGEPAGE);
-#endif
 	*mapped = bytes;
-	return a;
+	return kd_map_reserve(bytes);
 }
 
 static void lock(struct kd_hier *h)
