@@ -389,6 +389,24 @@ struct walk {
 	unsigned bn;
 };
 
+/* Bits a take removed from leaf word w: clear their D bits (PML keeps
+ * them apart, see struct kd_hier), then put them out as GET's bitmap word
+ * or as gfns from out[cnt]. Returns the new gfn count. Plain arguments, not
+ * the walk: gfns are uint64_t, so stores through out would reload k's. */
+static inline uint64_t put_taken(uint64_t *writable, bool get, uint64_t base_gfn, uint64_t w,
+				 uint64_t bits, uint64_t *out, uint64_t cnt)
+{
+	if (writable && bits)
+		__atomic_fetch_and(&writable[w], ~bits, __ATOMIC_SEQ_CST);
+	if (get) {
+		out[w] = bits;
+		return cnt;
+	}
+	for (uint64_t gfn0 = base_gfn + w * 64; bits; bits &= bits - 1)
+		out[cnt++] = gfn0 + (uint64_t)__builtin_ctzll(bits);
+	return cnt;
+}
+
 /* Chunk `chunk` with block b, whose level-0 bit (bit j of *l0) was taken
  * (not in copy mode): take its leaf words in range; give the bit back if
  * bits are left. */
@@ -437,14 +455,7 @@ static void visit_chunk(struct walk *k, uint64_t chunk, uint32_t b)
 		bits = m == ~0ull ? __atomic_exchange_n(&leaf[w], 0, __ATOMIC_SEQ_CST)
 				  : __atomic_fetch_and(&leaf[w], ~m, __ATOMIC_SEQ_CST) & m;
 		k->c->reprotected += (uint64_t)__builtin_popcountll(bits);
-		if (h->writable && bits)
-			__atomic_fetch_and(&h->writable[w], ~bits, __ATOMIC_SEQ_CST);
-		if (k->mode == WALK_GET) {
-			k->out[w] = bits;
-			continue;
-		}
-		for (uint64_t gfn0 = k->base_gfn + w * 64; bits; bits &= bits - 1)
-			k->out[k->n++] = gfn0 + (uint64_t)__builtin_ctzll(bits);
+		k->n = put_taken(h->writable, k->mode == WALK_GET, k->base_gfn, w, bits, k->out, k->n);
 	}
 	if (!k->take)
 		return;
@@ -471,7 +482,7 @@ static unsigned take_whole_batch(struct walk *k, const uint32_t *blocks)
 {
 	struct kd_hier *h = k->h;
 	uint64_t *out = k->out, *writable = h->writable, cnt = k->n, rep = 0, words = 0;
-	uint64_t last_g = k->last_group, groups = k->groups;
+	uint64_t last_g = k->last_group, groups = k->groups, base = k->base_gfn;
 	const bool get = k->mode == WALK_GET;
 	unsigned i;
 
@@ -493,14 +504,7 @@ static unsigned take_whole_batch(struct walk *k, const uint32_t *blocks)
 			unsigned j = (unsigned)__builtin_ctz(nz);
 			uint64_t bits = __atomic_exchange_n(&leaf[j], 0, __ATOMIC_SEQ_CST);
 			rep += (uint64_t)__builtin_popcountll(bits);
-			if (writable && bits)
-				__atomic_fetch_and(&writable[w0 + j], ~bits, __ATOMIC_SEQ_CST);
-			if (get) {
-				out[w0 + j] = bits;
-				continue;
-			}
-			for (uint64_t gfn0 = k->base_gfn + (w0 + j) * 64; bits; bits &= bits - 1)
-				out[cnt++] = gfn0 + (uint64_t)__builtin_ctzll(bits);
+			cnt = put_taken(writable, get, base, w0 + j, bits, out, cnt);
 		}
 		if (g != last_g) {
 			last_g = g;
