@@ -14,9 +14,8 @@ later exits later, so the exit counts differ by what the waits cost). Real time:
 two separate runs with identical settings, one after the other; their
 threads, timing and exit arrivals are not the same, and the output says so.
 """
-import json
 
-from .report import json_default
+from .report import dump_json
 from .run import migrate
 
 PLACEMENTS = ("iothread", "migration-thread")
@@ -110,11 +109,7 @@ class PlacementComparison:
                     runs={lt: self.reports[lt].as_dict() for lt in PLACEMENTS})
 
     def to_json(self, path=None):
-        text = json.dumps(self.as_dict(), indent=1, default=json_default)
-        if path:
-            with open(path, "w") as f:
-                f.write(text + "\n")
-        return text
+        return dump_json(self.as_dict(), path)
 
 
 def migrate_both_placements(**options):

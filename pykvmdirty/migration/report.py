@@ -98,11 +98,7 @@ class MigrationReport:
             guest_impact=self.guest_impact)
 
     def to_json(self, path=None):
-        text = json.dumps(self.as_dict(), indent=1, default=json_default)
-        if path:
-            with open(path, "w") as f:
-                f.write(text + "\n")
-        return text
+        return dump_json(self.as_dict(), path)
 
     def summary(self):
         lines = ["%-5s %-13s %10s %10s %9s %11s %9s %9s %9s %10s %10s" % (
@@ -162,6 +158,16 @@ class MigrationReport:
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+def dump_json(obj, path=None):
+    """obj as indented JSON text (numpy scalars and arrays as numbers and
+    lists), also written to path when given."""
+    text = json.dumps(obj, indent=1, default=json_default)
+    if path:
+        with open(path, "w") as f:
+            f.write(text + "\n")
+    return text
 
 
 def json_default(o):
