@@ -77,6 +77,18 @@ class QemuResult:
         return asdict(self)
 
 
+async def setup_cmd(vm, refused, command, **args):
+    """A QMP command of the migration's setup. A QEMU that refuses it is a
+    MigrationSetupError ("<refused>: <QEMU's words>"); one that died stays
+    QemuExited."""
+    try:
+        return await vm.cmd(command, **args)
+    except QemuExited:
+        raise
+    except Exception as e:
+        raise MigrationSetupError("%s: %s" % (refused, e)) from e
+
+
 class QemuMigration:
     """One migration. ``run()`` returns a QemuResult or raises a QemuError.
 
@@ -206,30 +218,15 @@ class QemuMigration:
                   "cpu-throttle-initial": cfg.throttle_initial,
                   "cpu-throttle-increment": cfg.throttle_increment}
         for vm in (src, dst):
-            try:
-                await vm.cmd("migrate-set-capabilities", capabilities=caps)
-            except QemuExited:
-                raise
-            except Exception as e:
-                raise MigrationSetupError("%s QEMU refused the capabilities %s: %s"
-                                          % (vm.role, caps, e)) from e
-        try:
-            await src.cmd("migrate-set-parameters", **params)
-        except QemuExited:
-            raise
-        except Exception as e:
-            raise MigrationSetupError("source QEMU refused the parameters %s: %s"
-                                      % (params, e)) from e
+            await setup_cmd(vm, "%s QEMU refused the capabilities %s" % (vm.role, caps),
+                            "migrate-set-capabilities", capabilities=caps)
+        await setup_cmd(src, "source QEMU refused the parameters %s" % (params,),
+                        "migrate-set-parameters", **params)
 
     async def _listen(self, dst):
         uri = "tcp:127.0.0.1:%d" % self.config.port
-        try:
-            await dst.cmd("migrate-incoming", uri=uri)
-        except QemuExited:
-            raise
-        except Exception as e:
-            raise MigrationSetupError("destination QEMU cannot listen on %s: %s" % (uri, e)) \
-                from e
+        await setup_cmd(dst, "destination QEMU cannot listen on %s" % uri, "migrate-incoming",
+                        uri=uri)
         info = await dst.cmd("query-migrate")
         for addr in info.get("socket-address", []):
             if addr.get("type") == "inet" and int(addr.get("port", 0)):
@@ -248,13 +245,7 @@ class QemuMigration:
     async def _migrate(self, src, dst, port, res):
         cfg = self.config
         uri = self.migration_uri(port)
-        try:
-            await src.cmd("migrate", uri=uri)
-        except QemuExited:
-            raise
-        except Exception as e:
-            raise MigrationSetupError("source QEMU refused to migrate to %s: %s" % (uri, e)) \
-                from e
+        await setup_cmd(src, "source QEMU refused to migrate to %s" % uri, "migrate", uri=uri)
         t0 = time.monotonic()
         info = {}
         while True:
