@@ -196,8 +196,10 @@ class QemuSettings:
 
 
 @dataclass
-class Prediction:
-    """The model's figures, with the same keys as the runner's measurement."""
+class MigrationFigures:
+    """What QEMU reports of a migration (query-migrate; times in seconds,
+    sizes in bytes), under the names both the runner's measurement
+    (runner.QemuResult) and the model's prediction use."""
     status: str = ""
     total_time: float = 0.0
     setup_time: float = 0.0
@@ -207,13 +209,18 @@ class Prediction:
     transferred: int = 0
     normal: int = 0
     duplicate: int = 0
-    throttle_max: int = 0
-    dirty_pages_rate: float = 0.0           # as QEMU reports it: new pages/s, last period
-    downtime_normal: int = 0                # normal pages sent with the VM stopped
-    iterations: List[dict] = field(default_factory=list)   # one per bitmap sync
+    throttle_max: int = 0           # highest cpu-throttle-percentage, %
 
     def as_dict(self):
         return asdict(self)
+
+
+@dataclass
+class Prediction(MigrationFigures):
+    """The model's figures."""
+    dirty_pages_rate: float = 0.0           # as QEMU reports it: new pages/s, last period
+    downtime_normal: int = 0                # normal pages sent with the VM stopped
+    iterations: List[dict] = field(default_factory=list)   # one per bitmap sync
 
     def summary(self):
         return {k: getattr(self, k) for k in KEYS}

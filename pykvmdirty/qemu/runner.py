@@ -29,7 +29,7 @@ import asyncio
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from . import firmware, layout
@@ -37,6 +37,7 @@ from .config import QemuConfig
 from .errors import (GuestStalled, MigrationFailed, MigrationSetupError, QemuError,
                      QemuExited, VerificationError)
 from .process import QemuProcess, qemu_binary
+from .profile import MigrationFigures
 from .verify import ab_invariant, differing_pages, first_bytes
 
 SAMPLE_INTERVAL = 0.1
@@ -47,23 +48,14 @@ _RAM_KEYS = ("transferred", "normal", "normal-bytes", "duplicate", "dirty-sync-c
 
 
 @dataclass
-class QemuResult:
-    """What QEMU reported (times in seconds, sizes in bytes) and what was checked."""
-    status: str                     # completed, or timeout (still active, then cancelled)
-    accel: str
-    accel_note: str
-    total_time: float = 0.0
-    setup_time: float = 0.0
-    downtime: float = 0.0
-    expected_downtime: float = 0.0
-    dirty_sync_count: int = 0
-    transferred: int = 0
-    normal: int = 0
+class QemuResult(MigrationFigures):
+    """What QEMU reported and what was checked. status: completed, or
+    timeout (still active, then cancelled)."""
+    accel: str = ""
+    accel_note: str = ""
     normal_bytes: int = 0
-    duplicate: int = 0
     precopy_bytes: int = 0
     downtime_bytes: int = 0
-    throttle_max: int = 0           # highest cpu-throttle-percentage seen, %
     guest_rate: float = 0.0         # pages/s written by the guest before the migration
     guest_rate_migrating: float = 0.0   # pages/s from migrate to the stop
     tsc_hz: int = 0
@@ -72,9 +64,6 @@ class QemuResult:
     verification: dict = field(default_factory=dict)
     samples: List[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
-
-    def as_dict(self):
-        return asdict(self)
 
 
 async def setup_cmd(vm, refused, command, **args):
