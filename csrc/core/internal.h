@@ -7,6 +7,11 @@
  * Ownership and concurrency, in one place:
  *  - vm->lock serialises every "user side" call (memslots, get, clear,
  *    collect, harvest, reset, stats reset). Writers (kd_write) never take it.
+ *  - The memslots a writer sees: each address space publishes an immutable
+ *    table (struct kd_memslots); kd_write reads it inside a per-vCPU
+ *    read-side section and a memslot change publishes a new table and waits
+ *    for the sections that may still see the old one before freeing any
+ *    slot, log or memory (SRCU, core/slots.c says who waits for whom).
  *  - A vCPU is run by one thread at a time (vcpu->busy). Its counters are
  *    written only by that thread and read with relaxed loads; a stats reset
  *    never writes them (it moves a baseline instead, see struct kd_vcpu).
@@ -34,7 +39,9 @@
 struct kd_backend_ops;
 struct kd_hier;
 
-/* One memslot. base_gfn/npages never change while writers run. */
+/* One memslot. Immutable for writers once published in a table, but for
+ * its logs' words: a change of flags or base is a new copy of the struct
+ * (vm/memslot.c), as KVM copies a kvm_memory_slot. */
 struct kd_slot {
 	uint32_t id; /* as_id << 16 | slot id */
 	uint32_t flags;
@@ -78,12 +85,25 @@ struct kd_slot {
 	uint64_t memory_bytes;
 };
 
-/* Address space: slots by id, and sorted by base_gfn for gfn lookups. */
+/* An address space's slots sorted by base_gfn: immutable once published. */
+struct kd_memslots {
+	uint32_t n;
+	struct kd_slot *s[];
+};
+
+/* Address space: slots by id (under vm->lock), and the published table
+ * writers look gfns up in (core/slots.c). */
 struct kd_aspace {
 	struct kd_slot **by_id; /* KD_USER_MEM_SLOTS entries, lazily allocated */
-	struct kd_slot **sorted;
-	uint32_t nslots;
-	uint32_t cap;
+	struct kd_memslots *slots; /* NULL: no slot; replaced whole, never edited */
+};
+
+/* A PML buffer entry: the slot (of the table the write saw) and the page.
+ * The slot stays valid until drained: a memslot change kicks every vCPU
+ * after its grace period, before it frees a retired slot. */
+struct kd_pml_entry {
+	struct kd_slot *s;
+	uint64_t rel;
 };
 
 /* Per-vCPU dirty ring (KVM dirty_ring.c's state machine, see dirty_ring.c). */
@@ -104,9 +124,12 @@ struct kd_vcpu_counters {
 struct kd_vcpu {
 	uint32_t index;
 	int busy;           /* a thread is in kd_write on this vCPU */
+	/* read-side section: odd while kd_write may use `memslots` (slots.c) */
+	unsigned long srcu_seq;
+	const struct kd_memslots *memslots; /* address space 0, inside the section */
 	unsigned lock[2];   /* ticket lock, see top of file */
 	uint32_t pml_count; /* entries in pml[] */
-	uint64_t pml[KD_PML_ENTRIES]; /* gfns (address space 0) */
+	struct kd_pml_entry pml[KD_PML_ENTRIES];
 	struct kd_ring ring;
 	/*
 	 * Writer-side counters, monotonic: only the thread running the vCPU
@@ -151,19 +174,33 @@ KD_HIDDEN void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable);
 
 /* core/slots.c: the slot table of each address space */
 KD_HIDDEN struct kd_slot *kd_slot_by_id(kd_vm *vm, uint32_t slot);
-KD_HIDDEN struct kd_slot *kd_slot_by_gfn(kd_vm *vm, uint32_t as_id, uint64_t gfn);
+KD_HIDDEN struct kd_slot *kd_slot_by_gfn(const struct kd_memslots *t, uint64_t gfn);
+/* The published table of an address space (under vm->lock: the current one). */
+static inline const struct kd_memslots *kd_memslots(kd_vm *vm, uint32_t as_id)
+{
+	return __atomic_load_n(&vm->as[as_id].slots, __ATOMIC_SEQ_CST);
+}
+/* kd_write's read-side section on vCPU v: enter loads the table of address
+ * space 0 into v->memslots, valid until exit. */
+KD_HIDDEN void kd_memslots_enter(kd_vm *vm, struct kd_vcpu *v);
+KD_HIDDEN void kd_memslots_exit(struct kd_vcpu *v);
 KD_HIDDEN int kd_slot_id_check(const kd_vm *vm, uint32_t slot);
 /* The slot an id names, in KVM's order: -EINVAL bad id, -ENOENT no slot
  * (with need_log: or no dirty log on it). Under vm->lock. */
 KD_HIDDEN int kd_slot_find(kd_vm *vm, uint32_t slot, bool need_log, struct kd_slot **out);
 /* Another slot of the address space overlapping [base, base + npages)? */
 KD_HIDDEN bool kd_slot_overlaps(kd_vm *vm, uint32_t slot, uint64_t base, uint64_t npages);
-/* Room for one more slot in slot's address space (-ENOMEM). */
+/* The by-id array of slot's address space (-ENOMEM). */
 KD_HIDDEN int kd_slot_reserve(kd_vm *vm, uint32_t slot);
-KD_HIDDEN void kd_slot_insert(kd_vm *vm, struct kd_slot *s);
-KD_HIDDEN void kd_slot_remove(kd_vm *vm, struct kd_slot *s);
-/* Change base_gfn keeping the sorted order. */
-KD_HIDDEN void kd_slot_rebase(kd_vm *vm, struct kd_slot *s, uint64_t base_gfn);
+/* A new table: the current one with old replaced by new (either may be NULL;
+ * same id), sorted by base_gfn; NULL on ENOMEM. Under vm->lock. */
+KD_HIDDEN struct kd_memslots *kd_memslots_replace(kd_vm *vm, uint32_t as_id,
+						  const struct kd_slot *old, struct kd_slot *new);
+/* Publish t (and by_id) in place of the current table, wait until no
+ * read-side section can still see the old one (the grace period), free it.
+ * Under vm->lock; returns with every retired slot unreachable by writers. */
+KD_HIDDEN void kd_memslots_install(kd_vm *vm, uint32_t as_id, struct kd_memslots *t,
+				   uint32_t id, struct kd_slot *s);
 KD_HIDDEN void kd_aspace_free(struct kd_aspace *as);
 /* Free every log and user-side map of the slot (NULL fields are skipped). */
 KD_HIDDEN void kd_slot_log_free(kd_vm *vm, struct kd_slot *s);
@@ -230,12 +267,13 @@ static inline uint64_t kd_emit_bits(uint64_t bits, uint64_t gfn0, uint64_t *out,
 	return n;
 }
 
-/* Slot of gfn in address space 0, trying `last` (the previous gfn's) first. */
-static inline struct kd_slot *kd_slot_lookup_near(kd_vm *vm, struct kd_slot *last, uint64_t gfn)
+/* Slot of gfn in table t, trying `last` (the previous gfn's) first. */
+static inline struct kd_slot *kd_slot_lookup_near(const struct kd_memslots *t,
+						  struct kd_slot *last, uint64_t gfn)
 {
 	if (last && gfn - last->base_gfn < last->npages)
 		return last;
-	return kd_slot_by_gfn(vm, 0, gfn);
+	return kd_slot_by_gfn(t, gfn);
 }
 
 /* A guest store: value into the first 8 bytes of page rel of the slot. */

@@ -1,9 +1,38 @@
 /*
  * core/slots.c - the slot table of each address space, shared by every
- * backend: slots by id, and a vector sorted by base_gfn that writers
- * binary-search without locks (memslots do not change under writers: see
- * kd_set_user_memory_region). Changes happen under vm->lock.
+ * backend: slots by id (user side, under vm->lock) and a published table
+ * sorted by base_gfn that writers binary-search without locks.
+ *
+ * Memslots vs writers: the equivalent of KVM's SRCU-protected memslots
+ * (virt/kvm/kvm_main.c, kvm_swap_active_memslots + synchronize_srcu).
+ *
+ *  - A table (struct kd_memslots) is immutable once published, and so is
+ *    every struct kd_slot in it except its log words: a memslot change
+ *    builds a new table, with a new copy of the slot it changes
+ *    (vm/memslot.c), and publishes it with one seq_cst exchange.
+ *  - Readers: kd_write is the only lock-free reader. Its read-side section
+ *    (kd_memslots_enter .. kd_memslots_exit) makes the vCPU's srcu_seq odd
+ *    (seq_cst increment), loads the table once (seq_cst) into v->memslots,
+ *    uses only that table and the slots, logs and memory it points to, and
+ *    leaves with a release increment (even again). A section is one
+ *    kd_write call: bounded, it never waits for the updater or vm->lock.
+ *  - The updater (a memslot change, under vm->lock, so one at a time)
+ *    WAITS FOR THE READERS, never the other way round: after publishing it
+ *    reads every vCPU's srcu_seq and, for each one that is odd, waits until
+ *    it changes (that section has ended; a section entered after the
+ *    publish sees the new table: the exchange and the reader's increment
+ *    and load are seq_cst, so a reader whose increment the updater missed
+ *    loads the new table). That is the grace period (kd_memslots_install);
+ *    only after it does the updater kick the vCPUs (PML entries name the
+ *    slot they were logged against), and free the old table, a deleted
+ *    slot (its log and memory), a disabled log or a replaced slot copy.
+ *  - Writers never wait for memslot changes: a write sees the old table or
+ *    the new one, never freed memory; a gfn in neither slot is -EFAULT.
+ *    Writer pools still hold the VM (kd_vm_hold: memslot changes -EBUSY)
+ *    because their gfn lists are checked once, against one layout.
  */
+#define _GNU_SOURCE
+#include <sched.h>
 #include <stdlib.h>
 
 #include "core/internal.h"
@@ -36,14 +65,13 @@ int kd_slot_find(kd_vm *vm, uint32_t slot, bool need_log, struct kd_slot **out)
 	return 0;
 }
 
-struct kd_slot *kd_slot_by_gfn(kd_vm *vm, uint32_t as_id, uint64_t gfn)
+struct kd_slot *kd_slot_by_gfn(const struct kd_memslots *t, uint64_t gfn)
 {
-	struct kd_aspace *as = &vm->as[as_id];
-	uint32_t lo = 0, hi = as->nslots;
+	uint32_t lo = 0, hi = t ? t->n : 0;
 
 	while (lo < hi) {
 		uint32_t mid = (lo + hi) / 2;
-		struct kd_slot *s = as->sorted[mid];
+		struct kd_slot *s = t->s[mid];
 		if (gfn < s->base_gfn)
 			hi = mid;
 		else if (gfn - s->base_gfn >= s->npages)
@@ -56,10 +84,10 @@ struct kd_slot *kd_slot_by_gfn(kd_vm *vm, uint32_t as_id, uint64_t gfn)
 
 bool kd_slot_overlaps(kd_vm *vm, uint32_t id, uint64_t base, uint64_t npages)
 {
-	struct kd_aspace *as = &vm->as[id >> 16];
+	const struct kd_memslots *t = kd_memslots(vm, id >> 16);
 
-	for (uint32_t i = 0; i < as->nslots; i++) {
-		struct kd_slot *s = as->sorted[i];
+	for (uint32_t i = 0; t && i < t->n; i++) {
+		struct kd_slot *s = t->s[i];
 		if (s->id == id)
 			continue;
 		if (base < s->base_gfn + s->npages && s->base_gfn < base + npages)
@@ -68,27 +96,35 @@ bool kd_slot_overlaps(kd_vm *vm, uint32_t id, uint64_t base, uint64_t npages)
 	return false;
 }
 
-static void sorted_remove(struct kd_aspace *as, struct kd_slot *s)
+void kd_memslots_enter(kd_vm *vm, struct kd_vcpu *v)
 {
-	for (uint32_t i = 0; i < as->nslots; i++) {
-		if (as->sorted[i] == s) {
-			memmove(&as->sorted[i], &as->sorted[i + 1],
-				(as->nslots - i - 1) * sizeof(*as->sorted));
-			as->nslots--;
-			return;
-		}
-	}
+	__atomic_fetch_add(&v->srcu_seq, 1, __ATOMIC_SEQ_CST);
+	v->memslots = kd_memslots(vm, 0);
 }
 
-static void sorted_insert(struct kd_aspace *as, struct kd_slot *s)
+void kd_memslots_exit(struct kd_vcpu *v)
 {
-	uint32_t i = 0;
+	v->memslots = NULL;
+	__atomic_fetch_add(&v->srcu_seq, 1, __ATOMIC_RELEASE);
+}
 
-	while (i < as->nslots && as->sorted[i]->base_gfn < s->base_gfn)
-		i++;
-	memmove(&as->sorted[i + 1], &as->sorted[i], (as->nslots - i) * sizeof(*as->sorted));
-	as->sorted[i] = s;
-	as->nslots++;
+/* The grace period: every section that was open when the caller published
+ * has ended. Sections are short (one kd_write) and never wait for us. */
+static void synchronize(kd_vm *vm)
+{
+	for (uint32_t i = 0; i < vm->cfg.nvcpus; i++) {
+		unsigned long *seq = &vm->vcpus[i].srcu_seq;
+		unsigned long s0 = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
+		unsigned spins = 0;
+
+		if (!(s0 & 1))
+			continue;
+		while (__atomic_load_n(seq, __ATOMIC_ACQUIRE) == s0) {
+			if (++spins < 64)
+				continue;
+			sched_yield(); /* the writer may share our core */
+		}
+	}
 }
 
 int kd_slot_reserve(kd_vm *vm, uint32_t slot)
@@ -100,46 +136,50 @@ int kd_slot_reserve(kd_vm *vm, uint32_t slot)
 		if (!as->by_id)
 			return -ENOMEM;
 	}
-	if (as->nslots == as->cap) {
-		uint32_t cap = as->cap ? as->cap * 2 : 16;
-		struct kd_slot **v = realloc(as->sorted, cap * sizeof(*v));
-		if (!v)
-			return -ENOMEM;
-		as->sorted = v;
-		as->cap = cap;
-	}
 	return 0;
 }
 
-void kd_slot_insert(kd_vm *vm, struct kd_slot *s)
+struct kd_memslots *kd_memslots_replace(kd_vm *vm, uint32_t as_id, const struct kd_slot *old,
+					struct kd_slot *new)
 {
-	struct kd_aspace *as = &vm->as[s->id >> 16];
+	const struct kd_memslots *cur = kd_memslots(vm, as_id);
+	uint32_t n = cur ? cur->n : 0, k = 0;
+	struct kd_memslots *t = malloc(sizeof(*t) + (n + 1) * sizeof(t->s[0]));
 
-	as->by_id[s->id & 0xffff] = s;
-	sorted_insert(as, s);
+	if (!t)
+		return NULL;
+	for (uint32_t i = 0; i < n; i++) {
+		struct kd_slot *s = cur->s[i];
+		if (s == old)
+			continue;
+		if (new && s->base_gfn > new->base_gfn) {
+			t->s[k++] = new;
+			new = NULL;
+		}
+		t->s[k++] = s;
+	}
+	if (new)
+		t->s[k++] = new;
+	t->n = k;
+	return t;
 }
 
-void kd_slot_remove(kd_vm *vm, struct kd_slot *s)
+void kd_memslots_install(kd_vm *vm, uint32_t as_id, struct kd_memslots *t, uint32_t id,
+			 struct kd_slot *s)
 {
-	struct kd_aspace *as = &vm->as[s->id >> 16];
+	struct kd_aspace *as = &vm->as[as_id];
+	struct kd_memslots *old;
 
-	sorted_remove(as, s);
-	as->by_id[s->id & 0xffff] = NULL;
-}
-
-void kd_slot_rebase(kd_vm *vm, struct kd_slot *s, uint64_t base_gfn)
-{
-	struct kd_aspace *as = &vm->as[s->id >> 16];
-
-	sorted_remove(as, s);
-	s->base_gfn = base_gfn;
-	sorted_insert(as, s);
+	as->by_id[id & 0xffff] = s;
+	old = __atomic_exchange_n(&as->slots, t, __ATOMIC_SEQ_CST);
+	synchronize(vm);
+	free(old);
 }
 
 void kd_aspace_free(struct kd_aspace *as)
 {
 	free(as->by_id);
-	free(as->sorted);
+	free(as->slots);
 	memset(as, 0, sizeof(*as));
 }
 

@@ -99,7 +99,7 @@ static int hier_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64
 		for (; i < stop; i++) {
 			uint64_t rel = gfns[i] - base;
 			if (rel >= npages) { /* another slot (or the first) */
-				s = kd_slot_lookup_near(vm, s, gfns[i]);
+				s = kd_slot_lookup_near(v->memslots, s, gfns[i]);
 				base = s->base_gfn;
 				npages = s->npages;
 				h = s->logging ? s->hier : NULL;

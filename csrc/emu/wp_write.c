@@ -26,15 +26,18 @@
 #include "emu/emu.h"
 
 /* Drain the vCPU's PML buffer into the log; caller holds v->lock. Returns
- * entries drained. Entries for deleted slots are dropped, as KVM does. */
+ * entries drained. An entry names the slot copy its write saw, alive until
+ * the memslot change that retires it has kicked every vCPU (vm/memslot.c):
+ * a moved slot's copies share the log, a deleted slot's log is freed after. */
 static uint32_t pml_drain(kd_vm *vm, struct kd_vcpu *v)
 {
 	uint32_t n = v->pml_count;
 
+	(void)vm;
 	for (uint32_t i = 0; i < n; i++) {
-		struct kd_slot *s = kd_slot_by_gfn(vm, 0, v->pml[i]);
-		if (s && s->logging)
-			kd_log_mark(v, s, v->pml[i] - s->base_gfn);
+		struct kd_slot *s = v->pml[i].s;
+		if (s->logging)
+			kd_log_mark(v, s, v->pml[i].rel);
 	}
 	v->pml_count = 0;
 	return n;
@@ -92,7 +95,7 @@ int kd_emu_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64_t n,
 			kd_spin_lock(v->lock); /* guest entry */
 		for (; i < stop; i++) {
 			uint64_t gfn = gfns[i], rel, w, bit;
-			s = kd_slot_lookup_near(vm, s, gfn);
+			s = kd_slot_lookup_near(v->memslots, s, gfn);
 			rel = gfn - s->base_gfn;
 			if (i + PREFETCH_AHEAD < n) { /* random gfns miss in big slots */
 				uint64_t ahead = gfns[i + PREFETCH_AHEAD] - s->base_gfn;
@@ -120,7 +123,7 @@ int kd_emu_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64_t n,
 			}
 			if (pml) {
 				c->pml_entries++;
-				v->pml[v->pml_count++] = gfn;
+				v->pml[v->pml_count++] = (struct kd_pml_entry){s, rel};
 				if (v->pml_count < KD_PML_ENTRIES)
 					continue;
 				c->pml_flushes++; /* PML-full VM exit */

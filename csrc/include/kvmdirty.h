@@ -190,8 +190,9 @@ KD_API int kd_vm_config_get(const kd_vm *vm, struct kd_vm_config *out);
 
 /*
  * Hold the VM's memslots: while the VM is held, kd_set_user_memory_region
- * fails with -EBUSY (before any other check), so slot memory and logs stay
- * valid for threads writing without the VM lock. The writer and workload
+ * fails with -EBUSY (before any other check), so the layout a thread pool
+ * checked its gfns against stays. (kd_write itself is safe against any
+ * memslot change, held or not: see kd_write.) The writer and workload
  * thread pools hold their VM from start to join/stop; a program running its
  * own writer threads may do the same. Holds nest (a count); each
  * kd_vm_hold is matched by one kd_vm_release. -EINVAL: NULL, or release
@@ -241,6 +242,9 @@ KD_API int kd_enable_manual_protect(kd_vm *vm, uint64_t flags);
  * -EBUSY if another thread runs this vCPU. On a ring VM, stops after the
  * push that fills the ring to its soft limit (exit_reason
  * KD_EXIT_DIRTY_RING_FULL) and writes nothing until the ring is reset.
+ * May race any memslot call from another thread: the call sees the slot
+ * table as it was before that change or after it, whole (KVM's SRCU: the
+ * memslot call waits for kd_write calls in flight before it frees anything).
  */
 KD_API int kd_write(kd_vm *vm, uint32_t vcpu, const uint64_t *gfns, uint64_t n,
 		    uint64_t value, struct kd_write_result *res);

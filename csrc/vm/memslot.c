@@ -3,6 +3,13 @@
  * kvm backend, performs) the change, then the slot table follows: create
  * (memory, then the log if LOG_DIRTY_PAGES), delete, move (keeps the log),
  * or toggle LOG_DIRTY_PAGES (a fresh log, or none). And the slot queries.
+ *
+ * Writers read the slot table without vm->lock (core/slots.c): every change
+ * builds a new table, and a changed slot is a new copy of its struct
+ * (sharing memory and, unless the log is toggled, the log), published by
+ * kd_memslots_install, which returns after the grace period. Only then is
+ * anything the old table reached freed, after a kick has drained the PML
+ * buffers that may name a retired slot copy.
  */
 #include <stdlib.h>
 
@@ -14,6 +21,25 @@ static void slot_free(kd_vm *vm, struct kd_slot *s)
 		vm->ops->log_free(vm, s);
 	vm->ops->slot_memory_free(vm, s);
 	free(s);
+}
+
+static void kick(kd_vm *vm)
+{
+	if (vm->ops->kick)
+		vm->ops->kick(vm);
+}
+
+/* Publish the table with old replaced by new (either may be NULL); after
+ * the grace period and the kick nothing reaches old. -ENOMEM: nothing changed. */
+static int replace(kd_vm *vm, uint32_t id, struct kd_slot *old, struct kd_slot *new)
+{
+	struct kd_memslots *t = kd_memslots_replace(vm, id >> 16, old, new);
+
+	if (!t)
+		return -ENOMEM;
+	kd_memslots_install(vm, id >> 16, t, id, new);
+	kick(vm);
+	return 0;
 }
 
 static int slot_create(kd_vm *vm, uint32_t slot, uint32_t flags, uint64_t gpa, uint64_t size)
@@ -40,36 +66,70 @@ static int slot_create(kd_vm *vm, uint32_t slot, uint32_t flags, uint64_t gpa, u
 			goto fail;
 		s->logging = true;
 	}
-	kd_slot_insert(vm, s);
+	r = replace(vm, slot, NULL, s);
+	if (r)
+		goto fail;
 	return 0;
 fail:
 	slot_free(vm, s);
 	return r;
 }
 
-static int slot_update(kd_vm *vm, struct kd_slot *s, uint32_t flags, uint64_t gpa)
+/* A copy of old without its log (the log stays old's, to be freed). */
+static void drop_log(struct kd_slot *s)
+{
+	s->logging = false;
+	s->writable = s->dirty = s->summary = s->scratch = s->pending = NULL;
+	s->pending_summary = NULL;
+	s->hier = NULL;
+	s->bytemap = NULL;
+	s->nsummary = s->npending_summary = 0;
+}
+
+static int slot_update(kd_vm *vm, struct kd_slot *old, uint32_t flags, uint64_t gpa)
 {
 	bool log = flags & KD_MEM_LOG_DIRTY_PAGES;
-	bool move = (gpa >> KD_PAGE_SHIFT) != s->base_gfn;
+	bool move = (gpa >> KD_PAGE_SHIFT) != old->base_gfn;
+	bool log_on = log && !old->logging, log_off = !log && old->logging;
+	struct kd_slot *s = malloc(sizeof(*s));
+	int r;
 
-	if (log && !s->logging) {
-		int r = vm->ops->log_alloc(vm, s);
-		if (r)
+	if (!s)
+		return -ENOMEM;
+	*s = *old;
+	if (log_off)
+		drop_log(s);
+	if (log_on) {
+		drop_log(s);
+		r = vm->ops->log_alloc(vm, s);
+		if (r) {
+			free(s);
 			return r;
-	} else if (!log && s->logging) {
-		vm->ops->log_free(vm, s);
+		}
 	}
 	s->logging = log;
 	s->flags = flags;
-	if (move) {
-		kd_slot_rebase(vm, s, gpa >> KD_PAGE_SHIFT);
+	s->base_gfn = gpa >> KD_PAGE_SHIFT;
+	r = replace(vm, old->id, old, s);
+	if (r) {
+		if (log_on)
+			vm->ops->log_free(vm, s);
+		free(s);
+		return r;
+	}
+	/* Nothing reaches old now. */
+	if (log_off)
+		vm->ops->log_free(vm, old);
+	free(old);
+	if (move && s->writable && s->writable != s->dirty) {
 		/* KVM zaps every mapping of a moved slot: the next write to any
 		 * page faults again. Where protection is kept apart from the log
 		 * (ring, PML) that is visible: a page harvested but not reset
 		 * is pushed again. (With the bitmap as protection, the page's
-		 * dirty bit stays set and the fault changes nothing.) */
-		if (s->writable && s->writable != s->dirty)
-			memset(s->writable, 0, s->nwords * 8);
+		 * dirty bit stays set and the fault changes nothing.) Writers
+		 * of the new table may set bits meanwhile: atomic stores. */
+		for (uint64_t w = 0; w < s->nwords; w++)
+			__atomic_store_n(&s->writable[w], 0, __ATOMIC_RELAXED);
 	}
 	return 0;
 }
@@ -84,7 +144,7 @@ KD_API int kd_set_user_memory_region(kd_vm *vm, uint32_t slot, uint32_t flags,
 		return -EINVAL;
 	kd_vm_lock(vm);
 	if (vm->holds) {
-		r = -EBUSY; /* threads write without the lock: see kd_vm_hold */
+		r = -EBUSY; /* writer pools checked their gfns once: see kd_vm_hold */
 		goto out;
 	}
 	r = vm->ops->region_prepare(vm, slot, flags, gpa, size);
@@ -93,11 +153,12 @@ KD_API int kd_set_user_memory_region(kd_vm *vm, uint32_t slot, uint32_t flags,
 	old = kd_slot_by_id(vm, slot);
 	/* KVM kicks every vCPU before deleting or moving a slot, which drains
 	 * PML into the logs (or rings) while the slot still logs */
-	if (old && (!size || (gpa >> KD_PAGE_SHIFT) != old->base_gfn) && vm->ops->kick)
-		vm->ops->kick(vm);
+	if (old && (!size || (gpa >> KD_PAGE_SHIFT) != old->base_gfn))
+		kick(vm);
 	if (!size) {
-		kd_slot_remove(vm, old);
-		slot_free(vm, old);
+		r = replace(vm, slot, old, NULL);
+		if (!r)
+			slot_free(vm, old);
 	} else if (old) {
 		r = slot_update(vm, old, flags, gpa);
 	} else {
@@ -160,10 +221,12 @@ KD_API int kd_slot_list(kd_vm *vm, struct kd_slot_info *out, uint32_t cap)
 	if (!vm || (!out && cap))
 		return -EINVAL;
 	kd_vm_lock(vm);
-	for (uint32_t a = 0; a < vm->cfg.address_spaces; a++)
-		for (uint32_t i = 0; i < vm->as[a].nslots; i++, n++)
+	for (uint32_t a = 0; a < vm->cfg.address_spaces; a++) {
+		const struct kd_memslots *t = kd_memslots(vm, a);
+		for (uint32_t i = 0; t && i < t->n; i++, n++)
 			if (n < cap)
-				fill_info(vm->as[a].sorted[i], &out[n]);
+				fill_info(t->s[i], &out[n]);
+	}
 	kd_vm_unlock(vm);
 	return (int)n;
 }

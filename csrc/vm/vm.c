@@ -72,8 +72,9 @@ KD_API void kd_vm_destroy(kd_vm *vm)
 		return;
 	vm->holds = 0; /* destroying a held VM is the caller's error (kvmdirty.h) */
 	for (uint32_t a = 0; a < KD_ADDRESS_SPACES; a++) {
-		while (vm->as[a].nslots) {
-			struct kd_slot *s = vm->as[a].sorted[0];
+		const struct kd_memslots *t;
+		while ((t = kd_memslots(vm, a)) && t->n) {
+			struct kd_slot *s = t->s[0];
 			kd_set_user_memory_region(vm, s->id, 0, s->base_gfn << KD_PAGE_SHIFT, 0);
 		}
 		kd_aspace_free(&vm->as[a]);

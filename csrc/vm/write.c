@@ -2,7 +2,8 @@
  * vm/write.c - kd_write: a guest entry on one vCPU. Checks the vCPU and
  * every gfn once (all or nothing), then the backend applies the batch
  * (emu/wp_write.c for the emulated logs, real stores or KVM_RUN for the real
- * ones) and its counters are published for kd_stats_get.
+ * ones) and its counters are published for kd_stats_get. The call is one
+ * read-side section over the memslots (core/slots.c).
  */
 #include "core/backend.h"
 
@@ -12,7 +13,7 @@
  * common case: one big slot) are checked with a vectorisable min/max.
  */
 #define VALIDATE_BLOCK 64
-static int validate(kd_vm *vm, const uint64_t *gfns, uint64_t n)
+static int validate(const struct kd_memslots *t, const uint64_t *gfns, uint64_t n)
 {
 	struct kd_slot *s = NULL;
 
@@ -26,7 +27,7 @@ static int validate(kd_vm *vm, const uint64_t *gfns, uint64_t n)
 		if (s && lo >= s->base_gfn && hi - s->base_gfn < s->npages)
 			continue;
 		for (uint64_t j = 0; j < k; j++) {
-			s = kd_slot_lookup_near(vm, s, gfns[i + j]);
+			s = kd_slot_lookup_near(t, s, gfns[i + j]);
 			if (!s || (s->flags & KD_MEM_READONLY))
 				return -EFAULT;
 		}
@@ -62,7 +63,10 @@ KD_API int kd_write(kd_vm *vm, uint32_t vcpu, const uint64_t *gfns, uint64_t n,
 	v = &vm->vcpus[vcpu];
 	if (__atomic_exchange_n(&v->busy, 1, __ATOMIC_ACQUIRE))
 		return -EBUSY;
-	r = validate(vm, gfns, n);
+	/* One read-side section (core/slots.c): validate and write see the
+	 * same table, and nothing it reaches is freed before we leave. */
+	kd_memslots_enter(vm, v);
+	r = validate(v->memslots, gfns, n);
 	if (r)
 		goto out;
 	r = vm->ops->write(vm, v, gfns, n, value, &c, &applied, &exit_reason);
@@ -70,6 +74,7 @@ KD_API int kd_write(kd_vm *vm, uint32_t vcpu, const uint64_t *gfns, uint64_t n,
 	res->applied = applied;
 	res->exit_reason = exit_reason;
 out:
+	kd_memslots_exit(v);
 	__atomic_store_n(&v->busy, 0, __ATOMIC_RELEASE);
 	return r;
 }

@@ -7,8 +7,8 @@
  * logging slot's memory is registered with the tracker under the slot's
  * id. The tracker keeps its own range table because its fault handlers
  * (a handler thread, a SIGSEGV handler) look ranges up by host address,
- * concurrently and outside vm->lock; the slot table is by gfn and changes
- * under vm->lock only.
+ * concurrently and outside vm->lock; the slot table is by gfn, and
+ * uffd_write reads it in kd_write's read-side section (core/slots.c).
  */
 #include "core/backend.h"
 #include "uffd_backend.h"
@@ -90,10 +90,10 @@ static int uffd_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64
 {
 	struct kd_slot *s = NULL;
 
-	(void)v;
+	(void)vm;
 	(void)exit_reason;
 	for (uint64_t i = 0; i < n; i++) {
-		s = kd_slot_lookup_near(vm, s, gfns[i]);
+		s = kd_slot_lookup_near(v->memslots, s, gfns[i]);
 		kd_slot_store(s, gfns[i] - s->base_gfn, value);
 		c->untracked_writes += !s->logging;
 	}
