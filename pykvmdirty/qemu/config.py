@@ -12,6 +12,9 @@ from . import layout
 from .layout import MIB, PAGE
 
 ACCELS = ("auto", "kvm", "tcg")
+INTERFACES = ("bitmap", "ring")
+#: QEMU's -accel kvm,dirty-ring-size=N for --interface ring (entries per vCPU)
+DIRTY_RING_SIZE = 4096
 
 
 def _number(name, value, lo=None, hi=None, integer=False):
@@ -43,6 +46,7 @@ class QemuConfig:
     xbzrle: bool = False
     multifd: bool = False
     accel: str = "auto"             # auto: KVM if the guest progresses under it, else TCG
+    interface: str = "bitmap"       # KVM's dirty interface: bitmap, or ring (KVM only)
     warmup: float = 1.0             # guest runs this long before the migration starts
     timeout: float = 60.0           # a migration still running after this is cancelled
     port: int = 0                   # destination port; 0 = let the kernel choose
@@ -91,6 +95,12 @@ class QemuConfig:
         _number("throttle_increment", self.throttle_increment, 1, 100, integer=True)
         if self.accel not in ACCELS:
             raise ValueError("accel must be one of %s, got %r" % (", ".join(ACCELS), self.accel))
+        if self.interface not in INTERFACES:
+            raise ValueError("interface must be one of %s, got %r"
+                             % (", ".join(INTERFACES), self.interface))
+        if self.interface == "ring" and self.accel == "tcg":
+            raise ValueError("interface 'ring' is KVM's dirty ring: it needs accel kvm or "
+                             "auto, not tcg")
         _number("warmup", self.warmup, 0.2, 600)
         _number("timeout", self.timeout, 0.5, 3600)
         _number("port", self.port, 0, 65535, integer=True)

@@ -36,6 +36,33 @@ def qemu_binary():
     return path
 
 
+KVM_CHECK_EXTENSION = 0xAE03        # _IO(KVMIO, 0x03)
+KVM_CAP_DIRTY_LOG_RING = 192
+
+
+def dirty_ring_unavailable(entries=4096):
+    """None if QEMU can run a guest with -accel kvm,dirty-ring-size=`entries`
+    here (a usable /dev/kvm whose KVM_CHECK_EXTENSION(KVM_CAP_DIRTY_LOG_RING)
+    allows a ring that large, 16 bytes per entry), else why not."""
+    import fcntl
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        return "/dev/kvm is not usable: %s" % (e.strerror or e)
+    try:
+        max_bytes = fcntl.ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING)
+    except OSError as e:
+        return "KVM_CHECK_EXTENSION failed: %s" % (e.strerror or e)
+    finally:
+        os.close(fd)
+    if max_bytes <= 0:
+        return "this kernel's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING is 0)"
+    if max_bytes < entries * 16:
+        return ("this kernel's KVM allows a dirty ring of %d entries, fewer than %d"
+                % (max_bytes // 16, entries))
+    return None
+
+
 def _qmp_client_class():
     try:
         from qemu.qmp import QMPClient
@@ -64,13 +91,19 @@ def _describe_exit(rc):
 class QemuProcess:
     """A QEMU running the test guest. ``role`` names it in messages ("source")."""
 
-    def __init__(self, role, image, params_file, memory, accel, incoming=False, extra_args=()):
+    def __init__(self, role, image, params_file, memory, accel, incoming=False, extra_args=(),
+                 dirty_ring=0):
         self.role = role
         self.accel = accel
         self._dir = tempfile.mkdtemp(prefix="pkd-qemu-%s-" % role)
         self.qmp_path = os.path.join(self._dir, "qmp.sock")
         self._stderr_path = os.path.join(self._dir, "stderr")
         accel_arg = "tcg,tb-size=64" if accel == "tcg" else accel
+        if dirty_ring:
+            if accel != "kvm":
+                raise QemuError("the dirty ring (dirty-ring-size) needs accel kvm, not %s"
+                                % accel)
+            accel_arg = "kvm,dirty-ring-size=%d" % dirty_ring
         self.args = [qemu_binary(), "-machine", "pc", "-accel", accel_arg,
                      "-m", "%dM" % (memory >> 20),
                      "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from . import firmware, layout
-from .config import QemuConfig
+from .config import DIRTY_RING_SIZE, QemuConfig
 from .errors import (GuestStalled, MigrationFailed, MigrationSetupError, QemuError,
                      QemuExited, VerificationError)
 from .process import QemuProcess, qemu_binary
@@ -118,7 +118,9 @@ class QemuMigration:
         params = os.path.join(self._dir, "params-%s.bin" % role)
         with open(params, "wb") as f:
             f.write(self.config.params())
-        p = QemuProcess(role, image, params, self.config.guest_size, accel, incoming=incoming)
+        ring = DIRTY_RING_SIZE if self.config.interface == "ring" else 0
+        p = QemuProcess(role, image, params, self.config.guest_size, accel, incoming=incoming,
+                        dirty_ring=ring)
         self._procs.append(p)
         return p
 
@@ -153,6 +155,8 @@ class QemuMigration:
         cfg = self.config
         if cfg.accel == "tcg":
             order, note = ["tcg"], "TCG (asked for)"
+        elif cfg.interface == "ring":       # the dirty ring is KVM's: no TCG fallback
+            order, note = ["kvm"], "KVM (dirty ring, %d entries)" % DIRTY_RING_SIZE
         elif cfg.accel == "kvm":
             order, note = ["kvm"], "KVM (asked for)"
         elif not os.access("/dev/kvm", os.R_OK | os.W_OK):
