@@ -255,6 +255,15 @@ KD_API int kd_write(kd_vm *vm, uint32_t vcpu, const uint64_t *gfns, uint64_t n,
  * -ENXIO on a ring VM; -ENOENT no slot or no log; -EINVAL bad slot id.
  */
 KD_API int kd_get_dirty_log(kd_vm *vm, uint32_t slot, uint64_t *bitmap, uint64_t nwords);
+/*
+ * kd_get_dirty_log into a buffer of cap words that also says the size of
+ * the slot's bitmap at the time of the call: *nwords = ALIGN(npages, 64) /
+ * 64, set on success and on -EFAULT for cap < *nwords (nothing taken: call
+ * again with that many). A caller that races memslot changes needs no copy
+ * of the slot's size.
+ */
+KD_API int kd_get_dirty_log_sized(kd_vm *vm, uint32_t slot, uint64_t *bitmap, uint64_t cap,
+				  uint64_t *nwords);
 
 /* KVM_CLEAR_DIRTY_LOG, with KVM's checks in KVM's order. bitmap holds
  * ALIGN(num_pages, 64) / 64 words, bit i = page first_page + i. */

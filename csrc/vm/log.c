@@ -25,15 +25,24 @@ static void kick(kd_vm *vm)
 
 KD_API int kd_get_dirty_log(kd_vm *vm, uint32_t slot, uint64_t *bitmap, uint64_t nwords)
 {
+	uint64_t size;
+
+	return kd_get_dirty_log_sized(vm, slot, bitmap, nwords, &size);
+}
+
+KD_API int kd_get_dirty_log_sized(kd_vm *vm, uint32_t slot, uint64_t *bitmap, uint64_t nwords,
+				  uint64_t *size)
+{
 	struct kd_slot *s = NULL;
 	int r;
 
-	if (!vm)
+	if (!vm || !size)
 		return -EINVAL;
 	kd_vm_lock(vm);
 	r = lookup_log(vm, slot, false, &s);
 	if (r)
 		goto out;
+	*size = s->nwords;
 	if (!bitmap || nwords < s->nwords) {
 		r = -EFAULT; /* the kernel would write past the buffer */
 		goto out;

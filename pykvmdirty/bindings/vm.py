@@ -33,7 +33,7 @@ from ..errors import KvmDirtyError, check
 from .boundary import as_gfn_array, owner_of, u64_ptr, uint_arg, view
 from .constants import (
     ADDRESS_SPACES, BACKENDS, EXIT_DIRTY_RING_FULL, INITIALLY_SET, MANUAL_PROTECT_ENABLE,
-    MAX_VCPUS, MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, PAGE_SIZE, REAL_BACKENDS, RING_BACKENDS,
+    MAX_VCPUS, MEM_LOG_DIRTY_PAGES, PAGE_SIZE, REAL_BACKENDS, RING_BACKENDS,
     STAT_FIELDS, TRACKING, VM_GUEST_MEMORY, VM_O1_PROTECT,
 )
 from .ring import RingMethods
@@ -92,7 +92,7 @@ class VM(RingMethods):
         # running thread pools (Writers, workloads); slot -> live CMemory views
         self._pools: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._slot_views: "Dict[int, weakref.WeakSet[Any]]" = {}
-        self._lock = threading.Lock()        # guards _npages, _slot_views, _pools
+        self._lock = threading.Lock()        # guards _slot_views, _pools
         if backend not in BACKENDS:
             raise ValueError("unknown backend %r; choose from %s" % (backend, ", ".join(BACKENDS)))
         if dirty_tracking not in TRACKING:
@@ -140,7 +140,8 @@ class VM(RingMethods):
         #: finish (with several collecting threads: whichever finished last)
         self.last_collect_ns = None
         self._collect_hint = 0  # size hint for collect's output (any thread's last)
-        self._npages = {}  # slot -> npages, kept by set_user_memory_region
+        # No copy of any slot fact is kept here: another thread may change a
+        # slot between two calls, so each call asks C (under its lock).
 
     # -- lifetime ---------------------------------------------------------
     def close(self):
@@ -201,10 +202,7 @@ class VM(RingMethods):
                 raise KvmDirtyError(errno.EBUSY, "%s: a numpy view of the slot's memory "
                                     "(slot_memory) is still alive; drop it first" % what)
             check(lib.kd_set_user_memory_region(handle, slot, flags, gpa, size), what)
-            if size:
-                self._npages[slot] = size >> PAGE_SHIFT
-            else:
-                self._npages.pop(slot, None)
+            if not size:
                 self._slot_views.pop(slot, None)
 
     def _slot_info(self, slot, what):
@@ -284,11 +282,17 @@ class VM(RingMethods):
     def get_dirty_log(self, slot):
         """The slot's bitmap in KVM layout (uint64 words, bit i = page base+i)."""
         slot = uint_arg(slot, "slot", 32)
-        nwords = (self._npages.get(slot, 0) + 63) // 64  # no slot: C names the errno
-        bitmap = np.empty(max(nwords, 1), dtype=np.uint64)  # C writes every word
-        check(lib.kd_get_dirty_log(self.handle, slot, u64_ptr(bitmap, True), nwords),
-              "get_dirty_log(slot=%#x)", (slot,))
-        return bitmap[:nwords]
+        handle = self.handle
+        size = ffi.new("uint64_t *")
+        bitmap = np.empty(64, dtype=np.uint64)
+        while True:  # C says the slot's size at the call: no stale copy
+            rc = lib.kd_get_dirty_log_sized(handle, slot, u64_ptr(bitmap, True), bitmap.size,
+                                            size)
+            if rc == -errno.EFAULT and size[0] > bitmap.size:  # nothing taken
+                bitmap = np.empty(size[0], dtype=np.uint64)
+                continue
+            check(rc, "get_dirty_log(slot=%#x)", (slot,))
+            return bitmap[:size[0]]
 
     def clear_dirty_log(self, slot, first_page, num_pages, bitmap=None):
         """KVM_CLEAR_DIRTY_LOG: clear and re-protect the pages set in bitmap
@@ -318,14 +322,18 @@ class VM(RingMethods):
         handle = self.handle
         slot = uint_arg(slot, "slot", 32)
         first_page = uint_arg(first_page, "first_page")
-        if num_pages is None:
-            npages = self._npages.get(slot)
-            if npages is None:  # no such slot: let C name the errno
-                npages = first_page
-            if npages < first_page:
+        if num_pages is None:  # to the slot's end as C sees it (no stale size)
+            what = "collect(slot=%#x, first_page=%d)" % (slot, first_page)
+            try:
+                return self._collect_slots([slot], first_page, what)
+            except KvmDirtyError as e:
+                if e.errno != errno.EINVAL or not first_page:
+                    raise
+                npages = self._slot_info(slot, "collect").npages  # for the message
+                if first_page <= npages:
+                    raise
                 raise ValueError("first_page %d is past the end of slot %#x (%d pages)"
-                                 % (first_page, slot, npages))
-            num_pages = npages - first_page
+                                 % (first_page, slot, npages)) from None
         num_pages = uint_arg(num_pages, "num_pages")
         end = first_page + num_pages
         # Size the output from a recent result: small collects stay cheap,
@@ -358,22 +366,27 @@ class VM(RingMethods):
         call (kd_collect_slots): a guest-wide sync. ``slots`` defaults to
         every slot with dirty logging, in slot-list order. Returns one uint64
         array: each slot's sorted gfns after the previous slot's."""
-        handle = self.handle
         if slots is None:
             ids = [s.slot for s in self.slots() if s.flags & MEM_LOG_DIRTY_PAGES]
         else:
             ids = [uint_arg(s, "slot", 32) for s in slots]
+        return self._collect_slots(ids, 0, "collect_slots(slots=%s)" % (ids,))
+
+    def _collect_slots(self, ids, first_page, what):
+        """kd_collect_slots of whole slots from ids[0]'s first_page, grown and
+        resumed until done (C resumes where the buffer filled)."""
+        handle = self.handle
         ids_c = ffi.new("uint32_t[]", ids or [0])
-        size = max(64, 2 * self._collect_hint)
+        size = max(1024, 2 * self._collect_hint)
         buf = np.empty(size, dtype=np.uint64)
         ptr = u64_ptr(buf, True)
         n = 0
         res = ffi.new("struct kd_collect_slots_result *")
         sampled = None
-        index, page = 0, 0
+        index, page = 0, first_page
         while True:
             check(lib.kd_collect_slots(handle, ids_c, len(ids), index, page, ptr + n, size - n,
-                                       res), "collect_slots(slots=%s)", (ids,))
+                                       res), what)
             if sampled is None:
                 sampled = res.sampled_ns
             n += res.count
