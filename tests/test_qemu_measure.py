@@ -1,13 +1,12 @@
-"""The model's inputs measured from a real run's samples (pykvmdirty/qemu/measure.py)
-and the per-goal diagnosis (diagnose.py), on hand-made samples with hand-computed
-results; and the model's phase switch (profile.py) after the bulk pass."""
+"""The calibration cells' figures measured from a real run's samples
+(pykvmdirty/qemu/measure.py) and the per-goal diagnosis (diagnose.py), on
+hand-made samples with hand-computed results."""
 from types import SimpleNamespace
 
 import pytest
 
 from pykvmdirty.qemu.diagnose import explain
-from pykvmdirty.qemu.measure import fault_rate, iter_fault_rate, run_costs
-from pykvmdirty.qemu.profile import GuestModel, Platform, QemuSettings, predict
+from pykvmdirty.qemu.measure import bulk_normal_cost, fault_rate, fault_rate_how, iter_fault_rate
 
 
 def S(t, gp, sync=1, normal=0, dup=0, xfer=0, status="active", thr=0):
@@ -52,61 +51,27 @@ def test_iter_fault_rate_uses_unthrottled_samples_from_the_second_sync():
     assert iter_fault_rate(r, 1000) is None
 
 
-def test_run_costs_per_phase():
-    # bulk pass (sync 1): 0.1 s for 1000 normal pages at 40 MB/s (not rate limited)
-    #   -> 100 us each; 0.1 s for 10000 zero pages alone -> 10 us each.
-    # after it (sync 2): 0.1 s for 2000 normal pages, 0.1 s for 22000 (900 MB/s, rate
-    #   limited at 1 GiB/s); the iterative phase takes the fastest: 0.1 / 22000.
-    bw = 1 << 30
+def test_fault_rate_says_how_it_was_timed():
+    r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(0.5, 1000),
+                                 S(0.7, 2000)])
+    assert fault_rate_how(r, 1000)[1] == "a whole sweep timed"
+    r = SimpleNamespace(samples=[S(0.1, 5), S(0.2, 5)])
+    assert fault_rate_how(r, 1000)[1].startswith("upper bound")
+
+
+def test_bulk_normal_cost_from_the_mostly_normal_intervals():
+    # bulk pass (sync 1): 0.1 s for 1000 normal pages, 0.1 s for 1000 normal + 10000
+    # zero pages at 1 us: (0.1 + 0.1 - 0.01) / 2000 normal pages; the sync-2 interval
+    # is left out
     samples = [S(0.0, 0, 1, 0, 0, 0), S(0.1, 0, 1, 1000, 0, 4e6),
-               S(0.2, 0, 1, 1000, 10000, 4.1e6), S(0.3, 0, 2, 3000, 10000, 12.3e6),
-               S(0.4, 0, 2, 25000, 10000, 102.3e6)]
-    # with the VM stopped: at most the fastest running interval's 0.1 / 22000
-    r = SimpleNamespace(samples=samples, setup_time=0.03)
-    p, how = run_costs(r, Platform(stopped_normal_page_s=1e-3), bw)
-    assert p.normal_page_s == pytest.approx(100e-6)
-    assert p.zero_page_s == pytest.approx(10e-6)
-    assert p.normal_page_s_iter == pytest.approx(0.1 / 22000)
-    assert p.stopped_normal_page_s == pytest.approx(0.1 / 22000)
-    assert p.setup_s == 0.03
-    assert how == ["normal (bulk)", "zero (bulk)", "normal (fastest) (after)",
-                   "stopped (fastest running)", "setup"]
-    # bulk pass rate limited throughout (1000 pages at 41 MB/s of a 40 MB/s limit):
-    # its fastest interval bounds the cost; nothing after it: the calibration's cost
-    r = SimpleNamespace(samples=samples[:3], setup_time=0.0)
-    p, how = run_costs(r, Platform(normal_page_s=7e-6, stopped_normal_page_s=5e-6), 40e6)
-    assert p.normal_page_s == pytest.approx(100e-6)
-    assert p.normal_page_s_iter == 7e-6
-    assert p.stopped_normal_page_s == 5e-6      # already below the bound
-    assert how == ["normal (fastest) (bulk)", "zero (bulk)"]
-
-
-def test_the_guest_switches_to_its_iterative_fault_rate_after_the_bulk_pass():
-    # a-b over 1000 pages: 0.01 s at 1000 first writes/s = 10 pages in the bulk pass;
-    # once the loop marks the bulk pass done (its second sync), 0.01 s at 50000/s =
-    # 500 more; the status page is always dirty.
-    import numpy as np
-    g = GuestModel("ab", 2048, 256, 1000, rate=0, fault_rate=1000, fault_rate_iter=50000)
-    log, nz = np.zeros(2048, bool), np.zeros(2048, bool)
-    g.step(log, nz, 0.01, 0)
-    assert log[256:1256].sum() == 10 and log[256:266].all()
-    g.bulk_done = True
-    g.step(log, nz, 0.01, 0)
-    assert log[256:1256].sum() == 510 and log[256:766].all()
-    # without an iterative rate the bulk rate stays; a 50 % throttle halves it
-    g = GuestModel("ab", 2048, 256, 1000, rate=0, fault_rate=1000)
-    g.bulk_done = True
-    log[:] = False
-    g.step(log, nz, 0.02, 50)
-    assert log[256:1256].sum() == 10
-
-
-def test_the_loop_marks_the_bulk_pass_done_at_its_second_sync():
-    plat = Platform(normal_page_s=1e-6, zero_page_s=0, stopped_normal_page_s=0,
-                    downtime_overhead_s=0, setup_s=0, sync_s=0)
-    g = GuestModel("idle", 64, 0, 0, rate=0)
-    r = predict(g, QemuSettings(bandwidth=0), plat)
-    assert r.dirty_sync_count == 2 and g.bulk_done
+               S(0.2, 0, 1, 2000, 10000, 8e6), S(0.3, 0, 2, 9000, 10000, 40e6)]
+    cost, how = bulk_normal_cost(samples, 1e-6)
+    assert cost == pytest.approx(0.19 / 2000)
+    assert "2 100 ms intervals sending 2000 normal pages" in how
+    # fewer than 1000 normal pages: not measured, and says why
+    cost, how = bulk_normal_cost([S(0.0, 0, 1), S(0.1, 0, 1, 500, 0, 2e6)], 1e-6)
+    assert cost is None and how == "only 500 normal pages in mostly-normal intervals"
+    assert bulk_normal_cost([S(0.0, 0, 1)], 1e-6) == (None, "no bulk-pass interval")
 
 
 def test_explain_names_the_mechanism_that_differs_with_both_figures():

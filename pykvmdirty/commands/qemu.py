@@ -1,19 +1,35 @@
-"""``pykvmdirty qemu``: real QEMU 7.2 migrations next to the QEMU profile's prediction.
+"""``pykvmdirty qemu``: blind predictions of real QEMU 7.2 migrations, then the real runs.
 
-With no cell flags it runs the default grid (a-b at 1 GiB/s and 128 MiB/s with
-auto-converge, a-b at 1 GiB/s with a 1 s limit, uniform and hotspot at two
-rates); with --workload (and the flags of ``migrate``) it runs that one cell.
-It first measures this machine's per-page send costs (two short migrations).
+For each cell the prediction is computed from a calibration file
+(``pykvmdirty calibrate --qemu``) and the cell's settings only and written into
+the JSON file before the cell's first QEMU run; then QEMU migrates the cell
+--repeat times and the report judges the prediction against the runs' median
+(or their spread where it is wider than the band).  With no cell flags it runs
+the held-out grid; with --workload (and the flags of ``migrate``) that one cell.
 """
-import json
+import os
 import sys
+from typing import Any, Dict, List
 
 from ..migration.config import parse_size
+from ._args import check_output_paths, positive_int
 
 
 def register(sub):
-    p = sub.add_parser("qemu", help="real QEMU migrations next to the QEMU profile",
+    p = sub.add_parser("qemu", help="blind predictions of real QEMU migrations, then the runs",
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p.add_argument("--calibration", metavar="FILE", action="append",
+                   help="a calibration file from `pykvmdirty calibrate --qemu` (required "
+                   "unless --calibrate); give it twice for a KVM and a TCG file")
+    p.add_argument("--calibrate", action="store_true",
+                   help="run the calibration cells first and save the file next to --json "
+                   "(<json>.calibration-<accel>.json)")
+    p.add_argument("--repeat", type=positive_int, default=5, help="QEMU runs per cell")
+    p.add_argument("--interface", choices=["bitmap", "ring"], default="bitmap",
+                   help="KVM's dirty interface of a single cell (ring: -accel "
+                   "kvm,dirty-ring-size=4096; KVM only)")
+    p.add_argument("--grid", default=None, help="the grid to run (default heldout; "
+                   "smoke: two quick cells)")
     p.add_argument("--workload", choices=["ab", "uniform", "hotspot", "idle"],
                    help="run one cell with this workload (default: the grid)")
     p.add_argument("--guest-size", default="1GiB")
@@ -28,93 +44,262 @@ def register(sub):
     p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
     p.add_argument("--timeout", type=float, default=30.0,
                    help="cancel a migration still running after this (seconds)")
-    p.add_argument("--json", metavar="FILE", help="per cell: measured and predicted")
-    p.add_argument("--plot", metavar="FILE", help="PNG: predicted / measured per figure")
+    p.add_argument("--json", metavar="FILE", default="qemu-grid.json",
+                   help="predictions (written before each cell's runs), runs and verdicts "
+                   "(default qemu-grid.json)")
+    p.add_argument("--plot", metavar="FILE", help="PNG: predicted / median per figure")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def _fmt(k, v):
+# -- the report -----------------------------------------------------------------------------
+
+ROWS = (("status", "status"), ("total_time", "total ms"), ("downtime", "downtime ms"),
+        ("dirty_sync_count", "syncs"), ("transferred", "MB"), ("normal", "normal pages"),
+        ("setup_time", "setup ms"), ("duplicate", "zero pages"), ("throttle_max", "throttle %"))
+GOAL_OF = {"status": "status", "total_time": "total_time", "downtime": "downtime",
+           "dirty_sync_count": "syncs", "transferred": "transferred", "normal": "normal"}
+WIDTHS = (24, 13, 10, 10, 21, 0)
+
+
+def fmt(k, v):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
     if k in ("total_time", "downtime", "setup_time"):
         return "%.0f" % (v * 1000)
     if k == "transferred":
         return "%.0f" % (v / 1e6)
-    return str(v)
+    return "%.0f" % v
 
 
-COLS = (("status", "status"), ("total_time", "total ms"), ("setup_time", "setup ms"),
-        ("downtime", "down ms"), ("dirty_sync_count", "syncs"), ("transferred", "MB"),
-        ("normal", "normal"), ("duplicate", "dup"), ("throttle_max", "thr%"))
+def _row(cols):
+    out = ""
+    for w, c in zip(WIDTHS, cols):
+        out += ("%-*s" % (w, c)) if w else c
+    return out.rstrip()
 
 
-def print_table(cells, out=sys.stdout):
-    print("measured / predicted (QEMU 7.2 on this machine / the QEMU profile)", file=out)
-    head = "%-16s %-6s " % ("cell", "accel") + " ".join("%-17s" % h for _, h in COLS)
-    print(head, file=out)
+def verdict(j):
+    if j is None:
+        return ""
+    if j["ok"]:
+        return "ok (spread)" if j["against"] == "spread" else "ok"
+    return "MISS (spread)" if j["against"] == "spread" else "MISS"
+
+
+def table_lines(cells):
+    """The report: per cell and figure, predicted, median [min - max], verdict."""
+    lines = [_row(("cell", "figure", "predicted", "median", "[min - max]", "judged")),
+             _row(("-" * 23, "-" * 12, "-" * 9, "-" * 9, "-" * 20, "-" * 13))]
     for c in cells:
-        row = "%-16s %-6s " % (c["name"], c["accel"])
-        row += " ".join("%-17s" % ("%s/%s" % (_fmt(k, c["measured"][k]),
-                                              _fmt(k, c["predicted"][k]))) for k, _ in COLS)
-        print(row, file=out)
-        missed = [g for g, ok in c["goals"].items() if not ok]
-        fi = c.get("fault_rate_iter")
-        print("%-16s inputs: guest %.0f writes/s while migrating, first writes/s under logging "
-              "%.0f (bulk pass)%s; goals met %d/%d%s"
-              % ("", c["guest_rate"], c["fault_rate"],
-                 ", %.0f (after)" % fi if fi else "", len(c["goals"]) - len(missed),
-                 len(c["goals"]), "" if missed else " (all)"), file=out)
-        for g in missed:
-            for i, why in enumerate(c["why"][g]):
-                print("%-16s %s %s" % ("", ("missed %s:" % g) if i == 0 else
-                                       " " * len("missed %s:" % g), why), file=out)
+        if c.get("skipped"):
+            lines.append(_row((c["name"], "skipped", "", "", "", c["skipped"])))
+            continue
+        runs = [r for r in c["runs"] if "error" not in r]
+        errors = [r["error"] for r in c["runs"] if "error" in r]
+        if not runs:
+            lines.append(_row((c["name"], "no run", "", "", "", "; ".join(errors))))
+            continue
+        accels = sorted({r.get("accel", "") for r in runs})
+        label = "%s (%s, %d runs)" % (c["name"], "/".join(accels), len(runs))
+        first = True
+        for k, head in ROWS:
+            p = c["prediction"].get(k)
+            goal = GOAL_OF.get(k)
+            j = c["judged"].get(goal) if goal else None
+            if k == "status":
+                statuses = [r["status"] for r in runs]
+                med, rng = c["status_measured"], "%d of %d" % (
+                    statuses.count(c["status_measured"]), len(runs))
+            else:
+                st = c["stats"][k]
+                med = fmt(k, st["median"])
+                rng = "[%s - %s]" % (fmt(k, st["min"]), fmt(k, st["max"]))
+            lines.append(_row((label if first else "", head, fmt(k, p), med, rng, verdict(j))))
+            first = False
+        for e in errors:
+            lines.append(_row(("", "run failed", "", "", "", e)))
+        for goal, why in c.get("why", {}).items():
+            head = "missed %s:" % goal
+            for i, w in enumerate(why):
+                lines.append("%-*s%s %s" % (WIDTHS[0], "", head if i == 0 else " " * len(head),
+                                            w))
+    return lines
+
+
+def goal_summary(cells):
+    """Per goal: cells within the band / cells judged (the issue's goal: >= 80 %)."""
+    lines = []
+    judged = [c for c in cells if c.get("judged")]
+    for goal in ("status", "syncs", "transferred", "normal", "total_time", "downtime"):
+        ok = sum(1 for c in judged if c["judged"][goal]["ok"])
+        spread = sum(1 for c in judged if c["judged"][goal]["against"] == "spread")
+        lines.append("%-12s %2d of %2d cells within the band (%3.0f%%)%s" % (
+            goal, ok, len(judged), 100.0 * ok / max(len(judged), 1),
+            ("; %d judged against the runs' spread (wider than the band)" % spread)
+            if spread else ""))
+    return lines
+
+
+def ring_lines(pairs):
+    lines = []
+    for p in pairs:
+        parts = []
+        for goal, f in p["figures"].items():
+            parts.append("%s %s%s" % (goal, "same sign" if f["same_sign"] else "OPPOSITE",
+                                      " (measured difference within the runs' spread)"
+                                      if f["within_spread"] else ""))
+        lines.append("ring vs bitmap, %s vs %s: %s" % (p["ring"], p["bitmap"],
+                                                        "; ".join(parts)))
+    return lines
 
 
 def plot(cells, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    keys = ["total_time", "downtime", "dirty_sync_count", "transferred", "normal", "duplicate"]
-    fig, ax = plt.subplots(figsize=(10, 4))
+    keys = ["total_time", "downtime", "dirty_sync_count", "transferred", "normal"]
+    cells = [c for c in cells if c.get("stats")]
+    fig, ax = plt.subplots(figsize=(12, 4))
     w = 0.8 / len(keys)
     for i, k in enumerate(keys):
-        ratios = [c["predicted"][k] / c["measured"][k] if c["measured"][k] else 0 for c in cells]
+        ratios = [c["prediction"][k] / c["stats"][k]["median"] if c["stats"][k]["median"]
+                  else 0 for c in cells]
         ax.bar([j + i * w for j in range(len(cells))], ratios, w, label=k)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks([j + 0.4 - w / 2 for j in range(len(cells))])
-    ax.set_xticklabels([c["name"] for c in cells], rotation=20, fontsize=8)
-    ax.set_ylabel("predicted / measured")
-    ax.legend(fontsize=7, ncol=3)
+    ax.set_xticklabels([c["name"] for c in cells], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("predicted / median of the runs")
+    ax.legend(fontsize=7, ncol=5)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def run(args):
-    from ..qemu.compare import DEFAULT_GRID, grid_configs, run_cell
+# -- the command ----------------------------------------------------------------------------
+
+def _cells(args):
+    from ..qemu.compare import DEFAULT_GRID, GRIDS, grid_configs
     from ..qemu.config import QemuConfig
-    from ..qemu.errors import QemuError
-    from ..qemu.measure import calibrate
     base = dict(guest_size=parse_size(args.guest_size, "guest_size"),
                 start=parse_size(args.start, "start"), end=parse_size(args.end, "end"),
                 accel=args.accel, timeout=args.timeout)
     if args.workload:
+        if args.grid:
+            raise ValueError("--grid and --workload: give one (a grid, or one cell)")
         cfg = QemuConfig(workload=args.workload, rate=int(args.rate),
                          hot_fraction=args.hot_fraction, hot_share=args.hot_share,
                          bandwidth=parse_size(args.bandwidth, "bandwidth"),
                          downtime_limit=args.downtime_limit, auto_converge=args.auto_converge,
-                         **base)
-        todo = [(args.workload, cfg)]
+                         interface=args.interface, **base)
+        return [(args.workload + (" ring" if args.interface == "ring" else ""), cfg)]
+    grid = args.grid or DEFAULT_GRID
+    if grid not in GRIDS:
+        raise ValueError("--grid must be one of %s, got %r" % (", ".join(GRIDS), grid))
+    return grid_configs(QemuConfig(**base), GRIDS[grid])
+
+
+def calibration_path(json_path, accel):
+    stem = json_path[:-5] if json_path.endswith(".json") else json_path
+    return "%s.calibration-%s.json" % (stem, accel)
+
+
+def _prepare(args):
+    """Every check that can fail before a QEMU runs: (cells, calibrations by accel,
+    their files, the accelerators to calibrate first). ValueError: exit 2."""
+    from ..qemu import calibration as cal
+    from ..qemu import compare
+    from ..qemu.compare import kvm_or_tcg, resolved_accel
+    if args.interface == "ring" and args.accel == "tcg":
+        raise ValueError("--interface ring is KVM's dirty ring: it cannot run with --accel tcg")
+    cells = _cells(args)
+    check_output_paths(args, ("--json", "--plot"))
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install 'pykvmdirty[plot]'") from None
+    compare.check_prediction()
+    if not args.calibration and not args.calibrate:
+        raise ValueError("--calibration FILE is required (from `pykvmdirty calibrate --qemu "
+                         "--out FILE`), or --calibrate to run the calibration first")
+    if args.calibration and args.calibrate:
+        raise ValueError("--calibration and --calibrate: give one")
+    kvm = kvm_or_tcg()
+    calibrations: Dict[str, Any] = {}
+    files: Dict[str, str] = {}
+    to_calibrate: List[str] = []
+    if args.calibration:
+        for path in args.calibration:
+            c = cal.load(path)
+            if c.accel in calibrations:
+                raise ValueError("--calibration %s and %s are both %s calibrations"
+                                 % (files[c.accel], path, c.accel.upper()))
+            calibrations[c.accel], files[c.accel] = c, path
     else:
-        todo = grid_configs(QemuConfig(**base), DEFAULT_GRID)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-        bar = tqdm(total=len(todo) + 1, desc="calibrating", file=sys.stderr)
-    cells = []
+        for _, cfg in cells:
+            a = resolved_accel(cfg, kvm)
+            if a not in to_calibrate:
+                to_calibrate.append(a)
+        for a in to_calibrate:
+            path = calibration_path(args.json, a)
+            check_output_paths(_Paths(path), ("--out",))
+            files[a] = path
+    return cells, calibrations, files, to_calibrate, kvm
+
+
+class _Paths:
+    def __init__(self, out):
+        self.out = out
+
+
+def run(args):
+    from ..qemu import calibration as cal
+    from ..qemu.compare import (GridStore, ring_vs_bitmap, run_cell, skip_cell,
+                                skip_reason)
+    from ..qemu.errors import QemuError
     try:
-        platform = calibrate(accel=args.accel)
-        if bar:
-            bar.update(1)
-        for name, cfg in todo:
+        cells, calibrations, files, to_calibrate, kvm = _prepare(args)
+    except (ValueError, TypeError) as e:
+        print("pykvmdirty qemu: error: %s" % e, file=sys.stderr)
+        return 2
+    log = sys.stderr
+    bar = None
+    try:
+        for a in to_calibrate:
+            print("calibrating (%s): about 40 s" % a.upper(), file=log, flush=True)
+            c = cal.calibrate_qemu(accel=a, on_progress=lambda s: print("  " + s, file=log,
+                                                                         flush=True))
+            c.save(files[a])
+            calibrations[c.accel] = c
+            files[c.accel] = files[a]
+            print("wrote %s" % files[a], file=log)
+        hashes = {a: cal.file_hash(p) for a, p in files.items()}
+        for a, c in sorted(calibrations.items()):
+            print("calibration %s (%s, sha256 %s, %s, %s):" % (files[a], a.upper(),
+                                                               hashes[a][:16], c.machine,
+                                                               c.date), file=log)
+            for line in c.lines():
+                print("  " + line, file=log)
+        store = GridStore(args.json, {
+            "repeat": args.repeat, "grid": args.grid or ("one cell" if args.workload
+                                                         else "heldout"),
+            "calibrations": {a: {"file": os.path.abspath(files[a]), "sha256": hashes[a],
+                                 "calibration": calibrations[a].to_file_dict()}
+                             for a in calibrations}})
+        store.write()
+        if not args.quiet:
+            from tqdm import tqdm
+            bar = tqdm(total=len(cells) * args.repeat, file=sys.stderr)
+        for name, cfg in cells:
+            why = skip_reason(cfg, calibrations, kvm)
+            if why:
+                skip_cell(name, cfg, why, store)
+                if bar:
+                    bar.update(args.repeat)
+                continue
+            accel = kvm if cfg.accel == "auto" else cfg.accel
             if bar:
                 bar.set_description(name)
 
@@ -122,9 +307,14 @@ def run(args):
                 if _bar:
                     _bar.set_postfix_str("%s %.1fs sync %d thr %d%%" % (
                         s["status"], s["t"], s["dirty_sync_count"], s["throttle"]))
-            cells.append(run_cell(cfg, platform, on_sample=on_sample, name=name))
-            if bar:
-                bar.update(1)
+
+            def on_run(i, _bar=bar):
+                if _bar:
+                    _bar.update(1)
+            run_cell(name, cfg, calibrations[accel], hashes[accel], args.repeat, store,
+                     on_sample=on_sample, on_run=on_run)
+        store.doc["ring_vs_bitmap"] = ring_vs_bitmap(store.cells)
+        store.write()
     except QemuError as e:
         if bar:
             bar.close()
@@ -137,10 +327,14 @@ def run(args):
         return 130
     if bar:
         bar.close()
-    print_table(cells)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"platform": platform.as_dict(), "cells": cells}, f, indent=1)
+    print("predicted (blind, written before the runs) against real QEMU 7.2: median "
+          "[min - max] of %d runs" % args.repeat)
+    for line in table_lines(store.cells):
+        print(line)
+    print()
+    for line in goal_summary(store.cells) + ring_lines(store.doc["ring_vs_bitmap"]):
+        print(line)
+    print("wrote %s" % args.json)
     if args.plot:
-        plot(cells, args.plot)
+        plot(store.cells, args.plot)
     return 0

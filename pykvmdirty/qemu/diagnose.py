@@ -1,6 +1,7 @@
 """Why a grid cell misses a goal: the mechanisms of the pre-copy loop, each
-measured in the real run (from its 100 ms query-migrate and guest-counter
-samples) and in the model (from its own iteration records), side by side.
+measured in the real runs (from their 100 ms query-migrate and guest-counter
+samples; compare.py takes the median over a cell's runs) and in the blind
+prediction (from its pass records), side by side: median against median.
 
 For every missed goal, the mechanisms that bear on it are compared and those
 that differ by more than ``DIFFERS`` (relative) are named, largest first,
@@ -97,22 +98,28 @@ def measured_mechanisms(result_dict, overhead_s, downtime_limit=None):
     return m
 
 
-def model_mechanisms(pred_dict, platform):
-    """The same figures from the model's Prediction.as_dict()."""
-    p = pred_dict
-    its = p["iterations"]
+def model_mechanisms(pred, calibration=None):
+    """The same figures from a blind prediction (predict.predict's dict: its
+    totals and its "passes", one record per bitmap sync with at least "t" and
+    "normal"; "threshold" where it has one), and the calibration's
+    stopped-VM send cost."""
+    p = pred
+    its = p.get("passes") or []
     stop = p["total_time"] - p["downtime"]
-    m = {"dirty_rate": p["dirty_pages_rate"], "throttle": p["throttle_max"],
+    m = {"dirty_rate": p.get("dirty_pages_rate"), "throttle": p.get("throttle_max"),
          "stalls": 0.0,                  # the model's sender never waits with work to do
-         "setup": p["setup_time"], "downtime_ms": p["downtime"],
-         "downtime_pages": p["downtime_normal"],
-         "stopped_cost": platform["stopped_normal_page_s"]}
+         "setup": p.get("setup_time"), "downtime_ms": p["downtime"],
+         "downtime_pages": p.get("downtime_normal"),
+         "stopped_cost": (calibration.send_normal_stopped_s if calibration is not None
+                          else None)}
     if len(its) >= 2:
         m["threshold"] = its[1].get("threshold")
-    if len(its) >= 3:          # the last sync is the one with the VM stopped
+    if len(its) >= 3 and "t" in its[1] and "normal" in its[1]:
+        # the last sync is the one with the VM stopped
         m["bulk_time"] = its[1]["t"]
         m["iter_time"] = max(stop - its[1]["t"], 0.0)
-        m["iter_normal"] = max(p["normal"] - p["downtime_normal"] - its[1]["normal"], 0)
+        if m["downtime_pages"] is not None:
+            m["iter_normal"] = max(p["normal"] - m["downtime_pages"] - its[1]["normal"], 0)
         n = len(its) - 3
         m["sync_interval"] = m["iter_time"] / n if n > 0 else None
     else:
