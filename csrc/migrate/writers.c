@@ -90,6 +90,15 @@ KD_API void kd_writers_stop(kd_writers *ws)
 		kd_vcpu_pool_stop(&ws->pool);
 }
 
+/* kd_vcpu_pool_join is idempotent: kd_writers_join after it only collects. */
+KD_API int kd_writers_wait(kd_writers *ws)
+{
+	if (!ws)
+		return -EINVAL;
+	kd_vcpu_pool_join(&ws->pool);
+	return 0;
+}
+
 KD_API int kd_writers_join(kd_writers *ws, uint64_t *applied)
 {
 	int r = 0;

@@ -16,8 +16,10 @@ Lifetime (invariants):
   makes the VM unusable at once but frees the C memory only when the last
   view is gone;
 - thread pools writing into the VM (Writers, workload threads) register in
-  ``self._pools``; ``close()`` stops and joins them before letting go, and
-  deleting a slot while one runs is refused (EBUSY);
+  ``self._pools``; ``close()`` stops and joins them (from any thread, any
+  number of times: each call returns once they are joined), a pool started
+  after close() is refused, and deleting a slot while one runs is refused
+  (EBUSY);
 - deleting a slot whose memory has a live numpy view is refused (EBUSY).
 """
 import collections
@@ -147,11 +149,11 @@ class VM(RingMethods):
     def close(self):
         """Stop and join thread pools still writing, then let go of the C VM
         (freed now, or when the last numpy view of its memory is dropped)."""
-        if self._native is None:
-            return
-        for pool in list(self._pools):
+        with self._lock:  # unusable at once; no pool can register after this
+            self._native = None
+            pools = list(self._pools)
+        for pool in pools:  # safe from several threads: each returns once joined
             pool.stop_and_join()
-        self._native = None
 
     @property
     def closed(self):
@@ -172,8 +174,11 @@ class VM(RingMethods):
         return native
 
     def register_pool(self, pool):
-        """A thread pool (with stop_and_join()) now writes into this VM."""
+        """A thread pool (with stop_and_join()) now writes into this VM;
+        ValueError if the VM was closed meanwhile (the pool must stop)."""
         with self._lock:
+            if self._native is None:
+                raise ValueError("VM is closed")
             self._pools.add(pool)
 
     def unregister_pool(self, pool):

@@ -2,6 +2,7 @@
 kinds idle, uniform, hotspot, zipf, sequential and migration-test; and
 WorkloadThreads, C threads (one per vCPU) running generators at a rate."""
 import numbers
+import threading
 import weakref
 
 import numpy as np
@@ -100,10 +101,15 @@ class WorkloadThreads:
         # the lock (guest_exits.GlobalLock) must outlive the threads: kept with them
         self._finalizer = weakref.finalize(self, _stop_threads, self._handle, self._n,
                                            (native, list(generators), arr, global_lock))
-        if global_lock is not None:
-            check(lib.kd_workload_threads_set_bql(self._handle, global_lock.handle),
-                  "workload threads: guest exits")
-        vm.register_pool(self)
+        self._lock = threading.Lock()  # the handle is freed under it (stop)
+        try:
+            if global_lock is not None:
+                check(lib.kd_workload_threads_set_bql(self._handle, global_lock.handle),
+                      "workload threads: guest exits")
+            vm.register_pool(self)
+        except BaseException:  # refused (or the VM was closed): leave nothing running
+            self._finalizer()
+            raise
 
     @property
     def running(self):
@@ -111,22 +117,28 @@ class WorkloadThreads:
 
     def throttle(self, percent):
         percent = uint_arg(percent, "percent", 32)
-        if self._finalizer.alive:
-            check(lib.kd_workload_threads_throttle(self._handle, percent),
-                  "throttle(%d)" % percent)
+        with self._lock:
+            if self._finalizer.alive:
+                check(lib.kd_workload_threads_throttle(self._handle, percent),
+                      "throttle(%d)" % percent)
 
     def stop(self):
         """Stop and join; returns per-thread stats (dicts: writes,
         ring_full_waits, error), or None if already stopped. Raises
         KvmDirtyError with the first thread error."""
-        if not self._finalizer.alive:
-            return None
+        # The C stop ends and joins the threads itself, so holding the lock
+        # across it makes a concurrent stop()/throttle() wait, never use a
+        # freed handle; a stop() after it returns None.
+        with self._lock:
+            if not self._finalizer.alive:
+                return None
+            result = self._finalizer()
+            if result is not None:
+                self.stats = result[1]
         self._vm.unregister_pool(self)
-        result = self._finalizer()
-        if result is None:  # joined meanwhile (VM.close from another thread)
+        if result is None:
             return self.stats
-        rc, self.stats = result
-        check(rc, "workload threads")
+        check(result[0], "workload threads")
         return self.stats
 
     def stop_and_join(self):

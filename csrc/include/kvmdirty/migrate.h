@@ -28,6 +28,11 @@ typedef struct kd_writers kd_writers;
 KD_API int kd_writers_start(kd_vm *vm, uint32_t nthreads, const uint64_t *const *gfns,
 			    const uint64_t *n, uint64_t loops, uint64_t value, kd_writers **out);
 KD_API void kd_writers_stop(kd_writers *w);
+/* Wait until every thread has ended, without freeing anything: another
+ * thread may call kd_writers_stop meanwhile (a join that frees could not
+ * allow that). One caller at a time; kd_writers_join then only collects
+ * and frees. 0, or -EINVAL for NULL. */
+KD_API int kd_writers_wait(kd_writers *w);
 KD_API int kd_writers_join(kd_writers *w, uint64_t *applied);
 
 /* Wire format (csrc/migrate/wire_encode.c documents it): per record a be64 of address | flag;
