@@ -29,6 +29,7 @@ except ImportError:
     HAVE_PREDICT = False
 
 MIB = 1 << 20
+SMALL = dict(guest_size=128 * MIB, end=32 * MIB, timeout=10.0)   # a quick prediction
 
 
 def make_calibration(**over):
@@ -101,7 +102,7 @@ def test_the_prediction_is_on_disk_before_the_first_run(tmp_path, monkeypatch, p
 
     monkeypatch.setattr(compare, "run_migration", run_migration)
     store = compare.GridStore(path, {"repeat": 3})
-    cfg = QemuConfig(workload="ab", bandwidth=1 << 30)
+    cfg = QemuConfig(workload="ab", bandwidth=1 << 30, **SMALL)
     cell = compare.run_cell("ab", cfg, c, h, 3, store)
     assert len(seen) == 3
     expected = json.loads(json.dumps(predicted(cfg, c, "bitmap")))
@@ -117,7 +118,7 @@ def test_the_prediction_is_on_disk_before_the_first_run(tmp_path, monkeypatch, p
 
 def test_poisoned_runs_leave_the_prediction_unchanged(tmp_path, monkeypatch, predicted):
     c = make_calibration()
-    cfg = QemuConfig(workload="uniform", rate=20000, bandwidth=128 * MIB)
+    cfg = QemuConfig(workload="uniform", rate=20000, bandwidth=128 * MIB, **SMALL)
     preds = []
     for poison in (False, True):
         monkeypatch.setattr(compare, "run_migration",
@@ -380,6 +381,7 @@ def test_cli_one_cell_report_lines_up(tmp_path, monkeypatch, capsys, predicted):
     make_calibration().save(good)
     out = str(tmp_path / "g.json")
     assert cli("qemu", "--calibration", good, "--workload", "ab", "--bandwidth", "1GiB",
+               "--guest-size", "128MiB", "--end", "32MiB", "--timeout", "10",
                "--repeat", "3", "--json", out, "--quiet", "--accel", "kvm") == 0
     text = capsys.readouterr().out
     assert len(calls) == 3

@@ -100,28 +100,31 @@ def measured_mechanisms(result_dict, overhead_s, downtime_limit=None):
 
 def model_mechanisms(pred, calibration=None):
     """The same figures from a blind prediction (predict.predict's dict: its
-    totals and its "passes", one record per bitmap sync with at least "t" and
-    "normal"; "threshold" where it has one), and the calibration's
-    stopped-VM send cost."""
+    totals and its "passes", one record per pass of the loop with "kind"
+    (bulk, iterate, stop-and-copy), "sent" and "zero" pages and "duration"
+    seconds), and the calibration's stopped-VM send cost."""
     p = pred
-    its = p.get("passes") or []
+    passes = p.get("passes") or []
     stop = p["total_time"] - p["downtime"]
     m = {"dirty_rate": p.get("dirty_pages_rate"), "throttle": p.get("throttle_max"),
          "stalls": 0.0,                  # the model's sender never waits with work to do
          "setup": p.get("setup_time"), "downtime_ms": p["downtime"],
-         "downtime_pages": p.get("downtime_normal"),
+         "downtime_pages": None,
          "stopped_cost": (calibration.send_normal_stopped_s if calibration is not None
                           else None)}
-    if len(its) >= 2:
-        m["threshold"] = its[1].get("threshold")
-    if len(its) >= 3 and "t" in its[1] and "normal" in its[1]:
-        # the last sync is the one with the VM stopped
-        m["bulk_time"] = its[1]["t"]
-        m["iter_time"] = max(stop - its[1]["t"], 0.0)
-        if m["downtime_pages"] is not None:
-            m["iter_normal"] = max(p["normal"] - m["downtime_pages"] - its[1]["normal"], 0)
-        n = len(its) - 3
-        m["sync_interval"] = m["iter_time"] / n if n > 0 else None
+    normal = [x.get("sent", 0) - x.get("zero", 0) for x in passes]
+    final = [i for i, x in enumerate(passes) if x.get("kind") == "stop-and-copy"]
+    if final:
+        m["downtime_pages"] = normal[final[-1]]
+    iters = [i for i, x in enumerate(passes) if x.get("kind") == "iterate"]
+    bulk = [i for i, x in enumerate(passes) if x.get("kind") == "bulk"]
+    if bulk:
+        m["bulk_time"] = p.get("setup_time", 0.0) + sum(passes[i].get("duration", 0.0)
+                                                        for i in bulk)
+        m["iter_time"] = max(stop - m["bulk_time"], 0.0)
+        m["iter_normal"] = sum(normal[i] for i in iters)
+        m["sync_interval"] = (sum(passes[i].get("duration", 0.0) for i in iters) / len(iters)
+                              if iters else None)
     else:
         m.update(bulk_time=stop, iter_time=0.0, iter_normal=0, sync_interval=None)
     return m

@@ -80,8 +80,11 @@ def _cost_rows(samples, phase, bandwidth):
     its throughput stayed under ``LIMITED`` of max-bandwidth (then it did not
     sleep to the end of a rate-limited window)."""
     rows, dts, free = [], [], []
-    s = [x for x in samples if x["status"] == "active"]
+    # the last "setup" sample starts the first interval (setup takes a few ms)
+    s = [x for x in samples if x["status"] in ("setup", "active")]
     for a, b in zip(s, s[1:]):
+        if b["status"] != "active":
+            continue
         if (b["dirty_sync_count"] >= 2) != (phase == "iter"):
             continue
         dt = b["t"] - a["t"]
