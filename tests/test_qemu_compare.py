@@ -387,8 +387,10 @@ def test_cli_one_cell_report_lines_up(tmp_path, monkeypatch, capsys, predicted):
     assert len(calls) == 3
     lines = text.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("cell"))
-    rows = [line for line in lines[head:] if line and not line.startswith(" " * 24 + "missed")
-            and not line.startswith(" " * 24 + " ")][:11]
+    from pykvmdirty.commands.qemu import WIDTHS
+    indent = " " * WIDTHS[0]
+    rows = [line for line in lines[head:] if line and not line.startswith(indent + "missed")
+            and not line.startswith(indent + " ")][:11]
     # every column starts where its heading does
     starts = [lines[head].index(h) for h in ("figure", "predicted", "median", "[min - max]",
                                              "judged")]

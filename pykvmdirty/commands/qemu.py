@@ -59,7 +59,7 @@ ROWS = (("status", "status"), ("total_time", "total ms"), ("downtime", "downtime
         ("setup_time", "setup ms"), ("duplicate", "zero pages"), ("throttle_max", "throttle %"))
 GOAL_OF = {"status": "status", "total_time": "total_time", "downtime": "downtime",
            "dirty_sync_count": "syncs", "transferred": "transferred", "normal": "normal"}
-WIDTHS = (24, 13, 10, 10, 21, 0)
+WIDTHS = (38, 13, 10, 10, 21, 0)
 
 
 def fmt(k, v):
@@ -92,7 +92,7 @@ def verdict(j):
 def table_lines(cells):
     """The report: per cell and figure, predicted, median [min - max], verdict."""
     lines = [_row(("cell", "figure", "predicted", "median", "[min - max]", "judged")),
-             _row(("-" * 23, "-" * 12, "-" * 9, "-" * 9, "-" * 20, "-" * 13))]
+             _row(("-" * 37, "-" * 12, "-" * 9, "-" * 9, "-" * 20, "-" * 13))]
     for c in cells:
         if c.get("skipped"):
             lines.append(_row((c["name"], "skipped", "", "", "", c["skipped"])))
