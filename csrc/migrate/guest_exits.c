@@ -37,6 +37,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -177,16 +178,23 @@ static uint64_t fifo_lock(kd_bql *b, uint32_t holder, uint32_t *holder_at_arriva
 	return now;
 }
 
-static void fifo_unlock(kd_bql *b)
+/* Release the hold; with `loop`, only a hold kd_bql_lock took (-EPERM). */
+static int fifo_unlock(kd_bql *b, bool loop)
 {
 	uint64_t now = kd_clock_ns();
 
 	pthread_mutex_lock(&b->m);
+	if (loop && (b->serving == b->next_ticket || b->holder == KD_BQL_HOLDER_NONE ||
+		     b->holder == KD_BQL_HOLDER_EXIT)) {
+		pthread_mutex_unlock(&b->m);
+		return -EPERM;
+	}
 	record_hold(b, b->holder, b->hold_start, now - b->hold_start);
 	b->holder = KD_BQL_HOLDER_NONE;
 	b->serving++;
 	pthread_cond_broadcast(&b->cv);
 	pthread_mutex_unlock(&b->m);
+	return 0;
 }
 
 KD_API int kd_bql_lock(kd_bql *b, uint32_t holder)
@@ -202,8 +210,7 @@ KD_API int kd_bql_unlock(kd_bql *b)
 {
 	if (!b || (b->cfg.flags & KD_BQL_VIRTUAL))
 		return -EINVAL;
-	fifo_unlock(b);
-	return 0;
+	return fifo_unlock(b, true);
 }
 
 /* The exit itself: wait for the lock, serve, leave; returns release time. */
@@ -219,7 +226,7 @@ static uint64_t one_exit(kd_bql *b, uint32_t vcpu)
 	pthread_mutex_lock(&b->m);
 	record_exit(b, vcpu, arrival, got - arrival, holder);
 	pthread_mutex_unlock(&b->m);
-	fifo_unlock(b);
+	fifo_unlock(b, false);
 	return kd_clock_ns();
 }
 

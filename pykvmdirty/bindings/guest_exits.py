@@ -103,7 +103,8 @@ class GlobalLock:
         check(lib.kd_bql_lock(self._h, HOLDER_IDS[holder]), "GlobalLock.lock(%s)", holder)
 
     def unlock(self):
-        check(lib.kd_bql_unlock(self._h), "GlobalLock.unlock")
+        """Release what lock() took; KvmDirtyError(EPERM) if lock() holds nothing."""
+        check(lib.kd_bql_unlock(self._h), "GlobalLock.unlock() without a lock() held")
 
     def hold(self, holder, start_ns, end_ns):
         """Virtual clock: the lock was held [start_ns, end_ns) by holder."""

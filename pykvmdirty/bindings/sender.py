@@ -4,7 +4,9 @@ rate limit and the time cap, and measures sample-to-send latency.
 
 :class:`SendRegion` is one memslot seen by the sender, with the per-page
 bookkeeping (last version sent, sent bitmap) kept across passes. It keeps the
-C VM alive while it exists (the region points into the VM's slot memory).
+C VM alive while it exists (the region points into the VM's slot memory)
+and pins its slot: deleting the slot while the region lives is refused
+(EBUSY), as for a numpy view of the slot's memory.
 """
 import errno
 from typing import Tuple
@@ -47,10 +49,11 @@ class SendRegion:
     """One memslot as a send source (struct kd_send_region)."""
 
     def __init__(self, vm, slot, base_gfn, npages):
-        memory, slot_pages = vm.slot_memory_pointer(slot)
-        if memory == ffi.NULL:
-            raise ValueError("slot %d has no guest memory (create the VM with "
-                             "guest_memory=True)" % slot)
+        slot = uint_arg(slot, "slot", 32)
+        base_gfn = uint_arg(base_gfn, "base_gfn")
+        npages = uint_arg(npages, "npages")
+        # pinned: the slot (and so its memory) outlives this region
+        memory, slot_pages = vm.pin_slot_memory(slot, self)
         if slot_pages != npages:
             raise ValueError("slot %d has %d pages, not %d" % (slot, slot_pages, npages))
         self.slot = slot
@@ -200,10 +203,21 @@ class Sender:
         self._pos[0] = 0
 
     def send_pages(self, region, gfns, n, sample_ns, deadline_ns=0):
-        """kd_send_pages of gfns (uint64 array; None: the region's pages
+        """kd_send_pages of gfns[:n] (uint64 array; None: the region's pages
         0..n) from the current position (rewind() resets it):
-        SEND_DONE, SEND_FULL, SEND_TIME_CAP or SEND_DEADLINE; errors raise."""
-        ptr = ffi.NULL if gfns is None else u64_ptr(gfns)
+        SEND_DONE, SEND_FULL, SEND_TIME_CAP or SEND_DEADLINE; errors raise.
+        n beyond the array (or the region) is a ValueError: C reads n entries."""
+        n = uint_arg(n, "n")
+        if gfns is None:
+            if n > region.npages:
+                raise ValueError("n %d is past the end of the region (%d pages)"
+                                 % (n, region.npages))
+            ptr = ffi.NULL
+        else:
+            gfns = as_gfn_array(gfns)
+            if n > gfns.size:
+                raise ValueError("n %d is past the end of gfns (%d entries)" % (n, gfns.size))
+            ptr = u64_ptr(gfns)
         return check(lib.kd_send_pages(self._s, region._region, ptr, n, self._pos,
                                        sample_ns, deadline_ns),
                      "kd_send_pages(slot %d)" % region.slot)

@@ -205,7 +205,8 @@ class VM(RingMethods):
             views = self._slot_views.get(slot)
             if size == 0 and views is not None and len(views):
                 raise KvmDirtyError(errno.EBUSY, "%s: a numpy view of the slot's memory "
-                                    "(slot_memory) is still alive; drop it first" % what)
+                                    "(slot_memory) or a SendRegion of the slot is still "
+                                    "alive; drop it first" % what)
             check(lib.kd_set_user_memory_region(handle, slot, flags, gpa, size), what)
             if not size:
                 self._slot_views.pop(slot, None)
@@ -250,11 +251,19 @@ class VM(RingMethods):
             self._slot_views.setdefault(slot, weakref.WeakSet()).add(owner_of(arr))
         return arr
 
-    def slot_memory_pointer(self, slot):
-        """(void * to the slot's memory, npages) for the other bindings modules;
-        valid while the slot exists."""
-        info = self._slot_info(uint_arg(slot, "slot", 32), "slot_memory")
-        return info.memory, info.npages
+    def pin_slot_memory(self, slot, holder):
+        """(void * to the slot's memory, npages) for the other bindings modules,
+        valid while ``holder`` lives: deleting the slot is refused (EBUSY)
+        until it is gone, as for a slot_memory() view. ValueError if the slot
+        has no guest memory."""
+        slot = uint_arg(slot, "slot", 32)
+        with self._lock:
+            info = self._slot_info(slot, "slot_memory")
+            if info.memory == ffi.NULL:
+                raise ValueError("slot %#x has no guest memory (create the VM with "
+                                 "guest_memory=True)" % slot)
+            self._slot_views.setdefault(slot, weakref.WeakSet()).add(holder)
+            return info.memory, info.npages
 
     def enable_manual_protect(self, initially_set=False):
         """KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET copies, CLEAR re-protects."""

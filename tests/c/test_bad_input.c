@@ -132,6 +132,19 @@ int main(void)
 	EXPECT((int)kd_bitmap_to_gfns(NULL, 64, 0, buf, 64), -EINVAL);
 	EXPECT(kd_writers_start(vm, 3, NULL, NULL, 1, 0, NULL), -EINVAL);
 	EXPECT(kd_writers_join(NULL, NULL), -EINVAL);
+	EXPECT(kd_writers_wait(NULL), -EINVAL);
+	EXPECT(kd_get_dirty_log_sized(vm, 0, buf, 64, NULL), -EINVAL);
+	EXPECT(kd_get_dirty_log_sized(vm, 7, buf, 64, &count), -ENOENT);
+	{ /* an unlock without a lock would hand the lock to nobody */
+		struct kd_bql_config bc = {.nvcpus = 1};
+		kd_bql *b = NULL;
+		EXPECT(kd_bql_create(&bc, &b), 0);
+		EXPECT(kd_bql_unlock(b), -EPERM);
+		EXPECT(kd_bql_lock(b, KD_BQL_HOLDER_ITERATION), 0); /* does not hang */
+		EXPECT(kd_bql_unlock(b), 0);
+		EXPECT(kd_bql_unlock(b), -EPERM);
+		kd_bql_destroy(b);
+	}
 	expect("backend name of 99 is NULL", kd_backend_name(99) == NULL, 1);
 	(void)limit;
 

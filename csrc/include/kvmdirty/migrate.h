@@ -309,6 +309,9 @@ KD_API void kd_bql_destroy(kd_bql *b);
  * into log[0..cap) until full. */
 KD_API int kd_bql_set_log(kd_bql *b, struct kd_bql_event *log, uint64_t cap);
 KD_API int kd_bql_lock(kd_bql *b, uint32_t holder);
+/* Release a hold taken by kd_bql_lock. -EPERM (nothing changed) if the lock
+ * is not held by a kd_bql_lock holder (free, or an exit holds it): an
+ * unmatched unlock would hand the lock to nobody and hang the next lock. */
 KD_API int kd_bql_unlock(kd_bql *b);
 /* On vCPU vcpu's thread between guest entries: perform the exit if one is
  * due. Returns exits performed (0 or 1) or -EINVAL. */
