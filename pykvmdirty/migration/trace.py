@@ -135,12 +135,13 @@ def validate(tr, where):
         bad("gfns: gfn %d is outside the guest (npages %d)" % (int(tr.gfns.max()), tr.npages))
 
 
-def _read_array(zf, key, where):
-    """One .npy member as an array, its header checked against the member's
-    size before anything is allocated; object (pickled) arrays refused."""
-    info = zf.getinfo(key + ".npy")
-    raw = zf.read(info)  # at most info.file_size bytes (checked by the caller), CRC-checked
-    f = io.BytesIO(raw)
+# What loading keeps per element of each array once converted to the
+# format's dtype (_unsigned widens, e.g. uint8 gfns to uint64: 8x).
+LOADED_ITEMSIZE = {"t_ns": 8, "offsets": 8, "gfns": 8, "vcpus": 2}
+
+
+def _read_header(f, key, where):
+    """(shape, fortran, dtype) of a .npy stream positioned at its start."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
@@ -151,9 +152,41 @@ def _read_array(zf, key, where):
     if dtype.hasobject:
         raise TraceError("%s: %s holds Python objects, which a trace never does"
                          % (where, key))
+    return shape, fortran, dtype
+
+
+def _count(shape):
     count = 1
     for n in shape:
         count *= n
+    return count
+
+
+def _loaded_bytes(zf, where):
+    """What loading the archive will hold at its peak, from the members'
+    sizes and .npy headers alone (a few hundred bytes read per member): the
+    raw members plus each array widened to the format's dtype."""
+    total = 0
+    for key in KEYS:
+        info = zf.getinfo(key + ".npy")
+        total += info.file_size
+        if key in LOADED_ITEMSIZE:
+            with zf.open(info) as f:
+                shape, _, dtype = _read_header(f, key, where)
+            # a header claiming more than the member holds is refused later
+            count = min(_count(shape), info.file_size // max(dtype.itemsize, 1))
+            total += count * LOADED_ITEMSIZE[key]
+    return total
+
+
+def _read_array(zf, key, where):
+    """One .npy member as an array, its header checked against the member's
+    size before anything is allocated; object (pickled) arrays refused."""
+    info = zf.getinfo(key + ".npy")
+    raw = zf.read(info)  # at most info.file_size bytes (checked by the caller), CRC-checked
+    f = io.BytesIO(raw)
+    shape, fortran, dtype = _read_header(f, key, where)
+    count = _count(shape)
     if count * dtype.itemsize != len(raw) - f.tell():
         raise TraceError("%s: %s's header claims %d elements of %s (%d bytes) but the archive "
                          "holds %d bytes of data" % (where, key, count, dtype,
@@ -165,8 +198,11 @@ def _read_array(zf, key, where):
 
 def load(path, max_bytes=None):
     """Load and validate a trace file; TraceError names the file and the
-    field. max_bytes bounds the uncompressed arrays (default: the memory
-    limit of pykvmdirty.limits), checked before reading them."""
+    field. max_bytes (the limit the user gave, e.g. --max-memory; default:
+    the memory limit of pykvmdirty.limits) bounds what loading holds: the
+    uncompressed members plus every array widened to the format's dtype
+    (uint8 gfns become uint64), computed from the .npy headers and checked
+    before any array is read."""
     where = "trace file %s" % path
     try:
         with open(path, "rb") as f:
@@ -184,9 +220,10 @@ def load(path, max_bytes=None):
             if missing:
                 raise TraceError("%s: missing arrays %s (is it a pykvmdirty trace?)"
                                  % (where, ", ".join(missing)))
-            size = sum(zf.getinfo(key + ".npy").file_size for key in KEYS)
+            size = _loaded_bytes(zf, where)
             if size > max_bytes:
-                raise TraceError("%s: its arrays claim %s uncompressed, more than the %s "
+                raise TraceError("%s: loading it takes %s (its arrays uncompressed and "
+                                 "widened to the format's dtypes), more than the %s "
                                  "this load may use" % (where, limits.format_bytes(size),
                                                         limits.format_bytes(max_bytes)))
             arrays = {key: _read_array(zf, key, where) for key in KEYS}
@@ -255,7 +292,8 @@ class Recorder:
 
 class TraceWorkload:
     """Replays a trace on the virtual clock (same interface as
-    workloads.VirtualWorkload): interval i is written when t_ns[i] < t1."""
+    workloads.VirtualWorkload): interval i was recorded at the end of the
+    interval that wrote it, so it is written when t_ns[i] <= t1."""
 
     def __init__(self, vm, trace, writer):
         if vm.vcpus <= int(trace.vcpus.max(initial=0)):
@@ -269,17 +307,21 @@ class TraceWorkload:
         self.ring_full = 0
 
     def advance(self, t0, t1):
+        """Write every interval due by t1. They all land at t1, so they are
+        written together: one call per vCPU over their gfns in order, value
+        the number of intervals replayed. The cost follows the gfns due and
+        the vCPUs, never the number of intervals (empty ones cost nothing)."""
         tr = self.trace
+        end = int(np.searchsorted(tr.t_ns, np.uint64(t1), side="right"))
+        if end <= self._next:
+            return 0
+        lo, hi = int(tr.offsets[self._next]), int(tr.offsets[end])
+        self._next = end
+        gfns, vcpus = tr.gfns[lo:hi], tr.vcpus[lo:hi]
         done = 0
-        value = 0
-        while self._next < tr.intervals and int(tr.t_ns[self._next]) < t1:
-            _, gfns, vcpus = tr.interval(self._next)
-            self._next += 1
-            value = self._next
-            # one write call per vCPU of the interval (vectorised split)
-            for v in np.unique(vcpus):
-                sel = gfns[vcpus == v]
-                self.writer(int(v), sel, value, t1)
-                done += sel.size
+        for v in np.unique(vcpus):
+            sel = gfns[vcpus == v]
+            self.writer(int(v), sel, end, t1)
+            done += sel.size
         self.writes += done
         return done
