@@ -28,8 +28,9 @@ def register(sub):
     p.add_argument("--interface", choices=["bitmap", "ring"], default="bitmap",
                    help="KVM's dirty interface of a single cell (ring: -accel "
                    "kvm,dirty-ring-size=4096; KVM only)")
-    p.add_argument("--grid", default=None, help="the grid to run (default heldout; "
-                   "smoke: two quick cells)")
+    p.add_argument("--grid", default=None, help="the grid to run: heldout (default), "
+                   "heldout-bitmap / heldout-ring (its cells without / with the dirty ring), "
+                   "smoke (two quick cells)")
     p.add_argument("--workload", choices=["ab", "uniform", "hotspot", "idle"],
                    help="run one cell with this workload (default: the grid)")
     p.add_argument("--guest-size", default="1GiB")

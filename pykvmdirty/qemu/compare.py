@@ -83,7 +83,10 @@ SMOKE = (
     dict(name="uni 20k 1G/s ring", workload="uniform", rate=20000, bandwidth=GIB,
          interface="ring"),
 )
-GRIDS = {"heldout": HELDOUT, "smoke": SMOKE}
+GRIDS = {"heldout": HELDOUT, "smoke": SMOKE,
+         # the held-out grid without its dirty-ring cells, and those alone
+         "heldout-bitmap": tuple(c for c in HELDOUT if c.get("interface") != "ring"),
+         "heldout-ring": tuple(c for c in HELDOUT if c.get("interface") == "ring")}
 DEFAULT_GRID = "heldout"
 CELL_TIMEOUT = 30.0
 
