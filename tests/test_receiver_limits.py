@@ -200,13 +200,63 @@ def test_shared_secret_handshake():
         addr = "127.0.0.1:%d" % rx.port
         r = kd.migrate(sink=TcpSink(addr, secret=secret), **SMALL)
         assert r.verified is True
-        with pytest.raises(MigrationError, match="authentication failed"):
+        # the receiver's reason, never "Broken pipe" (the sender waits for the verdict)
+        with pytest.raises(MigrationError, match="refused the connection: authentication "
+                           "failed: the sender's secret differs"):
             kd.migrate(sink=TcpSink(addr, secret=b"wrong"), **SMALL)
         with pytest.raises(MigrationError, match="requires the shared secret"):
             kd.migrate(sink="tcp://" + addr, **SMALL)
         results = served.join()
     assert [x.ok for x in results] == [True, False, False]
     assert all(x.stats.get("batches", 0) == 0 for x in results[1:])  # nothing decoded
+
+
+def test_wrong_secret_always_reads_the_receivers_reason():
+    """Repeated: the refusal is read before anything is streamed, so it never
+    races the receiver's close (was: "Broken pipe" some of the time)."""
+    with Receiver(("127.0.0.1", 0), secret=b"right", idle_timeout=5) as rx:
+        served = Served(rx, 5)
+        for _ in range(5):
+            with pytest.raises(MigrationError, match="secret differs"):
+                kd.migrate(sink=TcpSink("127.0.0.1:%d" % rx.port, secret=b"wrong"), **SMALL)
+        results = served.join()
+    assert all("secret differs" in x.error for x in results)
+
+
+def test_trickled_handshakes_cannot_hold_the_slots():
+    """Senders trickling their authentication response a byte at a time (each
+    byte well inside the idle timeout) are dropped when the whole response
+    is not in within idle_timeout; a real sender is then served, not told
+    busy (was: the slots were held until the total timeout or longer)."""
+    secret = b"s3cret"
+    with Receiver(("127.0.0.1", 0), secret=secret, idle_timeout=1.0, total_timeout=60,
+                  max_connections=4) as rx:
+        served = Served(rx, 5)
+        replies = [b""] * 4
+
+        def trickle(i):
+            with socket.create_connection(("127.0.0.1", rx.port), timeout=10) as c:
+                c.recv(4096)  # the challenge
+                c.settimeout(0.3)
+                for _ in range(60):  # at most 18 s of trickling
+                    try:
+                        c.sendall(b"K")
+                        replies[i] = c.recv(4096)
+                        break  # the receiver answered (or closed)
+                    except socket.timeout:
+                        continue
+                    except OSError:
+                        break
+        ts = [threading.Thread(target=trickle, args=(i,), daemon=True) for i in range(4)]
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join(60)
+        r = kd.migrate(sink=TcpSink("127.0.0.1:%d" % rx.port, secret=secret), **SMALL)
+        assert r.verified is True
+        results = served.join(60)
+    assert all(b"authentication timeout" in x for x in replies), replies
+    assert sorted(x.ok for x in results) == [False] * 4 + [True]
 
 
 def test_sender_with_a_secret_and_a_receiver_without_one():

@@ -19,7 +19,10 @@ Every error of a connection — a corrupt stream, a timeout, a refused claim,
 an authentication failure, even an unexpected exception — becomes that
 connection's failed ReceiveResult and its report; the server keeps serving.
 With a shared ``secret``, a sender must answer an HMAC challenge
-(tcp_protocol.py) before anything it sends is decoded.
+(tcp_protocol.py) before anything it sends is decoded: the whole response
+within ``idle_timeout`` of the challenge (a byte at a time does not extend
+it), answered with AUTH_OK or the error report, so a refused sender reads the
+reason instead of a broken pipe.
 """
 import socket
 import sys
@@ -92,9 +95,27 @@ class _Connection:
         self.deadline = self.t0 + rx.total_timeout
         self.reserved = 0
         self.total_bound = False
+        self.auth_deadline = None  # set while the handshake runs
+
+    def timeout_reason(self):
+        """What a socket timeout (or a passed deadline) means now."""
+        if self.auth_deadline is not None:
+            return ("authentication timeout: no complete response to the challenge within "
+                    "%g s" % min(self.rx.idle_timeout, self.rx.total_timeout))
+        if self.total_bound:
+            return "total timeout: the stream took more than %g s" % self.rx.total_timeout
+        return "idle timeout: nothing received for %g s" % self.rx.idle_timeout
 
     def arm(self):
-        left = self.deadline - time.monotonic()
+        """Set the socket's timeout from the deadlines before a recv. The
+        handshake's deadline is for the whole response, so a sender trickling
+        a byte at a time cannot hold a connection slot past it."""
+        now = time.monotonic()
+        left = self.deadline - now
+        if self.auth_deadline is not None:
+            left = min(left, self.auth_deadline - now)
+            if left <= 0:
+                raise _Refused(self.timeout_reason())
         if left <= 0:
             raise _Refused("total timeout: the stream took more than %g s"
                            % self.rx.total_timeout)
@@ -207,6 +228,13 @@ class _Connection:
     def send(self, *parts):
         for part in parts:
             self.arm()
+            self.conn.sendall(part)
+
+    def send_report(self, *parts):
+        """The closing report: delivered even when a deadline has passed
+        (that is what it reports), within its own idle_timeout bound."""
+        self.conn.settimeout(self.rx.idle_timeout)
+        for part in parts:
             self.conn.sendall(part)
 
 
@@ -376,14 +404,15 @@ class Receiver:
             if self.secret is not None:
                 nonce, line = tcp_protocol.challenge()
                 c.send(line)
-                c.arm()
-                pending = tcp_protocol.check_response(conn, self.secret, nonce)
+                # the whole response within idle_timeout (and the total)
+                c.auth_deadline = time.monotonic() + self.idle_timeout
+                pending = tcp_protocol.check_response(conn, self.secret, nonce, c.arm)
+                c.auth_deadline = None
+                c.send(tcp_protocol.AUTH_OK)
             c.read_stream(dest, pending)
             report = c.success_report(dest)
         except socket.timeout:
-            error = ("total timeout: the stream took more than %g s" % self.total_timeout
-                     if c.total_bound else
-                     "idle timeout: nothing received for %g s" % self.idle_timeout)
+            error = c.timeout_reason()
         except SinkError as e:
             error = str(e)
         except OSError as e:
@@ -400,7 +429,7 @@ class Receiver:
         try:
             if error is not None:
                 report = (tcp_protocol.encode_report(False, stats, error=error),)
-            c.send(*report)
+            c.send_report(*report)
         except (OSError, SinkError) as e:
             if error is None:
                 error = "report not delivered: %s" % (getattr(e, "strerror", None) or e)

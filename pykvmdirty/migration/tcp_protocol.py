@@ -27,6 +27,9 @@ import os
 from ..errors import SinkError
 
 AUTH_MAGIC = b"KDAUTH1 "
+# The receiver's answer to a valid response; a refusal is the error report
+# (REPORT_MAGIC), so the sender learns the reason before it streams anything.
+AUTH_OK = b"KDAUTH1 ok\n"
 REPORT_MAGIC = b"KDRPT1 "
 MAX_LINE = 1 << 20
 MAX_SECRET = 4096
@@ -38,11 +41,15 @@ class AuthError(SinkError):
     """The shared-secret handshake failed (wrong secret, or only one side has one)."""
 
 
-def recv_line(sock, limit, what):
+def recv_line(sock, limit, what, arm=None):
     """(line including its newline, bytes received after it); the line lacks
-    its newline when the peer closed first. Raises SinkError past limit."""
+    its newline when the peer closed first. Raises SinkError past limit.
+    arm(), if given, runs before every recv (to set the socket's timeout from
+    a deadline for the whole line: a byte at a time does not extend it)."""
     data = bytearray()
     while b"\n" not in data:
+        if arm is not None:
+            arm()
         chunk = sock.recv(min(65536, limit + 1 - len(data)))
         if not chunk:
             return bytes(data), b""
@@ -88,10 +95,11 @@ def challenge():
     return nonce, AUTH_MAGIC + nonce.hex().encode() + b"\n"
 
 
-def check_response(sock, secret, nonce):
-    """Read the sender's response; returns the bytes received after it.
-    Raises AuthError if it is missing or wrong."""
-    line, rest = recv_line(sock, 200, "authentication response")
+def check_response(sock, secret, nonce, arm=None):
+    """Read the sender's response (arm: see recv_line); returns the bytes
+    received after it. Raises AuthError if it is missing or wrong; the caller
+    sends AUTH_OK, or the error report, before reading anything else."""
+    line, rest = recv_line(sock, 200, "authentication response", arm)
     if not line.startswith(AUTH_MAGIC):
         raise AuthError("the sender did not authenticate (this receiver needs the shared "
                         "secret: pykvmdirty migrate --secret-file)")
@@ -118,6 +126,17 @@ def answer_challenge(sock, secret, where):
     if len(nonce) != NONCE_BYTES:
         raise AuthError("%s sent a malformed challenge %r" % (where, line[:60]))
     sock.sendall(AUTH_MAGIC + _mac(secret, nonce) + b"\n")
+    # Wait for the verdict before streaming: a refused sender would otherwise
+    # see only "Broken pipe" when the receiver closes, never its reason.
+    line, _ = recv_line(sock, MAX_LINE, "%s's answer to the authentication" % where)
+    if line == AUTH_OK:
+        return
+    if line.startswith(REPORT_MAGIC):
+        raise AuthError("%s refused the connection: %s" % (where, _report_error(line)))
+    if not line:
+        raise AuthError("%s closed the connection after the authentication response"
+                        % where)
+    raise AuthError("%s answered the authentication with %r" % (where, line[:60]))
 
 
 # -- the report --------------------------------------------------------------
