@@ -74,7 +74,8 @@ def measured_mechanisms(result_dict, overhead_s, downtime_limit=None):
     stalls = sum(b["t"] - a["t"] for a, b in zip(s, s[1:])
                  if a["status"] == b["status"] == "active" and a["remaining"] and
                  (a["normal"], a["duplicate"]) == (b["normal"], b["duplicate"]))
-    m = {"dirty_rate": rates[len(rates) // 2] if rates else 0.0,
+    # (None when no period of >= 1 s ended: QEMU never computed it)
+    m = {"dirty_rate": rates[len(rates) // 2] if rates else None,
          "throttle": r["throttle_max"],
          "stalls": stalls,
          "setup": r["setup_time"], "downtime_ms": r["downtime"],
