@@ -359,7 +359,7 @@ def test_both_placements_bad_options(kw, msg):
     (["--loop-thread", "vcpu"], "--loop-thread must be one of iothread, migration-thread, both"),
     (["--loop-thread", "both"], "give --exit-rate > 0"),
     (["--loop-thread", "both", "--exit-rate", "nan"], "give --exit-rate > 0"),
-    (["--loop-thread", "both", "--exit-rate", "100", "--profile", "qemu"], "--profile"),
+    (["--loop-thread", "both", "--exit-rate", "100", "--plot", "x.png"], "--plot"),
     (["--loop-thread", "both", "--exit-rate", "100", "--sink", "tcp://127.0.0.1:1"], "--sink"),
 ])
 def test_cli_loop_thread_bad_values(argv, msg, capsys):

@@ -33,7 +33,7 @@ def test_realtime_time_cap_and_auto_converge():
     r = migrate(guest_size="4MiB", slots=2, mode="realtime", workload="uniform",
                 rate=300000, bandwidth=16 << 20, max_wait=0.02, auto_converge=True,
                 max_passes=6, downtime_limit=0.005, duration_limit=30,
-                populate=1.0, fill="random")
+                populate=1.0, fill="random", policy="passes")
     assert r.verified is True
     assert r.total("time_cap_exits") > 0
     assert r.auto_converge_triggers >= 1 and r.final_throttle_pct >= 20

@@ -217,6 +217,18 @@ KD_API int kd_sender_advance(kd_sender *s, uint64_t ns)
 	return 0;
 }
 
+KD_API int kd_sender_set_costs(kd_sender *s, uint64_t page_cost_ns, uint64_t link_bandwidth)
+{
+	/* virtual clock only: the price of a page changes when the VM stops
+	 * (no vCPU competes with the sender for the host's cores) */
+	if (!s || !s->virt)
+		return -EINVAL;
+	s->cfg.page_cost_ns = page_cost_ns;
+	s->cfg.link_bandwidth = link_bandwidth;
+	s->xfer_rem = 0;
+	return 0;
+}
+
 KD_API int kd_sender_iteration_begin(kd_sender *s)
 {
 	if (!s)

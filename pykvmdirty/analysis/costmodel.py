@@ -74,6 +74,11 @@ class CostModel:
     uffd_reprotect_ns: float = _default("uffd_reprotect_ns")
     gfn_ns: float = _default("gfn_ns")
     page_ns: float = _default("page_ns")
+    guest_write_ns: float = _default("guest_write_ns")
+    setup_ns: float = _default("setup_ns")
+    sync_ns: float = _default("sync_ns")
+    downtime_overhead_ns: float = _default("downtime_overhead_ns")
+    stopped_page_ns: float = _default("stopped_page_ns")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

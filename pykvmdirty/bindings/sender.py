@@ -144,6 +144,13 @@ class Sender:
         check(lib.kd_sender_set_rate_limit(self._s, uint_arg(rate_limit, "rate_limit")),
               "kd_sender_set_rate_limit")
 
+    def set_costs(self, page_cost_ns, link_bandwidth):
+        """Virtual clock: price pages from now on at page_cost_ns plus record
+        bytes / link_bandwidth."""
+        check(lib.kd_sender_set_costs(self._s, uint_arg(page_cost_ns, "page_cost_ns"),
+                                      uint_arg(link_bandwidth, "link_bandwidth")),
+              "kd_sender_set_costs")
+
     # -- clock ---------------------------------------------------------------
     def now(self):
         return lib.kd_sender_now(self._s)

@@ -11,6 +11,7 @@ from ..migration.config import EXIT_SERVICE_S, MODES, ZERO_ACCOUNTING, parse_siz
 from ..migration.strategies import STRATEGIES
 from ..migration.errors import MigrationError
 from ..migration.loop_placement import LOOP_THREADS
+from ..migration.policy import DEFAULT_POLICY, POLICIES
 from ..migration.placements import migrate_both_placements
 from ..migration.run import migrate
 from ..errors import SinkError
@@ -49,7 +50,10 @@ def register(sub):
     p.add_argument("--downtime-limit", type=finite_float, default=0.3, help="seconds (default 0.3)")
     p.add_argument("--max-wait", type=finite_float, default=0.05,
                    help="time cap of one send iteration, seconds (default 0.05)")
-    p.add_argument("--max-passes", type=int, default=30)
+    p.add_argument("--max-passes", type=int, default=30,
+                   help="passes: switch over after this many passes; qemu-7.2: give up "
+                   "(status timeout) after this many syncs (QEMU itself never gives up); "
+                   "default 30")
     p.add_argument("--auto-converge", action="store_true",
                    help="throttle the guest 20%%, +10%% per trigger")
     p.add_argument("--zero-pages", default="header", choices=list(ZERO_ACCOUNTING),
@@ -82,8 +86,10 @@ def register(sub):
     p.add_argument("--secret-file", metavar="FILE",
                    help="with --sink tcp://: prove this shared secret to the receiver "
                    "(pykvmdirty receive --secret-file with the same file)")
-    p.add_argument("--profile", choices=["qemu"],
-                   help="qemu: predict with the model of QEMU 7.2's loop instead")
+    p.add_argument("--policy", default=DEFAULT_POLICY, choices=POLICIES,
+                   help="when to sync, switch over and throttle: qemu-7.2 (QEMU 7.2's "
+                   "rules) or passes (sync per pass, switch when pending / last pass's "
+                   "bandwidth fits the downtime limit); default %(default)s")
     p.set_defaults(func=run)
 
 
@@ -124,7 +130,7 @@ def check_loop_thread(args):
     if not args.exit_rate > 0:
         raise ValueError("--loop-thread both compares the guest's exits on the lock: give "
                          "--exit-rate > 0 (got %r)" % args.exit_rate)
-    for opt, value in (("--profile", args.profile), ("--plot", args.plot),
+    for opt, value in (("--plot", args.plot),
                        ("--record", args.record), ("--secret-file", args.secret_file)):
         if value:
             raise ValueError("--loop-thread both runs two migrations and cannot take %s; "
@@ -144,9 +150,6 @@ def run(args):
             raise ValueError("--secret-file needs --sink tcp://HOST:PORT, got %r" % sink)
         sink = TcpSink(sink[len("tcp://"):], secret=read_secret_file(args.secret_file,
                                                                       "--secret-file"))
-    if args.profile:
-        from ..qemu.entry import cli_run
-        return cli_run(args, _bw(args.bandwidth, "--bandwidth"))
     both = args.loop_thread == "both"
     try:
         report = (migrate_both_placements if both else migrate)(
@@ -157,7 +160,7 @@ def run(args):
             vcpus=args.vcpus, bandwidth=_bw(args.bandwidth, "--bandwidth"),
             link_bandwidth=_bw(args.link_bandwidth, "--link-bandwidth"),
             downtime_limit=args.downtime_limit, max_wait=args.max_wait,
-            max_passes=args.max_passes, auto_converge=args.auto_converge,
+            max_passes=args.max_passes, auto_converge=args.auto_converge, policy=args.policy,
             zero_pages=args.zero_pages, populate=args.populate, fill=args.fill,
             sink=sink, seed=args.seed, step=args.step, cost_model=args.cost_model,
             **({} if both else dict(loop_thread=args.loop_thread)), exit_rate=args.exit_rate,

@@ -13,6 +13,7 @@ from ..bindings.constants import (
 )
 from ..bindings.guest_exits import exit_timing
 from .loop_placement import LOOP_THREADS
+from .policy import DEFAULT_POLICY, POLICIES
 from .strategies import STRATEGIES, strategy_class
 from .trace import Trace
 from .trace import load as load_trace
@@ -97,6 +98,8 @@ class MigrationConfig:
     CostModel); a bad value raises ValueError/TypeError naming the field.
 
     guest_size: bytes or a string like "2GiB", split into `slots` memslots.
+    policy: "qemu-7.2" (QEMU 7.2's sync, switch-over and auto-converge rules)
+      or "passes" (the project's pass-based rules); see migration/policy.py.
     strategy: "global", "per-slot", "chunked-clear" (clear_shift 6..31) or "ring".
     workload: "idle", "uniform", "hotspot", "zipf", "sequential", "migration-test"
       at `rate` pages/s (or trace: a trace file / Trace to replay, virtual mode).
@@ -113,6 +116,10 @@ class MigrationConfig:
       per vCPU that take the lock (0: none), each holding it exit_service
       seconds (10 us, assumed); guest_baseline: real time, seconds the guest
       runs alone first to measure its progress without the migration.
+    warmup: virtual time, seconds the workload runs before the migration
+      starts (its pages fill with data, as a real guest's do).
+    workload_start, workload_end: the byte range the workload writes
+      (default: the whole guest).
     """
 
     guest_size: Union[int, str] = "2GiB"
@@ -151,6 +158,10 @@ class MigrationConfig:
     exit_rate: float = 0
     exit_service: float = EXIT_SERVICE_S
     guest_baseline: float = 0.5
+    policy: str = DEFAULT_POLICY
+    warmup: float = 0
+    workload_start: Union[int, str] = 0
+    workload_end: Union[int, str, None] = None
     #: normalised by construction: guest size in bytes, the workload as a spec,
     #: the prices as a CostModel
     guest_bytes: int = dataclasses.field(init=False)
@@ -223,6 +234,19 @@ class MigrationConfig:
         _choice(self.loop_thread, "loop_thread", LOOP_THREADS)
         exit_timing(self.exit_rate, self.exit_service)  # ValueError names the bad one
         put("guest_baseline", check_number(self.guest_baseline, "guest_baseline", lo=0, hi=60))
+        _choice(self.policy, "policy", POLICIES)
+        put("warmup", check_number(self.warmup, "warmup", lo=0, hi=3600))
+        if self.warmup and not self.virtual:
+            raise ValueError("warmup runs on the virtual clock (mode='virtual'), not %r"
+                             % self.mode)
+        lo = parse_size(self.workload_start, "workload_start")
+        hi = guest if self.workload_end is None else parse_size(self.workload_end,
+                                                                "workload_end")
+        if lo % PAGE_SIZE or hi % PAGE_SIZE or not 0 <= lo < hi <= guest:
+            raise ValueError("the workload range [%r, %r) must be page aligned and inside the "
+                             "guest's %d bytes" % (self.workload_start, self.workload_end, guest))
+        put("workload_start", lo)
+        put("workload_end", hi)
         put("auto_converge", bool(self.auto_converge))
         put("verify", bool(self.verify))
 
@@ -230,6 +254,12 @@ class MigrationConfig:
     @property
     def npages(self):
         return self.guest_bytes // PAGE_SIZE
+
+    @property
+    def workload_pages(self):
+        """(first gfn, pages) of the range the workload writes."""
+        first = int(self.workload_start) // PAGE_SIZE   # bytes once constructed
+        return first, int(self.workload_end or self.guest_bytes) // PAGE_SIZE - first
 
     @property
     def step_ns(self):
@@ -267,4 +297,6 @@ class MigrationConfig:
                     cost_model=self.costs.to_dict(), batch_bytes=self.batch_bytes,
                     ring_entries=self.ring_entries, dirty_tracking=self.dirty_tracking,
                     step_ns=self.step_ns, loop_thread=self.loop_thread,
-                    exit_rate=self.exit_rate, exit_service=self.exit_service)
+                    exit_rate=self.exit_rate, exit_service=self.exit_service,
+                    policy=self.policy, warmup=self.warmup,
+                    workload_range=[self.workload_start, self.workload_end])

@@ -1,27 +1,41 @@
-"""The pre-copy loop: the Controller (clocks, modelled costs, carried gfns,
-the send loop around the C sender, pass accounting) and ``run_passes`` (bulk
-pass, iterate passes until the expected downtime fits, stop-and-copy).
+"""The pre-copy loop, the one every migration runs: the Controller (clocks,
+modelled costs, carried gfns, the migration bitmap, the send loop around the
+C sender, pass accounting) and ``run_loop`` (setup, iterations until the
+policy completes, stop-and-copy).
+
+What decides when to sync, when to switch over and when to throttle is the
+run's policy (policy.py: ``qemu-7.2`` or ``passes``); how a sync learns the
+dirty pages is the sync strategy (strategies.py); where the loop holds the
+global lock is the placement (loop_placement.py). The loop itself never asks
+which policy, strategy or backend it runs.
 
 Clocks: in virtual mode the sender's virtual clock is advanced by the cost
 model (collect: per call, word, re-protected page, ring entry; send: per page
-read and bytes / link_bandwidth) and the workload writes what its rate gives
-for each elapsed ``step``; in real-time mode C threads write concurrently and
-every cost is measured.
+read and bytes / link_bandwidth) and the workload writes what its vCPUs' time
+gives for each elapsed ``step`` (workloads.VirtualWorkload); in real-time
+mode C threads write concurrently and every cost is measured.
+
+A report "pass" is the stretch from one sync to the next (the first, the
+bulk, from setup to the second sync): what that sync found, what was sent
+until the next.
 """
 import time
+from typing import Any
 
 import numpy as np
 
 from ..bindings.constants import (PAGE_SIZE, SEND_DEADLINE, SEND_DONE, SEND_FULL,
-                                  SEND_RATE_LIMITED, SEND_TIME_CAP)
+                                  SEND_RATE_LIMITED, SEND_TIME_CAP, WIRE_PAGE_RECORD,
+                                  WIRE_ZERO_RECORD)
 from ..bindings.guest_exits import GlobalLock
 from ..bindings.sender import clock_ns, latency_percentiles
 from ..bindings.wire import page_hashes
 from .config import NS, POPULATE_VALUE
 from .errors import MigrationError
 from .loop_placement import LoopPlacement
+from .pending import Pending
+from .policy import policy_class
 from .report import PassMetrics
-from .strategies import SyncItem
 from .trace import TraceWorkload
 from .workloads import ThreadWorkload, VirtualWorkload
 
@@ -44,6 +58,7 @@ class Controller:
         self.cfg = cfg
         self.costs = cfg.costs
         self.strategy = cfg.sync
+        self.policy = policy_class(cfg.policy)(cfg)
         self.vm = vm
         self.slots = slots
         self.sender = sender
@@ -53,12 +68,21 @@ class Controller:
         self.step = cfg.step_ns
         self.deadline = 0
         self.wl_time = 0            # the virtual workload has written up to here
+        self._in_workload = False   # run_workload is running (a ring-full reap re-enters)
         self.carry = []             # gfns reaped early (ring full), for the next sync
         self.ring_full_events = 0   # reaps (real time)
         self.resyncs = 0            # iothread: syncs at iterations inside a pass
         self.bases = np.array([sl.base_gfn for sl in slots], dtype=np.uint64)
         self._last_progress = 0.0
         self.stopped = False
+        self.pending = Pending(slots)
+        self.syncs = 0              # dirty-log syncs (QEMU's dirty-sync-count)
+        self.converged = False
+        self.passes = []            # closed PassMetrics
+        self.pm: Any = None         # the open one (a PassMetrics)
+        self._pm_stats: dict = {}
+        self._pm_start = 0
+        self.t_begin = 0
         self.virtual_writer = None  # the VirtualWorkload (virtual mode)
         self.workload = None        # what runs on the virtual clock (or a trace replay)
         self.threads = None         # ThreadWorkload (real time)
@@ -68,13 +92,16 @@ class Controller:
         self.placement = LoopPlacement(cfg.loop_thread, self.global_lock, self.now,
                                        ring_outside=bool(vm.ring_entries))
         self._ring_vm = bool(vm.ring_entries)
+        first, count = cfg.workload_pages
         if self.virtual:
-            self.virtual_writer = VirtualWorkload(vm, cfg.spec, 0, cfg.npages,
-                                                  on_ring_full=self.reap, recorder=recorder)
+            self.virtual_writer = VirtualWorkload(vm, cfg.spec, first, count,
+                                                  on_ring_full=self.reap, recorder=recorder,
+                                                  costs=cfg.costs, backend=cfg.backend,
+                                                  clock=self.now)
             self.workload = (self.virtual_writer if cfg.trace is None else
                              TraceWorkload(vm, cfg.trace, self.virtual_writer.write_gfns))
         else:
-            self.threads = ThreadWorkload(vm, cfg.spec, 0, cfg.npages,
+            self.threads = ThreadWorkload(vm, cfg.spec, first, count,
                                           global_lock=self.global_lock)
 
     # -- clock ---------------------------------------------------------------
@@ -84,6 +111,9 @@ class Controller:
     def clock(self):
         """The clock passes are timed with: virtual, or perf_counter_ns."""
         return self.now() if self.virtual else time.perf_counter_ns()
+
+    def elapsed_ns(self):
+        return self.clock() - self.t_begin
 
     def sample_time(self):
         """When dirty information is taken, on the sender's latency clock."""
@@ -96,12 +126,22 @@ class Controller:
             self.run_workload()
 
     def run_workload(self):
-        if self.workload is None or self.stopped:
+        """Virtual: the guest writes what it gets done up to now. A ring-full
+        exit inside it reaps (the reap's cost moves the clock) and re-enters
+        here: the inner call returns at once and the outer one runs the
+        interval the reap took afterwards, so no interval is written twice."""
+        if self.workload is None or self.stopped or self._in_workload:
             return
-        now = self.now()
-        if now > self.wl_time:
-            self.workload.advance(self.wl_time, now)
-            self.wl_time = now
+        self._in_workload = True
+        try:
+            while True:
+                now = self.now()
+                if now <= self.wl_time:
+                    break
+                t0, self.wl_time = self.wl_time, now
+                self.workload.advance(t0, now)
+        finally:
+            self._in_workload = False
 
     def set_throttle(self, pct):
         if self.virtual_writer is not None:  # a trace replays what was recorded: no throttle
@@ -135,7 +175,6 @@ class Controller:
             self.charge(cost)
             return int(cost)
         return time.perf_counter_ns() - t0
-
     # -- gfns reaped early -----------------------------------------------------
     def reap(self, vcpu=None):
         """A ring filled (or is filling): take its pages now, send them next pass."""
@@ -180,6 +219,95 @@ class Controller:
         cuts = np.append(np.searchsorted(gfns, self.bases), gfns.size)
         return [gfns[cuts[i]:cuts[i + 1]] for i in range(len(self.slots))]
 
+    # -- the migration bitmap ----------------------------------------------
+    @property
+    def collects_per_slot(self):
+        return self.strategy.collects_per_slot
+
+    def npasses(self):
+        return len(self.passes) + (self.pm is not None)
+
+    @property
+    def last_pass(self):
+        return self.passes[-1] if self.passes else self.pm
+
+    def bytes_sent(self):
+        """Record bytes sent so far (what QEMU's ram transferred counts)."""
+        return self.sender.stats()["wire_bytes"]
+
+    def open_pass(self, kind, t_start=None):
+        self.close_pass()
+        pm = PassMetrics(len(self.passes) + 1, kind)
+        pm.throttle_pct = self.policy.throttle
+        self.pm = pm
+        self._pm_stats = self.sender.stats()
+        self._pm_start = self.clock() if t_start is None else t_start
+        return pm
+
+    def close_pass(self):
+        pm = self.pm
+        if pm is None:
+            return
+        self.pm = None
+        after = self.sender.stats()
+        before = self._pm_stats
+        d = {k: after[k] - before[k] for k in after}
+        pm.pages_sent = d["pages"]
+        pm.zero_pages = d["zero_pages"]
+        pm.bytes = d["wire_bytes"] + d["header_bytes"]
+        pm.accounted_bytes = d["accounted_bytes"]
+        pm.redundant = d["redundant"]
+        pm.time_cap_exits = d["time_cap_exits"]
+        pm.rate_waits = d["rate_waits"]
+        pm.latency_mean_ns = d["lat_sum_ns"] / d["lat_count"] if d["lat_count"] else 0
+        pm.latency_max_ns = after["lat_max_ns"]
+        pm.latency_p50_ns, pm.latency_p99_ns = latency_percentiles(
+            self.sender.latency_histogram(reset=True), (0.5, 0.99))
+        pm.duration_ns = self.clock() - self._pm_start
+        pm.bandwidth = pm.bytes * NS / pm.duration_ns if pm.duration_ns else 0.0
+        if self.virtual_writer is not None:
+            pm.guest_writes = self.virtual_writer.writes - getattr(self, "_pm_writes", 0)
+            self._pm_writes = self.virtual_writer.writes
+        self.passes.append(pm)
+        end_pass = getattr(self.progress, "end_pass", None)
+        if end_pass is not None:
+            end_pass(pm)
+
+    def sync(self, final=False):
+        """Sync the dirty log into the migration bitmap (the strategy decides
+        how); opens the next report pass. Returns the pages newly set."""
+        self.syncs += 1
+        sent = self.pm is None or self.sender.stats()["pages"] > self._pm_stats["pages"]
+        if not final and sent:   # (a sync before any page went out stays in its pass)
+            self.open_pass("iterate")
+        pm = self.pm
+        for sl in self.slots:      # chunks not cleared since the last sync stay dirty in the log
+            sl.clear_off()
+        self.charge(self.costs.sync_ns)
+        if self.collects_per_slot and not final:
+            # per-slot polling: each slot is collected when the scan reaches it
+            for i in range(len(self.slots)):
+                self.pending.stale[i] = True
+            return 0
+        items, collect_ns, scan_ns = self.strategy.sync(self, final=final)
+        pm.collect_ns += collect_ns
+        pm.scan_ns += scan_ns
+        new = 0
+        for i, it in enumerate(items):
+            if it.bitmap is not None:
+                it.slot.set_clear(self.cfg.clear_shift, it.bitmap)
+            new += self.pending.add(i, it.gfns, it.sample_ns)
+            pm.dirty_found += 0 if it.gfns is None else int(it.gfns.size)
+        return new
+
+    def _collect_stale(self, i):
+        """Per-slot polling: collect slot i as the scan enters it."""
+        sl = self.slots[i]
+        g, c = self.strategy.collect_slot(self, sl)
+        self.pm.collect_ns += c
+        self.pm.dirty_found += int(g.size)
+        self.pending.add(i, g, self.sample_time())
+
     # -- send --------------------------------------------------------------
     def flush(self):
         if self.sender.buffer is None:  # counting only (null sink)
@@ -191,43 +319,78 @@ class Controller:
     def put_control(self, put, what):
         self.sender.put_control(put, self.sink.send, what)
 
-    def send(self, sl, gfns, sample, bitmap=None, final=False, progress=None):
-        """Send gfns (None: the whole slot) of slot sl. Returns send ns."""
-        if bitmap is not None:
-            sl.set_clear(self.cfg.clear_shift, bitmap)
-        t0 = self.clock()
-        n = sl.npages if gfns is None else gfns.size
+    def iterate(self, whole_pass, final=False):
+        """Send from the migration bitmap's cursor: everything pending
+        (whole_pass), or until the rate limit or the time cap ends the
+        iteration. Returns why it ended: "done", "rate-limited", "time-cap"."""
         s = self.sender
-        s.rewind()
+        pm = self.pm
         while True:
-            deadline = self.deadline if (self.virtual and not final) else 0
-            rc = s.send_pages(sl, gfns, n, sample, deadline)
-            if rc == SEND_DONE:
-                break
-            if rc == SEND_FULL:
-                self.flush()
-            elif rc == SEND_TIME_CAP:
-                self.placement.between_iterations()
-                s.iteration_begin()  # between iterations: what QEMU's migration thread does
-                if not final:
-                    self.iothread_resync()
-            elif rc == SEND_RATE_LIMITED:
-                self.wait_budget_unlocked(final)
-            elif rc == SEND_DEADLINE:
-                self.deadline = self.now() + self.step
-            else:
-                raise MigrationError("kd_send_pages returned unknown result %d" % rc)
+            batch = self.pending.next_batch(self._collect_stale)
+            if batch is None:
+                return "done"
+            i, gfns = batch
+            sl = self.slots[i]
+            t0 = self.clock()
+            stop = None
+            s.rewind()
+            while True:
+                deadline = self.deadline if (self.virtual and not final) else 0
+                rc = s.send_pages(sl, gfns, gfns.size, self.pending.sample_ns[i], deadline)
+                if rc == SEND_DONE:
+                    break
+                if rc == SEND_FULL:
+                    self.flush()
+                elif rc == SEND_DEADLINE:
+                    self.deadline = self.now() + self.step
+                elif rc == SEND_TIME_CAP:
+                    if not whole_pass:
+                        stop = "time-cap"
+                        break
+                    self.placement.between_iterations()
+                    s.iteration_begin()  # between iterations: what QEMU's migration thread does
+                    if not final:
+                        self.iothread_resync()
+                elif rc == SEND_RATE_LIMITED:
+                    if not whole_pass:
+                        stop = "rate-limited"
+                        break
+                    self.wait_budget_unlocked(final)
+                else:
+                    raise MigrationError("kd_send_pages returned unknown result %d" % rc)
+                if self.virtual and not final:
+                    self.run_workload()
+                elif not final:
+                    self.maybe_reap_realtime()
+                self.report_progress(pm)
+            self.pending.consume(i, gfns, s.position)
+            pm.send_ns += self.clock() - t0
             if self.virtual and not final:
                 self.run_workload()
-            elif not final:
-                self.maybe_reap_realtime()
-            if progress:
-                progress(s.position, n)
-        if self.virtual and not final:
+            self.report_progress(pm)
+            if stop:
+                return stop
+
+    def report_progress(self, pm):
+        if not self.progress:
+            return
+        now = time.monotonic()
+        if now - self._last_progress < 0.1:
+            return
+        self._last_progress = now
+        done = self.sender.stats()["pages"] - self._pm_stats["pages"]
+        self.progress(pm.index, done, max(done + self.pending.count, 1))
+
+    def wait_window(self):
+        """Rate limited: sleep until the window's budget refills (QEMU's
+        migration_rate_limit), the guest running meanwhile."""
+        while True:
+            deadline = self.deadline if self.virtual else 0
+            if self.sender.wait_budget(deadline) == SEND_DONE:
+                break
+            self.deadline = self.now() + self.step
             self.run_workload()
-        if bitmap is not None:
-            sl.clear_off()
-        return self.clock() - t0
+        self.sender.iteration_begin()
 
     def wait_budget_unlocked(self, final):
         """Rate limited under the iothread placement: the iteration ends, the
@@ -261,37 +424,20 @@ class Controller:
         if gfns.size:
             self.carry.append(gfns)
 
-    def finish_pass(self, pm, before, t_start):
-        after = self.sender.stats()
-        d = {k: after[k] - before[k] for k in after}
-        pm.pages_sent = d["pages"]
-        pm.zero_pages = d["zero_pages"]
-        pm.bytes = d["wire_bytes"] + d["header_bytes"]
-        pm.accounted_bytes = d["accounted_bytes"]
-        pm.redundant = d["redundant"]
-        pm.time_cap_exits = d["time_cap_exits"]
-        pm.rate_waits = d["rate_waits"]
-        pm.latency_mean_ns = d["lat_sum_ns"] / d["lat_count"] if d["lat_count"] else 0
-        pm.latency_max_ns = after["lat_max_ns"]
-        pm.latency_p50_ns, pm.latency_p99_ns = latency_percentiles(
-            self.sender.latency_histogram(reset=True), (0.5, 0.99))
-        pm.duration_ns = self.clock() - t_start
-        pm.bandwidth = pm.bytes * NS / pm.duration_ns if pm.duration_ns else 0.0
-
-    def progress_cb(self, pass_index, total):
-        """(callback(done, n), state) reporting a pass's progress, or None."""
-        if not self.progress:
+    def stopped_prices(self):
+        """Virtual clock: the sender's prices once the VM stops, from the cost
+        model's stopped_page_ns (a normal page's whole send cost; zero pages
+        keep their price). None: unchanged."""
+        c = self.costs
+        if not self.virtual or not c.stopped_page_ns:
             return None
-        state = {"base": 0}
-
-        def cb(done, n, _state=state):
-            now = time.monotonic()
-            if now - self._last_progress < 0.1:
-                return
-            self._last_progress = now
-            self.progress(pass_index, _state["base"] + done, total)
-        return cb, state
-
+        link = self.cfg.link_bandwidth
+        zero = c.page_ns + (WIRE_ZERO_RECORD * NS / link if link else 0.0)
+        extra = c.stopped_page_ns - zero
+        if extra <= 0:
+            return int(c.stopped_page_ns), 0
+        link2 = (WIRE_PAGE_RECORD - WIRE_ZERO_RECORD) * NS / extra
+        return max(0, int(round(zero - WIRE_ZERO_RECORD * NS / link2))), int(round(link2))
 
 
 def populate_guest(vm, slots, npages, fraction, fill, seed):
@@ -322,16 +468,19 @@ def populate_guest(vm, slots, npages, fraction, fill, seed):
             vm.reset_dirty_rings()
 
 
-def run_passes(ctl, report):
-    """The loop: bulk pass, iterate passes, stop-and-copy. Fills report."""
+def run_loop(ctl, report):
+    """The loop: setup, iterations until the policy completes, stop-and-copy.
+    Fills report."""
     cfg = ctl.cfg
-    strategy = ctl.strategy
+    policy = ctl.policy
     slots = ctl.slots
     sender = ctl.sender
-    t_begin = ctl.clock()
-    total_pages = sum(sl.npages for sl in slots)
 
-    # start of logging: whatever was dirty before migration is sent by the bulk pass
+    # the guest runs before the migration starts (its pages fill with data)
+    if cfg.warmup and ctl.virtual_writer is not None:
+        ctl.virtual_writer.run_unpriced(cfg.warmup * NS)
+    ctl.t_begin = t_begin = ctl.clock()
+    # start of logging: whatever was dirty before migration is in the bitmap anyway
     for sl in slots:
         ctl.vm.collect(sl.slot)
     if ctl.vm.backend == "ring":  # and drop what the rings hold
@@ -344,88 +493,25 @@ def run_passes(ctl, report):
     ctl.put_control(lambda: sender.put_mem_size(gpas, sizes), "the MEM_SIZE record")
     if ctl.threads is not None:
         ctl.threads.start()
+    ctl.open_pass("bulk", t_begin)
+    ctl.charge(cfg.costs.setup_ns)
+    report.setup_ns = ctl.clock() - t_begin
+    ctl.pending.fill(ctl.sample_time())
     sender.iteration_begin()
     ctl.deadline = ctl.now() + ctl.step
-
-    state = dict(throttle=0, index=0, last_dirty=total_pages)
-
-    def run_pass(kind, items, collect_ns, scan_ns, t_start, final=False):
-        state["index"] += 1
-        pm = PassMetrics(state["index"], kind)
-        pm.collect_ns = collect_ns
-        pm.scan_ns = scan_ns
-        pm.throttle_pct = state["throttle"]
-        before = sender.stats()
-        per_slot = strategy.collects_per_slot and kind == "iterate"
-        pm.dirty_found = 0 if per_slot else sum(
-            it.slot.npages if it.gfns is None else it.gfns.size for it in items)
-        prog = ctl.progress_cb(pm.index, state["last_dirty"] if per_slot else pm.dirty_found)
-        for it in items:
-            sl, g, sample = it.slot, it.gfns, it.sample_ns
-            if per_slot:
-                g, c = strategy.collect_slot(ctl, sl)
-                pm.collect_ns += c
-                pm.dirty_found += g.size
-                sample = ctl.sample_time()
-            pm.send_ns += ctl.send(sl, g, sample, it.bitmap, final=final,
-                                   progress=prog[0] if prog else None)
-            if prog:
-                prog[1]["base"] += sl.npages if g is None else g.size
-        if final:
-            ctl.put_control(sender.put_eos, "the end-of-stream record")
-            ctl.flush()
-        ctl.finish_pass(pm, before, t_start)
-        report.passes.append(pm)
-        end_pass = getattr(ctl.progress, "end_pass", None)
-        if end_pass is not None:
-            end_pass(pm)
-        return pm
-
-    # ---- bulk pass ----
-    t_start = ctl.clock()
-    sample = ctl.sample_time()
     ctl.placement.iteration_begin()
-    pm = run_pass("bulk", [SyncItem(sl, None, sample, None) for sl in slots], 0, 0, t_start)
-    ctl.placement.iteration_end()
+    policy.start(ctl)
 
-    # ---- iterate ----
-    high_cnt = 0
-    pending_est = None
     while True:
-        bw = pm.bandwidth or (cfg.bandwidth or 1)
-        t_start = ctl.clock()
-        ctl.placement.iteration_begin()
-        if strategy.collects_per_slot:
-            items = [SyncItem(sl, None, 0, None) for sl in slots]  # collected in run_pass
-            pending = state["last_dirty"] if pending_est is None else pending_est
-            collect_ns = scan_ns = 0
-        else:
-            items, collect_ns, scan_ns = strategy.sync(ctl)
-            pending = sum(it.gfns.size for it in items)
-        expected = pending * PAGE_SIZE * NS / bw if bw else 0
-        pm.expected_downtime_ns = int(expected)
-        elapsed = ctl.clock() - t_begin
-        out_of_time = cfg.duration_limit is not None and elapsed > cfg.duration_limit * NS
-        if (expected <= cfg.downtime_limit * NS or len(report.passes) >= cfg.max_passes
-                or out_of_time):
-            report.converged = expected <= cfg.downtime_limit * NS
-            ctl.placement.iteration_end()
+        if policy.should_complete(ctl):
             break
-        # auto-converge (QEMU: dirtied > 50% of transferred, twice in a row)
-        if cfg.auto_converge and pm.kind != "bulk":
-            if pending * PAGE_SIZE * 2 > pm.bytes:
-                high_cnt += 1
-            if high_cnt >= 2:
-                high_cnt = 0
-                t = state["throttle"]
-                state["throttle"] = 20 if t == 0 else min(t + 10, 99)
-                report.auto_converge_triggers += 1
-                ctl.set_throttle(state["throttle"])
-        pm = run_pass("iterate", items, collect_ns, scan_ns, t_start)
+        why = ctl.iterate(policy.whole_pass)
+        policy.after_iteration(ctl, why)
         ctl.placement.iteration_end()
-        if strategy.collects_per_slot:
-            pending_est = pm.dirty_found
-            state["last_dirty"] = pm.dirty_found
+        ctl.placement.iteration_begin()
+        sender.iteration_begin()
+        ctl.iothread_resync()
+    ctl.placement.iteration_end()
 
     # ---- stop and copy ----
     t_stop = ctl.clock()
@@ -434,22 +520,34 @@ def run_passes(ctl, report):
     if ctl.threads is not None:
         report.workload_writes = ctl.threads.stop()
     sender.set_rate_limit(0)
-    # pages already synced for the pass that did not run are still to send
-    pending_items = [] if strategy.collects_per_slot else items
-    final_items, c2, s2 = strategy.sync(ctl, final=True)
-    merged = []
-    for i, sl in enumerate(slots):
-        parts = [it.gfns for it in pending_items if it.slot is sl] + [final_items[i].gfns]
-        merged.append(SyncItem(sl, np.unique(np.concatenate(parts)), final_items[i].sample_ns,
-                               None))
-    run_pass("stop-and-copy", merged, c2, s2, t_stop, final=True)
+    prices = ctl.stopped_prices()
+    if prices is not None:
+        sender.set_costs(*prices)
+    ctl.open_pass("stop-and-copy", t_stop)
+    ctl.sync(final=True)
+    ctl.pm.dirty_found = ctl.pending.count
+    ctl.iterate(whole_pass=True, final=True)
+    ctl.put_control(sender.put_eos, "the end-of-stream record")
+    ctl.flush()
+    if ctl.virtual:  # stopping the VM, device state (priced; measured in real time)
+        ctl.sender.advance(int(cfg.costs.downtime_overhead_ns))
+    ctl.close_pass()
+    report.passes.extend(ctl.passes)
     report.downtime_ns = ctl.clock() - t_stop
     report.total_ns = ctl.clock() - t_begin
-    report.final_throttle_pct = state["throttle"]
+    report.converged = ctl.converged
+    report.status = policy.status
+    report.policy = policy.name
+    report.dirty_sync_count = ctl.syncs
+    report.auto_converge_triggers = policy.triggers
+    report.final_throttle_pct = policy.throttle
+    report.expected_downtime_ns = getattr(policy, "expected_downtime_ns", 0)
+    report.dirty_pages_rate = getattr(policy, "dirty_pages_rate", 0.0)
     report.iothread_resyncs = ctl.resyncs
     if ctl.virtual_writer is not None:
         report.workload_writes = ctl.workload.writes
         report.ring_full_events = ctl.virtual_writer.ring_full
+        report.guest = ctl.virtual_writer.time_report()
     else:
         report.ring_full_events = ctl.ring_full_events
 

@@ -32,6 +32,7 @@ class PassMetrics:
     throttle_pct: int = 0
     expected_downtime_ns: int = 0
     bandwidth: float = 0
+    guest_writes: int = 0   # page writes the guest got done in this pass (virtual clock)
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -65,6 +66,13 @@ class MigrationReport:
         self.guest_events = None    # their waits and the loop's holds (stall timeline)
         self.t_begin_ns = 0         # the loop's clock when migration began / the VM stopped
         self.t_stop_ns = 0
+        self.policy = ""            # the convergence policy that ran (migration/policy.py)
+        self.status = ""            # "completed", or "timeout" (the policy never converged)
+        self.dirty_sync_count = 0   # dirty-log syncs, setup's and the final one included
+        self.setup_ns = 0
+        self.expected_downtime_ns = 0
+        self.dirty_pages_rate = 0.0  # pages newly dirtied per second, last period (qemu-7.2)
+        self.guest = None           # the guest's writes and vCPU time (virtual clock)
 
     @property
     def npasses(self):
@@ -93,7 +101,12 @@ class MigrationReport:
                         workload_writes=self.workload_writes,
                         ring_full_events=self.ring_full_events,
                         iothread_resyncs=self.iothread_resyncs,
-                        mismatched_pages=self.mismatched_pages),
+                        mismatched_pages=self.mismatched_pages, policy=self.policy,
+                        status=self.status, dirty_sync_count=self.dirty_sync_count,
+                        setup_ns=self.setup_ns,
+                        expected_downtime_ns=self.expected_downtime_ns,
+                        dirty_pages_rate=self.dirty_pages_rate),
+            guest=self.guest,
             destination=self.destination, vm_stats=self.vm_stats,
             guest_impact=self.guest_impact)
 

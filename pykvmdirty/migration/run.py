@@ -3,12 +3,13 @@
 ``migrate(...)`` builds a guest (a VM with guest memory in ``slots`` memslots),
 starts a workload, and migrates it to a sink:
 
-1. bulk pass: every page of every slot is sent;
-2. passes: sync the dirty log with a strategy, send the dirty pages
-   (C: read, zero check, encode, rate limit, time cap), repeat;
-3. when the expected downtime (pending dirty bytes / measured bandwidth) is
-   below ``downtime_limit``, or after ``max_passes``: stop the workload, final
-   sync, send the rest without the rate limit, end the stream;
+1. every page starts pending (the migration bitmap all ones);
+2. iterations send pending pages from where the last one stopped (C: read,
+   zero check, encode, rate limit, time cap); the policy (``qemu-7.2`` by
+   default, or ``passes``) decides when to sync the dirty log into the
+   bitmap, when to throttle the guest and when to switch over;
+3. stop-and-copy: stop the workload, final sync, send the rest without the
+   rate limit, end the stream;
 4. verify the destination page by page (64-bit hashes) against the source.
 
 Sync strategies (migration/strategies.py): ``global`` (collect every slot at
@@ -41,8 +42,9 @@ from ..bindings.sender import Sender, SendRegion
 from ..bindings.vm import VM
 from ..errors import SinkError
 from .config import NS, MigrationConfig
-from .controller import Controller, populate_guest, run_passes, verify_destination
+from .controller import Controller, populate_guest, run_loop, verify_destination
 from .errors import MigrationError
+from .policy import policy_class
 from .progress import ProgressPrinter
 from .report import MigrationReport
 from .sinks import LocalSink, NullSink, TcpSink
@@ -84,8 +86,7 @@ def check_memory(cfg, sink="local", max_memory=None, guest_size=None):
                     limits.format_bytes(cfg.guest_bytes),))
 
 
-def migrate(config=None, *, sink="local", progress=None, max_memory=None, profile=None,
-            **options):
+def migrate(config=None, *, sink="local", progress=None, max_memory=None, **options):
     """Migrate a freshly built guest; returns a MigrationReport.
 
     config: a MigrationConfig, or None to build one from ``options`` (the
@@ -98,9 +99,6 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, profil
     max_memory: refuse (limits.MemoryLimitError, a ValueError) a run whose
       estimated memory exceeds this, before anything is allocated (bytes or
       "8GiB"; default: a share of the memory available, see pykvmdirty.limits).
-    profile: None (this emulator's loop) or "qemu": QEMU 7.2's loop as a model
-      (pykvmdirty/qemu/profile.py) on the same settings; returns its Prediction
-      instead of a report.
     """
     if config is None:
         cfg = MigrationConfig(**options)
@@ -108,13 +106,6 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, profil
         cfg = dataclasses.replace(config, **options) if options else config
     else:
         raise TypeError("config must be a MigrationConfig, got %r" % (config,))
-    if profile is not None:
-        from ..qemu.entry import check_profile, migrate_qemu_profile
-        check_profile(profile)
-        spec = cfg.spec
-        return migrate_qemu_profile(cfg.guest_bytes, spec.kind, spec.rate, spec.hot_fraction,
-                                    spec.hot_share, cfg.seed, cfg.bandwidth,
-                                    cfg.downtime_limit, cfg.auto_converge, cfg.duration_limit)
     check_memory(cfg, sink, max_memory, options.get("guest_size"))
     sink_obj = make_sink(sink)
     if progress is True:
@@ -145,7 +136,9 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, profil
                         page_cost_ns=int(costs.page_ns),
                         clear_call_ns=int(costs.ioctl_ns + costs.tlb_flush_ns),
                         reprotect_ns=int(costs.reprotect_ns),
-                        rate_yield=cfg.loop_thread == "iothread")  # drops the lock when limited
+                        # QEMU's iteration ends at the rate limit; iothread drops the lock
+                        rate_yield=(cfg.loop_thread == "iothread"
+                                    or not policy_class(cfg.policy).whole_pass))
         if sink_obj.encodes:
             sender.set_buffer(cfg.batch_bytes)
         if cfg.window_log:
@@ -156,7 +149,7 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, profil
             if cfg.record else None
         ctl = Controller(cfg, vm, regions, sender, sink_obj, progress, recorder)
         baseline = guest_alone(vm, cfg) if ctl.global_lock and not cfg.virtual else None
-        run_passes(ctl, report)
+        run_loop(ctl, report)
         if ctl.global_lock is not None:
             report.guest_impact, report.guest_events = guest_report(ctl.global_lock, report,
                                                                     cfg, baseline)

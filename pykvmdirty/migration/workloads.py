@@ -70,68 +70,165 @@ class WorkloadSpec:
 
 class VirtualWorkload:
     """Runs a spec on the virtual clock: ``advance(t0, t1)`` performs the
-    writes the rate gives for [t0, t1) (at t1), split over the vCPUs.
+    writes the guest gets done in [t0, t1), split over the vCPUs.
+
+    The guest is paced like the project's firmware guest: work arrives at
+    ``rate`` pages/s (withheld by the throttle, as QEMU's CPU throttle makes a
+    vCPU sleep), each vCPU catches up at most MAX_LAG_NS of lag and drops the
+    rest. What a vCPU gets done is bounded by its time: every write costs it
+    ``guest_write_ns`` and every write-side event the write caused (a write
+    fault on a protected page, a PML drain, a ring push, a ring-full exit and
+    the wait until the rings are reset) costs it what the one cost model
+    prices it at. Invariant: per vCPU, busy time <= run time + one chunk's
+    overrun, carried as debt into the next interval; so dirty tracking slows
+    the guest exactly by the vCPU time its events take.
 
     on_ring_full(vcpu) is called when a vCPU's ring fills; it must make room
-    (harvest + reset), then the rest of the writes go through. recorder, if
-    set, receives every written gfn array."""
+    (harvest + reset), then the rest of the writes go through; its duration on
+    ``clock`` (if given) is stall time of that vCPU. recorder, if set,
+    receives every written gfn array."""
 
     CHUNK = 1 << 16
+    MAX_LAG_NS = 2_000_000   # the firmware guest's pacer: at most 2 ms of lag made up
 
-    def __init__(self, vm, spec, first_gfn, npages, on_ring_full=None, recorder=None):
+    def __init__(self, vm, spec, first_gfn, npages, on_ring_full=None, recorder=None,
+                 costs=None, backend=None, clock=None):
         self.vm = vm
         self.spec = spec
         self.gens = spec.generators(first_gfn, npages, vm.vcpus)
         self.on_ring_full = on_ring_full
         self.recorder = recorder
-        self._throttle = 0  # percent of the rate withheld (auto-converge)
-        self._owed = 0
+        self.costs = costs
+        self.backend = backend
+        self.clock = clock
+        self._throttle = 0  # percent of the time withheld (auto-converge)
         self._value = 0
+        k = len(self.gens)
+        self._owed = 0                  # arrived, not yet written (units of advance())
         self._next_vcpu = 0
+        self._debt = [0.0] * k          # vCPU ns spent beyond the intervals so far
+        # vCPU ns per write seen last (sizes the next chunk; starts at "every write faults")
+        first = (costs.guest_write_ns + costs.write_fault_ns) if costs is not None else 0.0
+        self._ns_per_write = [first] * k
         self._buf = np.empty(self.CHUNK, dtype=np.uint64)
         self.writes = 0
+        self.requested = 0.0            # pages the rate asked for while unthrottled
+        self.dropped = 0.0              # pages that arrived and were never written
+        self.run_ns = 0.0               # vCPU time available (all vCPUs, throttle applied)
+        self.write_ns = 0.0             # vCPU time spent writing (guest_write_ns each)
+        self.event_ns = {}              # vCPU time per write-side event (cost model)
+        self.stall_ns = 0.0             # vCPU time waiting for a ring reset (ring full)
         self.ring_full = 0
 
     def set_throttle(self, percent):
-        """Withhold `percent` of the rate (QEMU's auto-converge CPU throttle)."""
+        """Withhold `percent` of the vCPUs' time (QEMU's auto-converge CPU throttle)."""
         if not 0 <= percent <= 100:
             raise ValueError("throttle must be in [0, 100] percent, got %r" % (percent,))
         self._throttle = percent
 
+    @property
+    def tracking_ns(self):
+        """vCPU time the guest lost to dirty tracking (faults, PML, ring pushes,
+        ring-full exits and their waits)."""
+        return float(sum(self.event_ns.values())) + self.stall_ns
+
+    def _event_ns(self, before, after):
+        """vCPU ns of the write-side events between two VM.stats (cost model)."""
+        if self.costs is None:
+            return {}
+        from ..analysis.costmodel import WRITE_SIDE
+        d = {k: after.get(k, 0) - before.get(k, 0) for k in WRITE_SIDE}
+        b = self.costs.breakdown(d, self.backend)
+        return {k: b[k] for k in WRITE_SIDE if b.get(k)}
+
+    def run_unpriced(self, ns):
+        """The guest runs `ns` before the migration (no dirty logging yet, so
+        its writes cost it only their own time): fills pages with data."""
+        costs, self.costs = self.costs, None
+        try:
+            self.advance(0, int(ns))
+        finally:
+            self.costs = costs
+            self.requested = self.dropped = self.run_ns = self.write_ns = 0.0
+            self.writes = 0
+            self._owed = 0
+            self._debt = [0.0] * len(self._debt)
+
+    def time_report(self):
+        """What the guest got done and where its vCPU time went (virtual clock)."""
+        run = self.run_ns
+        return dict(requested_writes=self.requested, writes=self.writes,
+                    dropped_writes=self.dropped,
+                    progress=self.writes / self.requested if self.requested else 1.0,
+                    vcpu_ns=run, write_ns=self.write_ns,
+                    tracking_ns=self.tracking_ns,
+                    tracking_share=self.tracking_ns / run if run else 0.0,
+                    events_ns=dict(self.event_ns), ring_full_wait_ns=self.stall_ns)
+
     def advance(self, t0, t1):
         if t1 <= t0 or self.spec.rate == 0 or self.spec.kind == "idle":
             return 0
-        self._owed += self.spec.rate * (t1 - t0) * (100 - self._throttle)
-        unit = NS * 100
-        n = self._owed // unit
-        self._owed -= n * unit
-        if not n:
-            return 0
-        self._value += 1
         k = len(self.gens)
+        dt = t1 - t0
+        run = dt * (100 - self._throttle) / 100.0       # each vCPU's time in [t0, t1)
+        self.run_ns += run * k
+        # pages owed in exact integer units of 1 / (NS * 100) page: no rounding drift
+        unit = NS * 100
+        self._owed += self.spec.rate * dt * (100 - self._throttle)
+        self.requested += self.spec.rate * dt / NS
+        n = self._owed // unit
+        self._value += 1
         total = 0
         for j in range(k):
             v = (self._next_vcpu + j) % k
             share = n // k + (1 if j < n % k else 0)
-            total += self._write(v, share, t1)
+            budget = run - self._debt[v]
+            done, spent = self._run_vcpu(v, share, budget, t1)
+            total += done
+            self._debt[v] = max(0.0, spent - budget) if budget > 0 else self._debt[v] - run
         self._next_vcpu = (self._next_vcpu + n) % k
+        self._owed -= total * unit
+        lag = self.spec.rate * self.MAX_LAG_NS * 100      # the pacer gives up on the rest
+        if self._owed > lag:
+            self.dropped += (self._owed - lag) / unit
+            self._owed = lag
         return total
 
-    def _write(self, vcpu, count, t):
+    def _run_vcpu(self, vcpu, owed, budget, t):
+        """Write up to `owed` pages as vCPU vcpu within `budget` ns of its
+        time: (pages written, ns spent)."""
+        per_write = self.costs.guest_write_ns if self.costs is not None else 0.0
         gen = self.gens[vcpu]
-        done = 0
-        while done < count:
-            gfns, hint = gen.generate(min(count - done, self.CHUNK), self._buf)
+        done = spent = 0
+        want = int(owed)
+        while done < want and budget - spent > 0:
+            # as many writes as the time left pays for if none of them faulted
+            room = want - done
+            est = self._ns_per_write[vcpu]
+            if est > 0:
+                room = min(room, max(1, int((budget - spent) / est)))
+            gfns, hint = gen.generate(min(room, self.CHUNK), self._buf)
             if gfns.size == 0:
                 break
-            value = hint or self._value
-            self.write_gfns(vcpu, gfns, value, t)
+            before = self.vm.stats if self.costs is not None else None
+            stall = self.write_gfns(vcpu, gfns, hint or self._value, t)
+            cost = gfns.size * per_write + stall
+            self.write_ns += gfns.size * per_write
+            if before is not None:
+                for name, ns in self._event_ns(before, self.vm.stats).items():
+                    self.event_ns[name] = self.event_ns.get(name, 0.0) + ns
+                    cost += ns
             done += gfns.size
-        return done
+            spent += cost
+            if per_write > 0:
+                self._ns_per_write[vcpu] = cost / gfns.size
+        return done, spent
 
     def write_gfns(self, vcpu, gfns, value, t):
-        """Write gfns as vCPU vcpu; on a ring-full exit call on_ring_full and go on."""
+        """Write gfns as vCPU vcpu; on a ring-full exit call on_ring_full and go
+        on. Returns the ns the vCPU waited for room (on `clock`)."""
         start = 0
+        stall = 0
         while start < gfns.size:
             res = self.vm.write(gfns[start:], vcpu, value)
             start += res.applied
@@ -139,13 +236,18 @@ class VirtualWorkload:
                 self.ring_full += 1
                 if self.on_ring_full is None:
                     raise RingFullError(vcpu, start)
+                c0 = self.clock() if self.clock is not None else 0
                 self.on_ring_full(vcpu)
+                if self.clock is not None:
+                    stall += self.clock() - c0
             elif res.applied == 0:
                 raise RuntimeError("write of %d gfns on vCPU %d made no progress"
                                    % (gfns.size - start, vcpu))
+        self.stall_ns += stall
         self.writes += gfns.size
         if self.recorder is not None:
             self.recorder.add(t, gfns, vcpu)
+        return stall
 
 
 class ThreadWorkload:

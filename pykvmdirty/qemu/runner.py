@@ -37,7 +37,7 @@ from .config import DIRTY_RING_SIZE, QemuConfig
 from .errors import (GuestStalled, MigrationFailed, MigrationSetupError, QemuError,
                      QemuExited, VerificationError)
 from .process import QemuProcess, qemu_binary
-from .profile import MigrationFigures
+from .figures import MigrationFigures
 from .verify import ab_invariant, differing_pages, first_bytes
 
 SAMPLE_INTERVAL = 0.1

@@ -177,6 +177,9 @@ typedef struct kd_sender kd_sender;
  * cost model without the virtual clock. */
 KD_API int kd_sender_create(const struct kd_send_config *cfg, kd_sender **out);
 KD_API void kd_sender_destroy(kd_sender *s);
+/* Virtual clock: new per-page read cost and link bandwidth (bytes/s, 0 =
+ * instant) from now on; -EINVAL on a real-clock sender. */
+KD_API int kd_sender_set_costs(kd_sender *s, uint64_t page_cost_ns, uint64_t link_bandwidth);
 KD_API int kd_sender_set_rate_limit(kd_sender *s, uint64_t rate_limit);
 /* Batch buffer (cap >= header + one page record); NULL counts without
  * encoding. -EBUSY while a batch is open. */

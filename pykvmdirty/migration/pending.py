@@ -1,0 +1,178 @@
+"""The migration bitmap: which pages are still to send, and where the scan is.
+
+QEMU keeps one such bitmap per RAMBlock (``RAMBlock::bmap``, migration/ram.c):
+all ones at setup, a sync ORs the dirty log into it, sending a page clears its
+bit, and the send loop walks it in address order from where it stopped last,
+wrapping at the end of guest memory (``find_next_bit`` from
+``last_seen_block`` / ``last_page``). Every policy of the loop sends through
+this one structure; a pass-based policy just empties it between syncs.
+
+Invariants:
+- ``count`` is the number of set bits over all slots; bits past a slot's
+  last page are never set;
+- the cursor is (slot index, page offset in that slot); the pages handed out
+  by ``next_batch`` are the set bits from the cursor on, in address order, and
+  ``consume`` clears exactly the first ``k`` of them and moves the cursor past
+  the last one, so a page set again by a sync while it waits behind the cursor
+  is sent on the next round, never lost;
+- a slot marked ``stale`` (per-slot polling) is collected by the loop when the
+  cursor enters it, before any of its pages is handed out.
+"""
+import numpy as np
+
+from ..bindings.scan import bitmap_to_gfns
+
+#: pages handed out per batch at most (the sender stops earlier at a rate
+#: limit or the time cap; the rest stays set)
+BATCH = 1 << 16
+_WINDOW_WORDS = 1 << 12   # bitmap words looked at per step of a batch search
+
+
+def _set_range(words, lo, hi):
+    """Set bits [lo, hi) of a uint64 word array."""
+    if lo >= hi:
+        return
+    w0, w1 = lo >> 6, (hi - 1) >> 6
+    first = np.uint64((0xFFFFFFFFFFFFFFFF << (lo & 63)) & 0xFFFFFFFFFFFFFFFF)
+    last = np.uint64(0xFFFFFFFFFFFFFFFF >> (63 - ((hi - 1) & 63)))
+    if w0 == w1:
+        words[w0] |= first & last
+        return
+    words[w0] |= first
+    words[w0 + 1:w1] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    words[w1] |= last
+
+
+def _clear_range(words, lo, hi):
+    """Clear bits [lo, hi) of a uint64 word array."""
+    if lo >= hi:
+        return
+    w0, w1 = lo >> 6, (hi - 1) >> 6
+    first = np.uint64((0xFFFFFFFFFFFFFFFF << (lo & 63)) & 0xFFFFFFFFFFFFFFFF)
+    last = np.uint64(0xFFFFFFFFFFFFFFFF >> (63 - ((hi - 1) & 63)))
+    if w0 == w1:
+        words[w0] &= ~(first & last)
+        return
+    words[w0] &= ~first
+    words[w0 + 1:w1] = 0
+    words[w1] &= ~last
+
+
+class Pending:
+    """Per slot a bitmap of the pages still to send, a running count and the
+    sample time (sender clock) of the sync that last set bits in it."""
+
+    def __init__(self, slots):
+        self.slots = slots
+        self.words = [np.zeros((sl.npages + 63) // 64, dtype=np.uint64) for sl in slots]
+        self.count = 0
+        self.sample_ns = [0] * len(slots)
+        self.stale = [False] * len(slots)
+        self.slot_i = 0         # cursor: slot index
+        self.page = 0           # cursor: page offset inside that slot
+        self.rounds = 0         # times the cursor wrapped from the last slot to the first
+
+    def fill(self, sample_ns):
+        """Every page of every slot is to send (QEMU's bmap at setup)."""
+        for i, sl in enumerate(self.slots):
+            self.words[i][:] = 0
+            _set_range(self.words[i], 0, sl.npages)
+            self.sample_ns[i] = sample_ns
+        self.count = sum(sl.npages for sl in self.slots)
+
+    def add(self, i, gfns, sample_ns):
+        """Set the bits of slot i's gfns (any order, repeats allowed); returns
+        how many were newly set (QEMU's num_dirty_pages_period counts these)."""
+        self.sample_ns[i] = sample_ns
+        if gfns is None or gfns.size == 0:
+            return 0
+        rel = np.unique(np.asarray(gfns, dtype=np.uint64) - np.uint64(self.slots[i].base_gfn))
+        w = self.words[i]
+        idx = (rel >> np.uint64(6)).astype(np.intp)
+        bit = np.left_shift(np.uint64(1), rel & np.uint64(63))
+        new = (w[idx] & bit) == 0
+        nnew = int(new.sum())
+        if nnew:
+            np.bitwise_or.at(w, idx[new], bit[new])
+            self.count += nnew
+        return nnew
+
+    def slot_count(self, i):
+        return int(np.unpackbits(self.words[i].view(np.uint8)).sum())
+
+    def next_batch(self, collect_stale):
+        """(slot index, gfns) of up to BATCH pages to send from the cursor on,
+        moving the cursor over empty slots (and wrapping once); None if no page
+        is pending. collect_stale(i) is called for a stale slot the cursor
+        enters, before its bits are read."""
+        for _ in range(2 * len(self.slots) + 1):
+            i = self.slot_i
+            sl = self.slots[i]
+            if self.stale[i]:
+                self.stale[i] = False
+                collect_stale(i)
+            if self.count:
+                gfns = self._take(i, self.page, sl.npages, sl.base_gfn)
+                if gfns.size:
+                    return i, gfns
+            elif not any(self.stale):
+                return None
+            self._next_slot()
+        return None
+
+    def _take(self, i, lo, npages, base):
+        w = self.words[i]
+        out = []
+        got = 0
+        word = lo >> 6
+        while word < w.size and got < BATCH:
+            end = min(w.size, word + _WINDOW_WORDS)
+            seg = w[word:end]
+            if seg.any():
+                g = bitmap_to_gfns(seg, min(npages - word * 64, seg.size * 64), base + word * 64)
+                if word == lo >> 6:
+                    g = g[g >= base + lo]
+                if g.size:
+                    g = g.copy()   # the scan's output buffer is reused
+                    out.append(g[:BATCH - got])
+                    got += out[-1].size
+            word = end
+        if not out:
+            return np.zeros(0, dtype=np.uint64)
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def consume(self, i, gfns, k):
+        """The first k pages of batch gfns (slot i) were sent: clear their bits,
+        move the cursor past them; past the slot's last page, on to the next."""
+        if k <= 0:
+            return
+        sl = self.slots[i]
+        last = int(gfns[k - 1]) - sl.base_gfn
+        _clear_range(self.words[i], int(gfns[0]) - sl.base_gfn, last + 1)
+        self.count -= k
+        self.page = last + 1
+        if self.page >= sl.npages:
+            self._next_slot()
+
+    def _next_slot(self):
+        self.slot_i += 1
+        self.page = 0
+        if self.slot_i >= len(self.slots):
+            self.slot_i = 0
+            self.rounds += 1
+
+    def take_all(self, i):
+        """Every pending gfn of slot i, cleared (the stop-and-copy pass)."""
+        sl = self.slots[i]
+        parts = []
+        lo = 0
+        while lo < sl.npages:
+            g = self._take(i, lo, sl.npages, sl.base_gfn)
+            if not g.size:
+                break
+            parts.append(g)
+            lo = int(g[-1]) - sl.base_gfn + 1
+        self.words[i][:] = 0
+        g = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        self.count -= g.size
+        return g
