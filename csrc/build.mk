@@ -9,3 +9,7 @@ KD_LDFLAGS = -pthread
 # SANITIZE=1 (make) or KVMDIRTY_SANITIZE=1 (pip): ASan + UBSan, any report aborts
 KD_SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 KD_SANITIZE_LDFLAGS = -fsanitize=address,undefined
+# TSAN=1 (make): ThreadSanitizer, for the C race tests of .ci/run's TSan stage
+# (suppressions: csrc/tsan.supp)
+KD_TSAN = -fsanitize=thread -fno-omit-frame-pointer -g
+KD_TSAN_LDFLAGS = -fsanitize=thread

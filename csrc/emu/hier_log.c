@@ -215,7 +215,8 @@ static uint32_t block_take(struct kd_hier *h)
 		 * unlinked blocks, and a group links at most one block */
 		b = (uint32_t)++h->pool_top;
 	}
-	h->blocks_live++;
+	/* under h->lock; the collector reads it without (retire_pending) */
+	__atomic_store_n(&h->blocks_live, h->blocks_live + 1, __ATOMIC_RELAXED);
 	return b;
 }
 
@@ -224,7 +225,7 @@ static void block_free(struct kd_hier *h, uint32_t b)
 {
 	block_words(h, b)[0] = h->free_head;
 	h->free_head = b;
-	h->blocks_live--;
+	__atomic_store_n(&h->blocks_live, h->blocks_live - 1, __ATOMIC_RELAXED);
 }
 
 bool kd_hier_mark_slow(struct kd_hier *h, uint64_t rel)
@@ -337,7 +338,8 @@ static void retire_candidate(struct kd_hier *h, uint64_t g)
  * a steady working set) is passed over without reading its index line. */
 static void retire_pending(struct kd_hier *h, struct kd_hier_counts *c)
 {
-	if (h->retire_slack && h->blocks_live <= 2 * h->groups_last + h->retire_slack) {
+	if (h->retire_slack && __atomic_load_n(&h->blocks_live, __ATOMIC_RELAXED) <=
+				       2 * h->groups_last + h->retire_slack) {
 		h->nclean = 0; /* few enough: keep them linked (see Memory) */
 		return;
 	}
@@ -778,5 +780,5 @@ void kd_hier_memory(const struct kd_hier *h, uint64_t *reserved, uint64_t *resid
 
 uint64_t kd_hier_blocks_live(const struct kd_hier *h)
 {
-	return h->blocks_live;
+	return __atomic_load_n(&h->blocks_live, __ATOMIC_RELAXED);
 }
