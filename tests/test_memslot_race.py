@@ -8,14 +8,18 @@ interleaving: no signal, exact results, and only the errors the kernel would
 give (EFAULT for a write where no slot is, ENOENT for a collect of a slot
 that is not there). Nothing here asserts how many iterations ran.
 """
+import errno
 import os
 import re
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
+import pykvmdirty as kd
+from pykvmdirty.bindings import vm as vm_mod
 from test_c_library import HERE, LIB_MISSING, build
 
 RACE_MS = int(os.environ.get("PYKVMDIRTY_RACE_MS", "300"))
@@ -136,3 +140,45 @@ def test_python_write_collect_get_race_recreate(backend, tracking):
     r = _run([sys.executable, "-c", PY_RACE, backend, tracking, str(RACE_MS / 1000 * 2)],
              timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-3000:] + r.stderr[-3000:]
+
+
+class _DeletingLib:
+    """lib for bindings.vm whose first collect call is followed by the
+    deletion of the slot (a memslot change landing between two C calls of
+    one Python collect that had to grow its buffer)."""
+
+    def __init__(self, real, vm, slot):
+        self._real, self._vm, self._slot, self.calls = real, vm, slot, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self._real, name)
+        if name not in ("kd_collect", "kd_collect_slots"):
+            return attr
+
+        def call(*args):
+            rc = attr(*args)
+            self.calls += 1
+            if self.calls == 1:
+                self._real.kd_set_user_memory_region(self._vm.handle, self._slot, 0, 0, 0)
+            return rc
+        return call
+
+
+@pytest.mark.parametrize("how", ["collect", "collect range", "collect_slots"])
+def test_pages_taken_before_a_slot_vanishes_are_returned(monkeypatch, how):
+    """A collect whose output must grow resumes in a second C call; if the
+    slot was deleted in between, the pages the first call took (and cleared)
+    are returned, not dropped with an exception."""
+    vm = kd.VM("flat")
+    vm.set_user_memory_region(0, 0, 1 << 24, kd.MEM_LOG_DIRTY_PAGES)  # 4096 pages
+    vm.write(np.arange(4096, dtype=np.uint64))  # more than the first buffer holds
+    fake = _DeletingLib(vm_mod.lib, vm, 0)
+    monkeypatch.setattr(vm_mod, "lib", fake)
+    got = {"collect": lambda: vm.collect(0), "collect range": lambda: vm.collect(0, 0, 4096),
+           "collect_slots": lambda: vm.collect_slots([0])}[how]()
+    assert fake.calls == 2 and got.size >= 1024
+    assert np.array_equal(got, np.arange(got.size, dtype=np.uint64))
+    monkeypatch.undo()
+    with pytest.raises(kd.KvmDirtyError) as e:  # the next collect says what happened
+        vm.collect(0)
+    assert e.value.errno == errno.ENOENT

@@ -360,8 +360,10 @@ class VM(RingMethods):
         sampled = None
         start = first_page
         while True:
-            check(lib.kd_collect(handle, slot, start, end - start, ptr + n, size - n, res),
-                  "collect(slot=%#x, first_page=%d, num_pages=%d)",
+            rc = lib.kd_collect(handle, slot, start, end - start, ptr + n, size - n, res)
+            if rc in (-errno.ENOENT, -errno.EINVAL) and sampled is not None:
+                break  # the slot changed since the first call: see _collect_slots
+            check(rc, "collect(slot=%#x, first_page=%d, num_pages=%d)",
                   (slot, first_page, num_pages))
             if sampled is None:
                 sampled = res.sampled_ns
@@ -399,8 +401,14 @@ class VM(RingMethods):
         sampled = None
         index, page = 0, first_page
         while True:
-            check(lib.kd_collect_slots(handle, ids_c, len(ids), index, page, ptr + n, size - n,
-                                       res), what)
+            rc = lib.kd_collect_slots(handle, ids_c, len(ids), index, page, ptr + n, size - n,
+                                      res)
+            if rc in (-errno.ENOENT, -errno.EINVAL) and sampled is not None:
+                # A resumed call found a slot deleted or re-created (smaller)
+                # since the first one: the pages already taken are returned,
+                # never dropped; the next collect reports the slot's state.
+                break
+            check(rc, what)
             if sampled is None:
                 sampled = res.sampled_ns
             n += res.count
