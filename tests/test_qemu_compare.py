@@ -35,7 +35,8 @@ SMALL = dict(guest_size=128 * MIB, end=32 * MIB, timeout=10.0)   # a quick predi
 def make_calibration(**over):
     values = dict(send_normal_s=3e-6, send_zero_s=0.4e-6, send_normal_stopped_s=2.5e-6,
                   downtime_overhead_s=3e-3, setup_s=2e-3, guest_write_s=3e-8,
-                  guest_fault_s=20e-6, guest_fault_iter_s=20e-6, sync_s=40e-6,
+                  guest_fault_s=20e-6, guest_fault_iter_s=20e-6, guest_fault_random_s=25e-6,
+                  fault_contention_s=0.0, sync_s=40e-6,
                   ring_harvest_s=4e-9, ring_reset_s=0.5e-6)
     values.update(over)
     sources = {k: "hand-made for the test" for k in cal.COSTS}
@@ -315,17 +316,31 @@ def test_costs_from_cells_says_what_is_assumed():
     fault = [dict(S, t=0.1, guest_pages=0, dirty_sync_count=1, normal=0, duplicate=0),
              dict(S, t=0.2, guest_pages=25000, dirty_sync_count=1, normal=0, duplicate=0),
              dict(S, t=0.8, guest_pages=25000, dirty_sync_count=1, normal=0, duplicate=0),
-             dict(S, t=1.0, guest_pages=50000, dirty_sync_count=1, normal=0, duplicate=0)]
+             dict(S, t=1.0, guest_pages=60000, dirty_sync_count=1, normal=0, duplicate=0)]
+    U = dict(S, dirty_sync_count=1, duplicate=0)
+    ufault = [dict(U, status="setup", t=0.0, guest_pages=100, normal=0),
+              dict(U, t=0.1, guest_pages=4100, normal=800)]
+    ubusy = [dict(U, status="setup", t=0.0, guest_pages=100, normal=0),
+             dict(U, t=0.1, guest_pages=3100, normal=5000)]
     results = {"idle": res(0.105, 0.002, 0.003, 18, 262210, 2, 0.0),
                "ab": res(3.0, 0.002, 1.003, 200000, 262000, 100000, 2e7),
                "ab-fault": res(5.0, 0.002, 0.0, 0, 0, 0, 2e7, fault),
-               "ab-iter": res(2.0, 0.002, 0.001, 0, 0, 0, 2e7)}
+               "ab-iter": res(2.0, 0.002, 0.001, 0, 0, 0, 2e7),
+               "uniform-fault": res(1.5, 0.002, 0.0, 0, 0, 0, 4e5, ufault),
+               "uniform-busy": res(0.5, 0.002, 0.001, 0, 0, 0, 4e5, ubusy)}
     c = cal.costs_from_cells(results, cfgs)
+    # random first writes: 4000 draws over n pages set n (1 - e^(-4000/n)) bits
+    n = cfgs["uniform-fault"].npages
+    first = n * (1 - math.exp(-4000 / n))
+    assert c.guest_fault_random_s == pytest.approx((0.1 - 4000 * 5e-8) / first)
+    first = n * (1 - math.exp(-3000 / n))
+    assert c.fault_contention_s == pytest.approx((0.1 - 5000 * c.send_normal_s) / first)
+    assert not c.assumed("guest_fault_random_s") and not c.assumed("fault_contention_s")
     assert c.send_zero_s == pytest.approx(0.1 / 262228)
     assert c.send_normal_stopped_s == pytest.approx(1.0 / 99998)
     assert c.guest_write_s == pytest.approx(5e-8)
-    # the whole sweep between the changes at 0.15 and 0.9 s
-    assert c.guest_fault_s == pytest.approx(0.75 / cfgs["ab-fault"].npages - 5e-8)
+    # from the start of logging (0.1 s) to the counter's second move (midpoint 0.9 s)
+    assert c.guest_fault_s == pytest.approx(0.8 / cfgs["ab-fault"].npages - 5e-8)
     assert not c.assumed("guest_fault_s")
     assert c.assumed("guest_fault_iter_s") and c.guest_fault_iter_s == c.guest_fault_s
     assert c.assumed("sync_s") and c.assumed("ring_reset_s")

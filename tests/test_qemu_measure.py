@@ -14,25 +14,20 @@ def S(t, gp, sync=1, normal=0, dup=0, xfer=0, status="active", thr=0):
                 transferred=xfer, status=status, throttle=thr)
 
 
-def test_fault_rate_measures_the_whole_sweep_between_the_first_two_counter_changes():
-    # counter moves between 0.2/0.3 (midpoint 0.25: the partial sweep) and 0.5/0.7
-    # (midpoint 0.6): one whole sweep of 1000 pages in 0.35 s
+def test_fault_rate_times_the_first_sweep_over_protected_pages():
+    # from the start of logging (0.1) to the counter's second move (midpoint 0.6)
     r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(0.5, 1000),
                                  S(0.7, 2000)])
-    assert fault_rate(r, 1000) == pytest.approx(1000 / 0.35)
-    # one change only (midpoint 0.25), no other by the last sample at 0.5: the sweep
-    # begun at 0.25 took more than 0.25 s -> at most 4000/s
-    r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(0.5, 1000)])
-    assert fault_rate(r, 1000) == pytest.approx(4000)
-    # ... and with the last sample at 1.25: at most 1000 pages/s
-    r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(1.25, 1000)])
+    assert fault_rate(r, 1000) == pytest.approx(1000 / 0.5)
+    # two sweeps' worth in one interval: the same rule
+    r = SimpleNamespace(samples=[S(0.1, 0), S(0.3, 0), S(0.5, 5000)])
+    assert fault_rate(r, 1000) == pytest.approx(1000 / 0.3)
+    # one move only by the last sample at 1.1: fewer than 1000 first writes in 1 s
+    r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(1.1, 1000)])
     assert fault_rate(r, 1000) == pytest.approx(1000)
-    # the change at the very end (< 0.1 s before the last sample): npages / time to it
-    r = SimpleNamespace(samples=[S(0.1, 0), S(0.4, 0), S(0.45, 1000)])
-    assert fault_rate(r, 1000) == pytest.approx(1000 / 0.425)
-    # no change while active: at most 1000 pages in 0.2 s
+    # no move while active: fewer than 1000 first writes in 0.1 s
     assert fault_rate(SimpleNamespace(samples=[S(0.1, 5), S(0.2, 5)]), 1000) == \
-        pytest.approx(5000)
+        pytest.approx(10000)
     assert fault_rate(SimpleNamespace(samples=[]), 1000) is None
 
 
@@ -52,11 +47,17 @@ def test_iter_fault_rate_uses_unthrottled_samples_from_the_second_sync():
 
 
 def test_fault_rate_says_how_it_was_timed():
+    # logging starts at 0.1 (counter 0); the rest of the sweep under way ends by 0.3,
+    # the next one (faults on the pages before where the guest was) by 0.7: 1000
+    # first writes from 0.1 to the midpoint 0.6
     r = SimpleNamespace(samples=[S(0.1, 0), S(0.2, 0), S(0.3, 1000), S(0.5, 1000),
-                                 S(0.7, 2000)])
-    assert fault_rate_how(r, 1000)[1] == "a whole sweep timed"
-    r = SimpleNamespace(samples=[S(0.1, 5), S(0.2, 5)])
-    assert fault_rate_how(r, 1000)[1].startswith("upper bound")
+                                 S(0.7, 2000), S(0.8, 90000)])
+    assert fault_rate_how(r, 1000) == (pytest.approx(2000), "the first sweep over protected "
+                                       "pages timed")
+    r = SimpleNamespace(samples=[S(0.1, 5), S(0.3, 5)])
+    rate, how = fault_rate_how(r, 1000)
+    assert rate == pytest.approx(5000)
+    assert how == "upper bound: no sweep end by the last active sample"
 
 
 def test_bulk_normal_cost_from_the_mostly_normal_intervals():

@@ -79,6 +79,8 @@ class CostModel:
     sync_ns: float = _default("sync_ns")
     downtime_overhead_ns: float = _default("downtime_overhead_ns")
     stopped_page_ns: float = _default("stopped_page_ns")
+    fault_contention_ns: float = _default("fault_contention_ns")
+    write_fault_again_ns: float = _default("write_fault_again_ns")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -19,6 +19,7 @@ A report "pass" is the stretch from one sync to the next (the first, the
 bulk, from setup to the second sync): what that sync found, what was sent
 until the next.
 """
+import dataclasses
 import time
 from typing import Any
 
@@ -38,6 +39,9 @@ from .policy import policy_class
 from .report import PassMetrics
 from .trace import TraceWorkload
 from .workloads import ThreadWorkload, VirtualWorkload
+
+#: at most this share of the sender's time goes to the guest's faults
+MAX_CONTENTION = 0.9
 
 #: VM.stats counters and the cost-model field that prices each (virtual clock)
 _PRICED = (("get_calls", "ioctl_ns"), ("clear_calls", "ioctl_ns"),
@@ -69,6 +73,7 @@ class Controller:
         self.deadline = 0
         self.wl_time = 0            # the virtual workload has written up to here
         self._in_workload = False   # run_workload is running (a ring-full reap re-enters)
+        self.contention = 0.0       # share of the host the guest's faults take from the sender
         self.carry = []             # gfns reaped early (ring full), for the next sync
         self.ring_full_events = 0   # reaps (real time)
         self.resyncs = 0            # iothread: syncs at iterations inside a pass
@@ -139,9 +144,27 @@ class Controller:
                 if now <= self.wl_time:
                     break
                 t0, self.wl_time = self.wl_time, now
+                faults = self.virtual_writer.faults if self.virtual_writer is not None else 0
                 self.workload.advance(t0, now)
+                if self.virtual_writer is not None:
+                    self._contend(now - t0, self.virtual_writer.faults - faults)
         finally:
             self._in_workload = False
+
+    def _contend(self, dt, faults):
+        """The guest's write faults take host time from the sender (same cores,
+        same locks): for the next interval its pages cost 1 / (1 - share) as much,
+        share = faults x fault_contention_ns / dt of the last interval (at most
+        MAX_CONTENTION)."""
+        x = self.costs.fault_contention_ns
+        if not x or dt <= 0:
+            return
+        share = min(MAX_CONTENTION, faults * x / dt)
+        if abs(share - self.contention) < 0.01:
+            return
+        self.contention = share
+        self.sender.set_costs(int(self.costs.page_ns / (1 - share)),
+                              int(self.cfg.link_bandwidth * (1 - share)))
 
     def set_throttle(self, pct):
         if self.virtual_writer is not None:  # a trace replays what was recorded: no throttle
@@ -277,6 +300,10 @@ class Controller:
         """Sync the dirty log into the migration bitmap (the strategy decides
         how); opens the next report pass. Returns the pages newly set."""
         self.syncs += 1
+        if self.syncs == 2 and self.costs.write_fault_again_ns and self.virtual_writer:
+            # from now on faults hit pages the migration protected again
+            self.virtual_writer.costs = dataclasses.replace(
+                self.costs, write_fault_ns=self.costs.write_fault_again_ns)
         sent = self.pm is None or self.sender.stats()["pages"] > self._pm_stats["pages"]
         if not final and sent:   # (a sync before any page went out stays in its pass)
             self.open_pass("iterate")
@@ -429,8 +456,10 @@ class Controller:
         model's stopped_page_ns (a normal page's whole send cost; zero pages
         keep their price). None: unchanged."""
         c = self.costs
-        if not self.virtual or not c.stopped_page_ns:
+        if not self.virtual:
             return None
+        if not c.stopped_page_ns:   # no guest faults compete any more
+            return (int(c.page_ns), int(self.cfg.link_bandwidth)) if self.contention else None
         link = self.cfg.link_bandwidth
         zero = c.page_ns + (WIRE_ZERO_RECORD * NS / link if link else 0.0)
         extra = c.stopped_page_ns - zero
@@ -478,7 +507,7 @@ def run_loop(ctl, report):
 
     # the guest runs before the migration starts (its pages fill with data)
     if cfg.warmup and ctl.virtual_writer is not None:
-        ctl.virtual_writer.run_unpriced(cfg.warmup * NS)
+        ctl.virtual_writer.run_unpriced(cfg.warmup * NS, 8 * cfg.workload_pages[1])
     ctl.t_begin = t_begin = ctl.clock()
     # start of logging: whatever was dirty before migration is in the bitmap anyway
     for sl in slots:

@@ -129,6 +129,16 @@ class MigrationReport:
                          {True: "yes", False: "NO", None: "n/a (null sink)"}[self.verified],
                          ", auto-converge throttle %d%%" % self.final_throttle_pct
                          if self.auto_converge_triggers else ""))
+        if self.guest and self.guest.get("requested_writes"):
+            g = self.guest
+            ev = ", ".join("%s %.1f ms" % (k.replace("_", " "), v / 1e6)
+                           for k, v in sorted(g["events_ns"].items()))
+            if g["ring_full_wait_ns"]:
+                ev += ", ring-full waits %.1f ms" % (g["ring_full_wait_ns"] / 1e6)
+            lines.append("guest: %d of %.0f page writes asked for (%.1f%% slower); dirty "
+                         "tracking took %.1f%% of its vCPU time (%s)" % (
+                             g["writes"], g["requested_writes"], 100 * (1 - g["progress"]),
+                             100 * g["tracking_share"], ev or "nothing"))
         if self.iothread_resyncs:
             lines.append("iothread: %d dirty-log syncs at iterations inside passes (QEMU 2010 "
                          "synced at every iteration)" % self.iothread_resyncs)

@@ -118,6 +118,7 @@ class VirtualWorkload:
         self.write_ns = 0.0             # vCPU time spent writing (guest_write_ns each)
         self.event_ns = {}              # vCPU time per write-side event (cost model)
         self.stall_ns = 0.0             # vCPU time waiting for a ring reset (ring full)
+        self.faults = 0                 # write faults the guest took (first writes)
         self.ring_full = 0
 
     def set_throttle(self, percent):
@@ -141,18 +142,30 @@ class VirtualWorkload:
         b = self.costs.breakdown(d, self.backend)
         return {k: b[k] for k in WRITE_SIDE if b.get(k)}
 
-    def run_unpriced(self, ns):
+    def run_unpriced(self, ns, max_writes):
         """The guest runs `ns` before the migration (no dirty logging yet, so
-        its writes cost it only their own time): fills pages with data."""
+        its writes cost it only their own time): fills pages with data. At
+        most `max_writes` writes (past a few times the range, more change
+        nothing the migration sees); a ring that fills is emptied (no
+        migration collects it yet)."""
         costs, self.costs = self.costs, None
+        on_full, self.on_ring_full = self.on_ring_full, self._drop_rings
+        rate = self.spec.rate
         try:
+            if rate and rate * ns / NS > max_writes:
+                ns = max(1, int(max_writes * NS // rate))
             self.advance(0, int(ns))
         finally:
-            self.costs = costs
+            self.costs, self.on_ring_full = costs, on_full
             self.requested = self.dropped = self.run_ns = self.write_ns = 0.0
-            self.writes = 0
+            self.event_ns, self.stall_ns = {}, 0.0
+            self.writes = self.ring_full = self.faults = 0
             self._owed = 0
             self._debt = [0.0] * len(self._debt)
+
+    def _drop_rings(self, vcpu):
+        self.vm.harvest(vcpu)
+        self.vm.reset_dirty_rings()
 
     def time_report(self):
         """What the guest got done and where its vCPU time went (virtual clock)."""
@@ -215,7 +228,9 @@ class VirtualWorkload:
             cost = gfns.size * per_write + stall
             self.write_ns += gfns.size * per_write
             if before is not None:
-                for name, ns in self._event_ns(before, self.vm.stats).items():
+                after = self.vm.stats
+                self.faults += after.get("write_faults", 0) - before.get("write_faults", 0)
+                for name, ns in self._event_ns(before, after).items():
                     self.event_ns[name] = self.event_ns.get(name, 0.0) + ns
                     cost += ns
             done += gfns.size

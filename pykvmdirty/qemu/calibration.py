@@ -72,6 +72,10 @@ COSTS = {
     "guest_fault_s": ("extra vCPU time of a first write to a write-protected page under "
                       "dirty logging, bulk pass", 1e-2),
     "guest_fault_iter_s": ("the same after the bulk pass", 1e-2),
+    "guest_fault_random_s": ("extra vCPU time of a first write to a write-protected page, "
+                             "random writes (uniform, hotspot)", 1e-2),
+    "fault_contention_s": ("host time one guest write fault takes from QEMU's sender (same "
+                           "cores, same locks)", 1e-2),
     "sync_s": ("fixed cost of one bitmap sync (KVM GET of the slot + QEMU's bitmap walk)",
                1.0),
     "ring_harvest_s": ("one dirty-ring entry harvested by QEMU's reaper", 1e-3),
@@ -92,6 +96,8 @@ class Calibration:
     guest_write_s: float
     guest_fault_s: float
     guest_fault_iter_s: float
+    guest_fault_random_s: float
+    fault_contention_s: float
     sync_s: float
     ring_harvest_s: float
     ring_reset_s: float
@@ -284,6 +290,68 @@ def _sync_cost(guest_size):
                "report the sync time" % (cm.ioctl_ns, cm.word_ns, guest_size // MIB))
 
 
+RANDOM_RATE = 400_000     # pages/s: far more than first writes can go at
+
+
+def _first_writes(samples, npages):
+    """Per 100 ms interval of the bulk pass of a uniform guest (pages drawn
+    uniformly from `npages`, all write-protected at the setup sync): (seconds,
+    writes, first writes, normal pages sent, zero pages sent). First writes
+    follow from the writes since setup W: npages x (1 - exp(-W / npages))
+    distinct pages."""
+    import math as _m
+    s = [x for x in samples if x["status"] in ("setup", "active")]
+    rows: list = []
+    if not s:
+        return rows
+    base = s[0]["guest_pages"]
+    for a, b in zip(s, s[1:]):
+        if b["status"] != "active" or b["dirty_sync_count"] > 1:
+            break
+        wa, wb = a["guest_pages"] - base, b["guest_pages"] - base
+        first = npages * (_m.exp(-wa / npages) - _m.exp(-wb / npages))
+        rows.append((b["t"] - a["t"], wb - wa, first, b["normal"] - a["normal"],
+                     b["duplicate"] - a["duplicate"]))
+    return rows
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+
+
+def _random_costs(results, cfgs, v, put):
+    """guest_fault_random_s and fault_contention_s from the uniform cells."""
+    npages = cfgs["uniform-fault"].npages
+    rows = _first_writes(results["uniform-fault"].samples, npages)
+    # intervals where the guest got far less done than asked: it was fault bound
+    bound = [(dt - w * v["guest_write_s"]) / f for dt, w, f, _, _ in rows
+             if f >= 500 and w < 0.8 * RANDOM_RATE * dt]
+    f = _median(bound)
+    if f is not None:
+        put("guest_fault_random_s", max(f, 0.0),
+            "uniform fault cell (%d pages/s asked, 32 MiB/s), bulk pass: median over %d "
+            "fault-bound 100 ms intervals of (time - writes x guest_write_s) / first writes"
+            % (RANDOM_RATE, len(bound)))
+    else:
+        put("guest_fault_random_s", v["guest_fault_s"],
+            "assumed: equal to guest_fault_s; the uniform fault cell had no fault-bound "
+            "interval with 500 first writes")
+    rows = _first_writes(results["uniform-busy"].samples, cfgs["uniform-busy"].npages)
+    took = [(dt - n * v["send_normal_s"] - z * v["send_zero_s"]) / f
+            for dt, w, f, n, z in rows if n >= 1000 and f >= 500]
+    x = _median(took)
+    if x is not None:
+        put("fault_contention_s", max(x, 0.0),
+            "uniform busy cell (unlimited): median over %d bulk-pass 100 ms intervals of "
+            "(time - normal pages x send_normal_s - zero pages x send_zero_s) / the guest's "
+            "first writes" % len(took))
+    else:
+        put("fault_contention_s", 0.0,
+            "assumed: 0; the uniform busy cell had no bulk interval with 1000 normal pages "
+            "and 500 first writes")
+
+
 def calibration_configs(accel="auto"):
     """The dedicated calibration cells: {name: QemuConfig}."""
     base = dict(accel=accel, verify=False)
@@ -303,21 +371,54 @@ def calibration_configs(accel="auto"):
         # 256 MiB/s, 1 ms: after a short bulk pass, syncs far closer together than a sweep
         "ab-iter": QemuConfig(workload="ab", bandwidth=256 * MIB, downtime_limit=0.001,
                               warmup=0.3, timeout=4.0, **base),
+        # random writes far faster than faults allow, the sender nearly idle (32 MiB/s):
+        # the guest's counter (per 100 us batch) times its first writes
+        "uniform-fault": QemuConfig(workload="uniform", rate=RANDOM_RATE, bandwidth=32 * MIB,
+                                    downtime_limit=0.001, warmup=0.3, timeout=1.5, **base),
+        # the same guest with the sender busy (unlimited): what the faults take from it
+        "uniform-busy": QemuConfig(workload="uniform", rate=RANDOM_RATE, bandwidth=UNLIMITED,
+                                   downtime_limit=0.001, warmup=0.3, timeout=3.0, **base),
     }
 
 
 def calibrate_qemu(accel="auto", on_progress: Optional[Callable[[str], None]] = None,
-                   run=None) -> Calibration:
-    """Run the calibration cells (about 40 s) and return this machine's Calibration.
-    `run` (tests): replaces runner.run_migration."""
+                   run=None, repeat=3) -> Calibration:
+    """Run the calibration cells `repeat` times (about 30 s a round) and return
+    this machine's Calibration: each cost is the median of its value in each
+    round (one round's noise is not the machine). `run` (tests): replaces
+    runner.run_migration."""
     run = run or run_migration
     cfgs = calibration_configs(accel)
-    results = {}
-    for name, cfg in cfgs.items():
-        results[name] = run(cfg)
-        if on_progress:
-            on_progress("calibration cell %s: %s" % (name, results[name].status))
-    return costs_from_cells(results, cfgs)
+    rounds = []
+    for i in range(repeat):
+        results = {}
+        for name, cfg in cfgs.items():
+            results[name] = run(cfg)
+            if on_progress:
+                on_progress("calibration round %d/%d, cell %s: %s"
+                            % (i + 1, repeat, name, results[name].status))
+        rounds.append(costs_from_cells(results, cfgs))
+    return median_calibration(rounds)
+
+
+def median_calibration(rounds):
+    """One Calibration from several rounds: per cost field the median value,
+    its source the round whose value that is (with every round's value)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    v, src = {}, {}
+    for name in COSTS:
+        vals = sorted((getattr(r, name), i) for i, r in enumerate(rounds))
+        val, i = vals[(len(vals) - 1) // 2]
+        v[name] = val
+        src[name] = ("median of %d rounds (%s us): %s"
+                     % (len(rounds), ", ".join("%.3g" % (x * 1e6) for x, _ in vals),
+                        rounds[i].sources[name]))
+    first = rounds[0]
+    cells = {"round %d" % (i + 1): r.cells for i, r in enumerate(rounds)}
+    return Calibration(sources=src, machine=first.machine, date=first.date,
+                       accel=first.accel, qemu_version=first.qemu_version,
+                       interface=first.interface, cells=cells, **v)
 
 
 def costs_from_cells(results, cfgs) -> Calibration:
@@ -394,7 +495,7 @@ def costs_from_cells(results, cfgs) -> Calibration:
         put("guest_fault_s", fault,
             "a-b fault cell (32 MiB/s), bulk pass: 1 / %.0f first writes/s (%s) - "
             "guest_write_s%s"
-            % (rate, kind, "" if kind == "a whole sweep timed" else
+            % (rate, kind, "" if kind == "the first sweep over protected pages timed" else
                "; a lower bound of the cost"))
     else:
         from ..analysis.costmodel import CostModel
@@ -410,6 +511,7 @@ def costs_from_cells(results, cfgs) -> Calibration:
         put("guest_fault_iter_s", v["guest_fault_s"],
             "assumed: equal to guest_fault_s; the a-b iterative cell saw no whole sweep with "
             "syncs closer together than a sweep")
+    _random_costs(results, cfgs, v, put)
     s, how = _sync_cost(1024 * MIB)
     put("sync_s", s, how)
     for k, (val, how) in _ring_costs().items():

@@ -15,38 +15,29 @@ def fault_rate_how(result, npages):
     """First writes per second to write-protected pages in the bulk pass, from an
     a-b guest's counter (it moves by `npages` at the end of each sweep).
 
-    Once QEMU starts sending, every page of the range is write-protected; the
-    sweep under way at `migrate` ends first (part of it ran before logging), so
-    the whole sweep between the first two counter changes is the one measured:
-    npages / (time between the changes), each change placed at the midpoint of
-    its 100 ms samples.  With a single change: npages / the time from it to the
-    last active sample (the sweep begun there had not ended: an upper bound;
-    npages / the time to the change if that is under 0.1 s); with none,
-    npages / the last active sample's time (an upper bound).  None without
-    active samples.  Returns (rate, how it was timed)."""
-    s = result.samples
-    if not s:
-        return None, "no samples"
-    changes = []
-    for a, b in zip(s, s[1:]):
-        if b["guest_pages"] != a["guest_pages"]:
-            if b["status"] != "active" and a["status"] != "active":
-                break
-            changes.append((a["t"] + b["t"]) / 2)
-            if len(changes) == 2:
-                return npages / max(changes[1] - changes[0], 1e-3), "a whole sweep timed"
-    active = [x["t"] for x in s if x["status"] == "active"]
-    if changes:
-        # the sweep begun at the change had not ended by the last active sample
-        # (the one before it began before logging: it bounds nothing)
-        after = (active[-1] if active else 0.0) - changes[0]
-        if after >= 0.1:
-            return npages / after, "upper bound: one sweep unfinished %.2f s after it began" % after
-        return npages / max(changes[0], 1e-3), "upper bound: one sweep ended at the last sample"
-    # no sweep ended while migrating: fewer than npages first writes in that time
-    if not active:
+    When dirty logging starts (the first sample, setup) every page is
+    write-protected and the guest is somewhere in a sweep (at native speed a
+    sweep takes well under a millisecond, so anywhere): it faults on the rest
+    of that sweep (the counter moves: npages), then on the pages before where
+    it was, and runs native past them to the end of the next sweep (the
+    counter moves again: 2 x npages). So from the start to the second move
+    the guest took exactly npages first writes: npages / that time, the move
+    placed at the midpoint of its 100 ms samples. Without a second move by the
+    last active sample the guest took fewer than npages first writes by then:
+    npages / the time to that sample is an upper bound of the rate.
+    None without active samples.  Returns (rate, how it was timed)."""
+    s = [x for x in result.samples if x["status"] in ("setup", "active")]
+    if len(s) < 2:
         return None, "no active sample"
-    return npages / max(active[-1], 1e-3), "upper bound: no sweep ended while active"
+    t0, base = s[0]["t"], s[0]["guest_pages"]
+    for a, b in zip(s, s[1:]):
+        if b["guest_pages"] - base >= 2 * npages:
+            t = (a["t"] + b["t"]) / 2
+            return npages / max(t - t0, 1e-3), "the first sweep over protected pages timed"
+    moved = s[-1]["guest_pages"] - base
+    return (npages / max(s[-1]["t"] - t0, 1e-3),
+            "upper bound: %s by the last active sample"
+            % ("one sweep end" if moved >= npages else "no sweep end"))
 
 
 def fault_rate(result, npages):

@@ -21,7 +21,12 @@ piece maps:
   bitmap without manual protect (strategy global);
 - sender: a zero page costs send_zero_s, a normal page send_normal_s while
   the guest runs and send_normal_stopped_s when it is stopped (the virtual
-  clock's page_ns and link bandwidth are solved from those two figures);
+  clock's page_ns and link bandwidth are solved from those two figures); each
+  guest write fault takes fault_contention_s from the sender while the guest
+  runs (this 2-core host: vCPU, sender and destination share it);
+- a first write costs the guest guest_fault_s (a sweep: the a-b guest; after
+  the bulk pass guest_fault_iter_s) or guest_fault_random_s (uniform,
+  hotspot: both phases), as calibrated for that pattern;
   setup_s, sync_s and downtime_overhead_s as calibrated;
 - QEMU's own RAM blocks besides the guest's RAM (the 64 KiB BIOS, 128 KiB of
   option ROM) are left out: 48 pages.
@@ -53,11 +58,18 @@ def sender_prices(zero_s, normal_s):
     return max(0.0, zero_s * NS - WIRE_ZERO_RECORD * NS / link), int(round(link))
 
 
-def cost_model(cal, interface):
-    """The one cost model, with the calibrated prices of this machine."""
+def cost_model(cal, interface, workload="ab"):
+    """The one cost model, with the calibrated prices of this machine (a first
+    write costs the guest what it cost the calibration guest with the same
+    access pattern: a sweep, or random pages)."""
     page_ns, _ = sender_prices(cal.send_zero_s, cal.send_normal_s)
+    sweep = workload == "ab"
+    fault = cal.guest_fault_s if sweep else cal.guest_fault_random_s
+    again = cal.guest_fault_iter_s if sweep else cal.guest_fault_random_s
     fields = dict(page_ns=page_ns, guest_write_ns=cal.guest_write_s * NS,
-                  write_fault_ns=cal.guest_fault_s * NS, setup_ns=cal.setup_s * NS,
+                  write_fault_ns=fault * NS, write_fault_again_ns=again * NS,
+                  fault_contention_ns=cal.fault_contention_s * NS,
+                  setup_ns=cal.setup_s * NS,
                   sync_ns=cal.sync_s * NS, downtime_overhead_ns=cal.downtime_overhead_s * NS,
                   stopped_page_ns=cal.send_normal_stopped_s * NS)
     if interface == "ring":
@@ -96,7 +108,7 @@ def loop_config(config, cal, interface="bitmap", accel=None):
         mode="virtual", vcpus=1, bandwidth=config.bandwidth, link_bandwidth=link,
         downtime_limit=config.downtime_limit, max_wait=0.05, max_passes=10**6,
         auto_converge=config.auto_converge, zero_pages="header", clear_shift=CLEAR_SHIFT,
-        populate=0, step=STEP_S, cost_model=cost_model(cal, interface),
+        populate=0, step=STEP_S, cost_model=cost_model(cal, interface, config.workload),
         ring_entries=RING_ENTRIES, verify=False, duration_limit=config.timeout,
         policy="qemu-7.2", warmup=config.warmup, workload_start=config.start,
         workload_end=config.end)
