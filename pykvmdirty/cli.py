@@ -25,6 +25,12 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a usage error on one line (the usage is in --help)."""
 
     def error(self, message):
+        m = re.match(r"argument ([^:]+): (.*)$", message, re.S)
+        if m and any(m.group(2).startswith((o + " ", o + ":"))
+                                    for o in m.group(1).split("/")):
+            # a bad value whose message names its option (units.parse_size,
+            # parse_rate): the same line as when the run itself refuses it
+            self.exit(2, "%s: error: %s\n" % (self.prog, m.group(2)))
         self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, message, self.prog))
 
 
@@ -33,6 +39,8 @@ def build_parser():
         prog="pykvmdirty",
         description="Dirty-page-tracking kernel-interface emulator: compare dirty-log "
         "interfaces and run live-migration scan-and-send loops.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version="pykvmdirty %s" % __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -82,7 +90,10 @@ def main(argv=None):
     command = "pykvmdirty"
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:   # usage errors (2), --help and --version (0)
+            return e.code
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -30,6 +30,7 @@ csrc/memslot.c, csrc/bitmap.c, csrc/wire.c):
 import os
 
 from .bindings.constants import CHUNK_PAGES, DIRTY_GFN_SIZE, PAGE_SIZE
+from .units import format_bytes, parse_size  # noqa: F401  (format_bytes: limits.format_bytes)
 
 PTE_BYTES = 8                 # one page-table entry per 4 KiB page read or written
 # The kernel's per-memslot metadata, vmalloc'd and zeroed when the slot is
@@ -55,15 +56,6 @@ class MemoryLimitError(ValueError):
         super().__init__(message)
         self.estimate = estimate
         self.limit = limit
-
-
-def format_bytes(n):
-    """1536 -> '1.5 KiB'; exact for small numbers."""
-    n = float(n)
-    for unit, size in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if n >= size:
-            return "%.1f %s" % (n / size, unit)
-    return "%d bytes" % n
 
 
 def _cgroup_room():
@@ -116,7 +108,6 @@ def resolve_limit(max_memory, name="max_memory"):
     if max_memory is None:
         return default_limit()
     if isinstance(max_memory, str):
-        from .migration.config import parse_size
         value = parse_size(max_memory, name)
     elif isinstance(max_memory, bool) or not isinstance(max_memory, int):
         raise TypeError("%s must be a size in bytes or like '8GiB', got %r"

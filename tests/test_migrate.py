@@ -138,7 +138,7 @@ def test_json_report(tmp_path):
 
 
 @pytest.mark.parametrize("kw,exc,msg", [
-    (dict(bandwidth=-1), ValueError, "bandwidth must be >= 0"),
+    (dict(bandwidth=-1), ValueError, "bandwidth must not be negative"),
     (dict(bandwidth=1000), ValueError, "below one page record"),
     (dict(clear_shift=5), ValueError, "clear_shift must be in 6..31"),
     (dict(clear_shift=32), ValueError, "clear_shift must be in 6..31"),
@@ -151,7 +151,8 @@ def test_json_report(tmp_path):
     (dict(slots=0), ValueError, "slots must be >= 1"),
     (dict(downtime_limit=0), ValueError, "downtime_limit must be >"),
     (dict(zero_pages="some"), ValueError, "zero_pages must be"),
-    (dict(bandwidth="fast"), TypeError, "bandwidth must be a number"),
+    (dict(bandwidth="fast"), ValueError, "bandwidth must be a rate like"),
+    (dict(bandwidth=[1]), TypeError, "bandwidth must be a rate like"),
     (dict(max_passes=0), ValueError, "max_passes must be >= 1"),
     (dict(sink="carrier-pigeon"), ValueError, "unknown sink"),
     (dict(workload="bursty"), ValueError, "unknown workload 'bursty'"),

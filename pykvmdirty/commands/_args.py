@@ -3,7 +3,7 @@ import argparse
 import math
 import os
 
-from .. import limits
+from .. import limits, units
 
 
 def positive_int(text):
@@ -27,20 +27,36 @@ def finite_float(text):
     return v
 
 
-def size_option(text):
-    """A size like '8GiB' (argparse names the option on error)."""
-    from ..migration.config import parse_size
-    try:
-        v = parse_size(text, "size")
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a size like '8GiB': %r" % text) from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be positive, got %r" % text)
-    return v
+def size_arg(option, positive=False):
+    """An argparse type: a size (pykvmdirty.units' grammar) -> bytes. Its
+    error is parse_size's, naming `option` (cli prints it as the one line a
+    bad value gets everywhere)."""
+    def parse(text):
+        try:
+            v = units.parse_size(text, option)
+        except (ValueError, TypeError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if positive and v <= 0:
+            raise argparse.ArgumentTypeError("%s must be positive, got %r" % (option, text))
+        return v
+    parse.__name__ = "size"
+    return parse
+
+
+def rate_arg(option, unlimited=False):
+    """An argparse type: a rate (pykvmdirty.units' grammar) -> bytes/s."""
+    def parse(text):
+        try:
+            return units.parse_rate(text, option, unlimited=unlimited)
+        except (ValueError, TypeError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = "rate"
+    return parse
 
 
 def add_max_memory(p, what="the run"):
-    p.add_argument("--max-memory", type=size_option, default=None, metavar="SIZE",
+    p.add_argument("--max-memory", type=size_arg("--max-memory", positive=True), default=None,
+                   metavar="SIZE",
                    help="refuse %s, before it starts, if its estimated memory exceeds this "
                    "(default: %d%%%% of the memory available)"
                    % (what, limits.DEFAULT_FRACTION * 100))

@@ -4,9 +4,11 @@ size and dirty rate? Runs with no arguments: 1, 64 and 512 GiB x 0, 1,000 and
 flatnonzero and plain-read baselines on the same bitmap."""
 import argparse
 import json
+import math
 import sys
 
 from ..analysis import compare as cmp
+from .. import units
 from ..analysis.costmodel import CostModel
 from ._args import add_max_memory, check_output_paths, positive_int
 
@@ -30,12 +32,42 @@ def _list(conv, what):
     return parse
 
 
-def _size(t):
-    v = float(t)
-    if v.is_integer():
-        v = int(v)
-    cmp.gib_to_pages(v)  # ValueError names the bad size
-    return v
+def gib_size(option):
+    """An argparse type: a guest size in GiB — a bare number is GiB (1,64,512),
+    anything else a size in pykvmdirty.units' grammar (512GiB, 4096MB)."""
+    def parse(text):
+        t = text.strip()
+        try:
+            v = float(t)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and v > 0):   # a size with a unit, or what units refuses
+            try:
+                v = units.parse_size(t, option) / units.GiB
+            except (ValueError, TypeError) as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        if v.is_integer():
+            v = int(v)
+        try:
+            cmp.gib_to_pages(v)  # ValueError names the bad size
+        except ValueError as e:
+            raise argparse.ArgumentTypeError("%s: %s" % (option, e)) from None
+        return v
+    parse.__name__ = "size"
+    return parse
+
+
+def gib_sizes(option):
+    """A comma-separated list of gib_size values."""
+    one = gib_size(option)
+
+    def parse(text):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(units.size_error(option, text))
+        return [one(t) for t in items]
+    parse.__name__ = "sizes"
+    return parse
 
 
 def _nonneg_int(t):
@@ -63,20 +95,13 @@ def _backend(t):
     return t
 
 
-def _slot_gib(text):
-    try:
-        v = _size(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a positive size in GiB (a whole number "
-                                          "of 4 KiB pages), got %r" % text) from None
-    return v
-
-
 def add_scenario_options(p, layouts_plural=False):
     """Options shared by compare and sweep."""
-    p.add_argument("--sizes", type=_list(_size, "guest size (GiB)"),
-                   default=list(cmp.DEFAULT_SIZES), metavar="GIB,...",
-                   help="guest sizes in GiB (default 1,64,512; fractions like 0.25 work)")
+    p.add_argument("--sizes", type=gib_sizes("--sizes"),
+                   default=list(cmp.DEFAULT_SIZES), metavar="SIZE,...",
+                   help="guest sizes: a bare number is GiB (default 1,64,512; fractions "
+                   "like 0.25 work), else a size like 512GiB or 4096MB (%s)"
+                   % units.SIZE_HELP)
     p.add_argument("--dirty", type=_list(_nonneg_int, "dirty page count"),
                    default=list(cmp.DEFAULT_DIRTY), metavar="N,...",
                    help="scattered dirty pages per cell (default 0,1000,100000)")
@@ -94,8 +119,8 @@ def add_scenario_options(p, layouts_plural=False):
     else:
         p.add_argument("--layout", choices=cmp.LAYOUTS, default="one",
                        help="one big slot, or many slots of --slot-gib GiB (default one)")
-    p.add_argument("--slot-gib", type=_slot_gib, default=1, metavar="GIB",
-                   help="slot size for layout 'many' (default 1)")
+    p.add_argument("--slot-gib", type=gib_size("--slot-gib"), default=1, metavar="SIZE",
+                   help="slot size for layout 'many': GiB, or a size like 512MiB (default 1)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the dirty pages (default 0)")
     p.add_argument("--deterministic", action="store_true",
                    help="no clocks: report counters and modelled kernel time only, "

@@ -11,8 +11,8 @@ import os
 import sys
 from typing import Any, Dict, List
 
-from ..migration.config import parse_size
-from ._args import check_output_paths, positive_int
+from ..units import RATE_HELP, SIZE_HELP
+from ._args import check_output_paths, positive_int, rate_arg, size_arg
 
 
 def register(sub):
@@ -33,13 +33,18 @@ def register(sub):
                    "smoke (two quick cells)")
     p.add_argument("--workload", choices=["ab", "uniform", "hotspot", "idle"],
                    help="run one cell with this workload (default: the grid)")
-    p.add_argument("--guest-size", default="1GiB")
-    p.add_argument("--start", default="1MiB", help="workload range start (default 1MiB)")
-    p.add_argument("--end", default="100MiB", help="workload range end (default 100MiB)")
+    p.add_argument("--guest-size", type=size_arg("--guest-size"), default="1GiB",
+                   metavar="SIZE", help="guest memory, a whole number of MiB (QEMU's -m): a "
+                   "size (%s); default 1GiB" % SIZE_HELP)
+    p.add_argument("--start", type=size_arg("--start"), default="1MiB", metavar="SIZE",
+                   help="workload range start (default 1MiB)")
+    p.add_argument("--end", type=size_arg("--end"), default="100MiB", metavar="SIZE",
+                   help="workload range end (default 100MiB)")
     p.add_argument("--rate", type=float, default=0, help="pages/s (uniform, hotspot)")
     p.add_argument("--hot-fraction", type=float, default=0.05)
     p.add_argument("--hot-share", type=float, default=0.9)
-    p.add_argument("--bandwidth", default="128MiB", help="max-bandwidth per second")
+    p.add_argument("--bandwidth", type=rate_arg("--bandwidth"), default="128MiB",
+                   metavar="RATE", help="max-bandwidth: %s (default 128MiB)" % RATE_HELP)
     p.add_argument("--downtime-limit", type=float, default=0.3, help="seconds")
     p.add_argument("--auto-converge", action="store_true")
     p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
@@ -183,15 +188,14 @@ def plot(cells, path):
 def _cells(args):
     from ..qemu.compare import DEFAULT_GRID, GRIDS, grid_configs
     from ..qemu.config import QemuConfig
-    base = dict(guest_size=parse_size(args.guest_size, "guest_size"),
-                start=parse_size(args.start, "start"), end=parse_size(args.end, "end"),
+    base = dict(guest_size=args.guest_size, start=args.start, end=args.end,
                 accel=args.accel, timeout=args.timeout)
     if args.workload:
         if args.grid:
             raise ValueError("--grid and --workload: give one (a grid, or one cell)")
         cfg = QemuConfig(workload=args.workload, rate=int(args.rate),
                          hot_fraction=args.hot_fraction, hot_share=args.hot_share,
-                         bandwidth=parse_size(args.bandwidth, "bandwidth"),
+                         bandwidth=args.bandwidth,
                          downtime_limit=args.downtime_limit, auto_converge=args.auto_converge,
                          interface=args.interface, **base)
         return [(args.workload + (" ring" if args.interface == "ring" else ""), cfg)]
@@ -260,11 +264,9 @@ def run(args):
     from ..qemu.compare import (GridStore, ring_vs_bitmap, run_cell, skip_cell,
                                 skip_reason)
     from ..qemu.errors import QemuError
-    try:
-        cells, calibrations, files, to_calibrate, kvm = _prepare(args)
-    except (ValueError, TypeError) as e:
-        print("pykvmdirty qemu: error: %s" % e, file=sys.stderr)
-        return 2
+    # ValueError/TypeError: one line and status 2 from cli.main, with the
+    # options named as typed (guest_size -> --guest-size)
+    cells, calibrations, files, to_calibrate, kvm = _prepare(args)
     log = sys.stderr
     bar = None
     try:

@@ -11,7 +11,7 @@ import sys
 import threading
 
 from ..migration import receiver as rxm
-from ..migration.config import parse_size
+from ..units import parse_size
 from ..migration.tcp_protocol import read_secret_file
 from ._args import add_max_memory, finite_float
 

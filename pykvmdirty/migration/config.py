@@ -8,10 +8,11 @@ from typing import Any, Optional, Union
 
 from ..analysis.costmodel import CostModel
 from ..bindings.constants import (
-    EMULATED_BACKENDS, MAX_VCPUS, PAGE_SIZE, REAL_BACKENDS, TRACKING, WIRE_BATCH_HEADER,
-    WIRE_MAX_PAYLOAD, WIRE_PAGE_RECORD,
+    DIRTY_GFN_SIZE, EMULATED_BACKENDS, MAX_VCPUS, PAGE_SIZE, REAL_BACKENDS, RING_MAX_ENTRIES,
+    TRACKING, WIRE_BATCH_HEADER, WIRE_MAX_PAYLOAD, WIRE_PAGE_RECORD,
 )
 from ..bindings.guest_exits import exit_timing
+from ..units import parse_rate, parse_size
 from .loop_placement import LOOP_THREADS
 from .policy import DEFAULT_POLICY, POLICIES
 from .strategies import STRATEGIES, strategy_class
@@ -27,6 +28,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 POPULATE_VALUE = 1 << 62  # what populate stores: no workload value collides with it
 MAX_SLOTS = 4096
+MIN_RING_ENTRIES = PAGE_SIZE // DIRTY_GFN_SIZE   # KVM: a ring of at least one page
 #: seconds the global lock is held per guest exit. Assumed: a KVM_EXIT_MMIO/PIO
 #: round trip through QEMU's device emulation costs microseconds to tens of them.
 EXIT_SERVICE_S = 10e-6
@@ -48,25 +50,6 @@ def check_number(value, name, lo=None, hi=None, integer=False, lo_open=False, al
     if not integer:
         return value
     return value if isinstance(value, int) else int(float(value))
-
-
-def parse_size(text, name="size"):
-    """'4GiB', '512MiB', '4096', '1.5G' -> bytes."""
-    if isinstance(text, numbers.Integral) and not isinstance(text, bool):
-        return int(text)
-    if not isinstance(text, str):
-        raise TypeError("%s must be a size like '4GiB', got %r" % (name, text))
-    t = text.strip().lower().replace(" ", "")
-    units = (("tib", 1 << 40), ("gib", GiB), ("mib", MiB), ("kib", 1 << 10), ("t", 1 << 40),
-             ("g", GiB), ("m", MiB), ("k", 1 << 10), ("b", 1), ("", 1))
-    for suffix, mult in units:
-        if t.endswith(suffix):
-            num = t[:len(t) - len(suffix)] if suffix else t
-            try:
-                return int(float(num) * mult)
-            except (ValueError, OverflowError):  # not a number, nan, inf
-                break
-    raise ValueError("%s must be a size like '4GiB', got %r" % (name, text))
 
 
 def _choice(value, name, choices):
@@ -105,9 +88,11 @@ class MigrationConfig:
       at `rate` pages/s (or trace: a trace file / Trace to replay, virtual mode).
     mode: "virtual" (deterministic, `step` seconds per workload interval) or
       "realtime" (C writer threads, one per vCPU).
-    bandwidth: rate limit in bytes/s (0 = none); link_bandwidth: virtual transfer
-      speed. downtime_limit, max_wait: seconds. zero_pages: "header" (charge 9
-      bytes) or "full" (charge a page). populate: fraction of pages written
+    bandwidth: rate limit in bytes/s, or a rate string like "128MiB",
+      "1250MB" or "10Gbit" (0, None, "none", "unlimited": no limit);
+      link_bandwidth: virtual transfer speed, the same way (units.parse_rate).
+      downtime_limit, max_wait: seconds. zero_pages: "header" (charge 9 bytes)
+      or "full" (charge a page). populate: fraction of pages written
       before migration; fill "random" fills them with random bytes instead.
     cost_model: the virtual clock's prices (CostModel, dict, or a file path).
     window_log: keep the accounted bytes of the first N rate-limit windows.
@@ -136,8 +121,9 @@ class MigrationConfig:
     record: Optional[str] = None
     mode: str = "virtual"
     vcpus: int = 2
-    bandwidth: float = 128 * MiB         # None is taken as 0 (no limit)
-    link_bandwidth: float = 1250 * 1000 * 1000
+    #: bytes/s once constructed (a rate string, or None for 0 = no limit, before)
+    bandwidth: Any = 128 * MiB
+    link_bandwidth: Any = 1250 * 1000 * 1000
     downtime_limit: float = 0.3
     max_wait: float = 0.05
     max_passes: int = 30
@@ -192,13 +178,14 @@ class MigrationConfig:
             raise ValueError("clear_shift must be in 6..31 (QEMU x-clear-bitmap-shift), got %d"
                              % shift)
         put("clear_shift", shift)
-        bw = check_number(self.bandwidth, "bandwidth", lo=0, allow_none=True) or 0
+        bw = 0 if self.bandwidth is None else parse_rate(self.bandwidth, "bandwidth",
+                                                         unlimited=True)
         if bw and bw / 10 < WIRE_PAGE_RECORD:
             raise ValueError("bandwidth %r bytes/s is below one page record per 100 ms window "
                              "(%d bytes/s minimum)" % (bw, WIRE_PAGE_RECORD * 10))
         put("bandwidth", bw)
-        put("link_bandwidth", check_number(self.link_bandwidth, "link_bandwidth", lo=0,
-                                           allow_none=True) or 0)
+        put("link_bandwidth", 0 if self.link_bandwidth is None else
+            parse_rate(self.link_bandwidth, "link_bandwidth", unlimited=True))
         put("downtime_limit", check_number(self.downtime_limit, "downtime_limit", lo=0,
                                            lo_open=True))
         put("max_wait", check_number(self.max_wait, "max_wait", lo=0))
@@ -214,8 +201,13 @@ class MigrationConfig:
                                         lo=WIRE_BATCH_HEADER + WIRE_PAGE_RECORD,
                                         hi=WIRE_MAX_PAYLOAD, integer=True))
         put("window_log", check_number(self.window_log, "window_log", lo=0, integer=True))
-        put("ring_entries", check_number(self.ring_entries, "ring_entries", lo=0,
-                                         integer=True))
+        ring = check_number(self.ring_entries, "ring_entries", lo=0, integer=True)
+        if (ring or self.backend == "ring") and not (
+                ring & (ring - 1) == 0 and MIN_RING_ENTRIES <= ring <= RING_MAX_ENTRIES):
+            raise ValueError("ring_entries must be a power of two in %d..%d (at least a page of "
+                             "entries, at most KVM's maximum), got %r"
+                             % (MIN_RING_ENTRIES, RING_MAX_ENTRIES, self.ring_entries))
+        put("ring_entries", ring)
         put("duration_limit", check_number(self.duration_limit, "duration_limit", lo=0,
                                            allow_none=True))
         put("costs", as_cost_model(self.cost_model))

@@ -8,8 +8,8 @@ class ProgressPrinter:
     """progress(pass_index, done, total): a bar on one line; end_pass(pm)
     replaces it with the pass's summary line."""
 
-    def __init__(self, stream=sys.stderr, width=30):
-        self.stream = stream
+    def __init__(self, stream=None, width=30):
+        self.stream = sys.stderr if stream is None else stream   # the current one
         self.width = width
 
     def __call__(self, pass_index, done, total):

@@ -61,7 +61,8 @@ class QemuConfig:
         """Raise TypeError/ValueError naming the first bad value."""
         gs = _number("guest_size", self.guest_size, 64 * MIB, 64 * 1024 * MIB, integer=True)
         if gs % MIB:
-            raise ValueError("guest_size must be a multiple of 1 MiB, got %r" % gs)
+            raise ValueError("guest_size must be a whole number of MiB (QEMU's -m), got %r "
+                             "bytes (MB is 10^6 bytes; QEMU's M is MiB)" % gs)
         if self.workload not in layout.WORKLOADS:
             raise ValueError("workload must be one of %s, got %r"
                              % (", ".join(layout.WORKLOADS), self.workload))
