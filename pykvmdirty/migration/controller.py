@@ -535,8 +535,8 @@ def run_loop(ctl, report):
         if policy.should_complete(ctl):
             break
         why = ctl.iterate(policy.whole_pass)
+        ctl.placement.iteration_end()      # (a rate-limit wait holds no lock)
         policy.after_iteration(ctl, why)
-        ctl.placement.iteration_end()
         ctl.placement.iteration_begin()
         sender.iteration_begin()
         ctl.iothread_resync()

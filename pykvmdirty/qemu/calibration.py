@@ -1,4 +1,5 @@
-"""This machine's platform costs for the blind QEMU prediction, measured once.
+"""This machine's platform costs for the blind QEMU prediction, measured once
+(each cell three times; each cost the median of its three values).
 
 :func:`calibrate_qemu` runs DEDICATED calibration cells (never a cell of a
 judged grid), each a real QEMU 7.2 migration of the test guest (runner.py):
@@ -6,7 +7,7 @@ judged grid), each a real QEMU 7.2 migration of the test guest (runner.py):
 - ``idle``: an idle 1 GiB guest at unlimited bandwidth (every page zero but
   the firmware's): the cost of one zero page, the setup and the downtime of a
   stop with almost nothing to send;
-- ``ab``: the a-b guest (1 GiB, [1 MiB, 100 MiB)) at unlimited bandwidth with
+- ``ab``: the a-b guest (128 MiB, [1 MiB, 100 MiB)) at unlimited bandwidth with
   downtime-limit 10 s: it stops as soon as the first 100 ms windows say the
   rest fits in 10 s, so its downtime sends most of the range. Its warm-up
   (before dirty logging) gives the guest's own cost of a page write; its bulk-
@@ -15,12 +16,20 @@ judged grid), each a real QEMU 7.2 migration of the test guest (runner.py):
   stopped and the fixed overhead of the stop;
 - ``ab-fault``: the a-b guest (the default [1 MiB, 100 MiB)) at 32 MiB/s with
   downtime-limit 1 ms (never converges; cancelled after 5 s): in its ~3 s
-  bulk pass the guest's second sweep after ``migrate`` faults on every page:
-  the bulk pass's first-write cost;
+  bulk pass the guest faults on every page of the range once (the rest of the
+  sweep under way, then the pages before it) and then runs native: the bulk
+  pass's first-write cost;
 - ``ab-iter``: the same at 256 MiB/s (cancelled after 4 s): after a short
   bulk pass the loop syncs far more often than the guest sweeps its range, so
   every write is a first write after a re-protection: the iterative phase's
-  first-write cost.
+  first-write cost;
+- ``uniform-fault``: a uniform guest asking for 400k writes/s at 32 MiB/s
+  (the sender nearly idle): its counter, per 100 us batch, times the first
+  writes of random pages (their number follows from the writes since logging
+  began);
+- ``uniform-busy``: the same guest at unlimited bandwidth: the host time its
+  faults take from the sender (each bulk interval's time less its pages at
+  their costs, over its first writes).
 
 None of them is a cell of a judged grid (compare.py).
 
@@ -358,11 +367,12 @@ def calibration_configs(accel="auto"):
     return {
         "idle": QemuConfig(workload="idle", guest_size=1024 * MIB, bandwidth=UNLIMITED,
                            warmup=0.3, timeout=30.0, **base),
-        # the grid's default a-b guest (1 GiB, [1 MiB, 100 MiB)): the first 100 ms
+        # the grid's a-b range ([1 MiB, 100 MiB)) in a 128 MiB guest: the first 100 ms
         # windows say the rest fits in 10 s, so it stops early and most of the range
-        # goes in the downtime (a larger range costs more per page on this host:
-        # calibrate at the size the cells use)
-        "ab": QemuConfig(workload="ab", guest_size=1024 * MIB, bandwidth=UNLIMITED,
+        # goes in the downtime, with few zero pages beside it (a 1 GiB guest's 237k
+        # zero pages would be ~0.1 s of that downtime; a larger range costs more
+        # per page on this host: calibrate at the range the cells use)
+        "ab": QemuConfig(workload="ab", guest_size=128 * MIB, bandwidth=UNLIMITED,
                          downtime_limit=10.0, warmup=1.0, timeout=30.0, **base),
         # 32 MiB/s, 1 ms: a bulk pass of ~3 s that never converges (cancelled): the
         # guest's second sweep after `migrate` faults on every page
