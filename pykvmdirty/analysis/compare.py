@@ -669,8 +669,19 @@ def csv_rows(cells):
 
 
 def plot(result, path):
-    """PNG: cost vs guest size (log-log, one line per backend) at the dirty
-    count nearest 1000, and cost vs dirty pages at the largest size."""
+    """PNG of plot_figure(result)."""
+    import matplotlib.pyplot as plt
+    fig = plot_figure(result)
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_figure(result):
+    """Cost vs guest size (log-log, one line per backend) at the dirty count
+    nearest 1000, and cost vs dirty pages at the largest size. A panel that
+    would hold one point per backend (one size, or one dirty count) is left
+    out; with one of each, one panel of bars, a bar per backend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -678,36 +689,52 @@ def plot(result, path):
     cells = [c for c in result["cells"] if c["status"] == "ok" and cost_of(c)]
     det = bool(result["cells"] and result["cells"][0]["deterministic"])
     ylabel = "modelled kernel time (µs)" if det else "collect + scan time (µs, median)"
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     dirty_counts = sorted({c["dirty"] for c in result["cells"]})
     sizes = sorted({c["size_gib"] for c in result["cells"]})
     d_pick = min(dirty_counts, key=lambda d: abs(d - 1000)) if dirty_counts else 0
     s_pick = max(sizes) if sizes else 0
     backends = [b for b in result["scenario"]["backends"]]
+    panels = (["size"] if len(sizes) > 1 else []) + (["dirty"] if len(dirty_counts) > 1 else [])
+    if not panels:
+        fig, ax = plt.subplots(1, 1, figsize=(7, 4.8))
+        bars = [(b, cost_of(c) / 1e3) for b in backends for c in cells if c["backend"] == b]
+        ax.bar([b for b, _ in bars], [v for _, v in bars])
+        ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.set_title("cost per backend, %g GiB guest, %d dirty pages" % (s_pick, d_pick))
+        ax.grid(True, which="both", axis="y", alpha=0.3)
+        fig.tight_layout()
+        return fig
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), squeeze=False)
+    ax_of = dict(zip(panels, axes[0]))
     for b in backends:
-        pts = sorted((c["size_gib"], cost_of(c) / 1e3) for c in cells
-                     if c["backend"] == b and c["dirty"] == d_pick)
-        if pts:
-            ax1.plot(*zip(*pts), marker="o", label=b)
-        pts = sorted((c["dirty"], cost_of(c) / 1e3) for c in cells
-                     if c["backend"] == b and c["size_gib"] == s_pick)
-        if pts:
-            ax2.plot(*zip(*pts), marker="o", label=b)
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("guest size (GiB)")
-    ax1.set_ylabel(ylabel)
-    ax1.set_title("cost vs guest size, %d dirty pages" % d_pick)
-    ax2.set_xscale("symlog", linthresh=1)
-    ax2.set_yscale("log")
-    ax2.set_xlabel("dirty pages")
-    ax2.set_ylabel(ylabel)
-    ax2.set_title("cost vs dirty pages, %g GiB guest" % s_pick)
-    for ax in (ax1, ax2):
+        if "size" in ax_of:
+            pts = sorted((c["size_gib"], cost_of(c) / 1e3) for c in cells
+                         if c["backend"] == b and c["dirty"] == d_pick)
+            if pts:
+                ax_of["size"].plot(*zip(*pts), marker="o", label=b)
+        if "dirty" in ax_of:
+            pts = sorted((c["dirty"], cost_of(c) / 1e3) for c in cells
+                         if c["backend"] == b and c["size_gib"] == s_pick)
+            if pts:
+                ax_of["dirty"].plot(*zip(*pts), marker="o", label=b)
+    if "size" in ax_of:
+        ax = ax_of["size"]
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("guest size (GiB)")
+        ax.set_ylabel(ylabel)
+        ax.set_title("cost vs guest size, %d dirty pages" % d_pick)
+    if "dirty" in ax_of:
+        ax = ax_of["dirty"]
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("dirty pages")
+        ax.set_ylabel(ylabel)
+        ax.set_title("cost vs dirty pages, %g GiB guest" % s_pick)
+    for ax in axes[0]:
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return fig

@@ -162,25 +162,69 @@ def ring_lines(pairs):
     return lines
 
 
-def plot(cells, path):
+#: the plotted figures: (figure key, judged goal, label)
+PLOTTED = (("total_time", "total_time", "total time"), ("downtime", "downtime", "downtime"),
+           ("dirty_sync_count", "syncs", "syncs"), ("transferred", "transferred", "bytes sent"),
+           ("normal", "normal", "normal pages"))
+#: where a ratio of 0 (or a band reaching 0) is drawn on the log axis
+RATIO_FLOOR = 1e-2
+
+
+def plot_figure(cells):
+    """The grid plot: one row per figure, one column per cell, on a log axis
+    of predicted / median of the runs (1 = exact; a 60x miss no longer flattens
+    the rest). Per cell: the figure's band around the median (grey bar, as
+    judged: qemu/compare.py band()), the runs' spread min..max over the median
+    (black line, where runs repeat), the prediction (dot: green within the
+    band, red a miss; a triangle at the bottom: predicted 0)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    keys = ["total_time", "downtime", "dirty_sync_count", "transferred", "normal"]
+    from ..qemu.compare import band
     cells = [c for c in cells if c.get("stats")]
-    fig, ax = plt.subplots(figsize=(12, 4))
-    w = 0.8 / len(keys)
-    for i, k in enumerate(keys):
-        ratios = [c["prediction"][k] / c["stats"][k]["median"] if c["stats"][k]["median"]
-                  else 0 for c in cells]
-        ax.bar([j + i * w for j in range(len(cells))], ratios, w, label=k)
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(cells))])
-    ax.set_xticklabels([c["name"] for c in cells], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("predicted / median of the runs")
-    ax.legend(fontsize=7, ncol=5)
+    fig, axes = plt.subplots(len(PLOTTED), 1, figsize=(max(8.0, 0.55 * len(cells) + 3), 11),
+                             sharex=True, squeeze=False)
+    xs = list(range(len(cells)))
+    for ax, (key, goal, label) in zip(axes[:, 0], PLOTTED):
+        for x, c in zip(xs, cells):
+            st, p = c["stats"].get(key), c["prediction"].get(key)
+            if not st or not st["median"] or p is None:
+                ax.annotate("no median" if p is not None else "no prediction", (x, 1.0),
+                            rotation=90, fontsize=6, ha="center", va="center", color="0.4")
+                continue
+            med = st["median"]
+            lo, hi = band(goal, med)
+            ax.bar(x, max(hi / med, RATIO_FLOOR) - max(lo / med, RATIO_FLOOR), 0.6,
+                   bottom=max(lo / med, RATIO_FLOOR), color="0.85", zorder=1,
+                   label="band" if x == 0 else None)
+            if st.get("n", 1) > 1 and st["max"] > st["min"]:
+                ax.plot([x, x], [max(st["min"] / med, RATIO_FLOOR),
+                                 max(st["max"] / med, RATIO_FLOOR)], color="k", lw=2.5,
+                        zorder=2, label="runs min-max" if x == 0 else None)
+            ratio = p / med
+            ok = lo <= p <= hi or (st["max"] - st["min"] > hi - lo and
+                                   st["min"] <= p <= st["max"])
+            ax.plot(x, max(ratio, RATIO_FLOOR), "v" if ratio <= 0 else "o",
+                    color="tab:green" if ok else "tab:red", zorder=3, ms=6)
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="k", lw=0.6, zorder=0)
+        ax.set_ylabel("%s\npredicted / median" % label, fontsize=8)
+        ax.grid(True, which="major", axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xticks(xs)
+    axes[-1, 0].set_xticklabels([c["name"] for c in cells], rotation=35, ha="right",
+                                fontsize=7)
+    fig.suptitle("blind predictions / real QEMU runs (log scale; grey: the band judged; "
+                 "black: the runs' spread)", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot(cells, path):
+    import matplotlib.pyplot as plt
+    fig = plot_figure(cells)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # -- the command ----------------------------------------------------------------------------

@@ -149,10 +149,18 @@ class MigrationReport:
 
     def plot(self, path):
         """PNG of per-pass dirty pages, sent pages and latency (matplotlib)."""
+        fig = self.figure()
+        import matplotlib.pyplot as plt
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+    def figure(self):
+        """The plot's matplotlib figure (passes on an integer axis)."""
         try:
             import matplotlib
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            from matplotlib.ticker import MaxNLocator
         except ImportError:
             raise RuntimeError("--plot needs matplotlib: pip install 'pykvmdirty[plot]'") \
                 from None
@@ -175,12 +183,13 @@ class MigrationReport:
         b.set_ylabel("sample-to-send latency (ms)")
         b.set_xlabel("pass")
         b.legend()
+        for ax in (a, b):   # passes are counted: no 1.5, 2.5
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         c = self.config
         fig.suptitle("%s / %s / %s, %s" % (c["backend"], c["strategy"], c["workload"]["kind"],
                                            c["mode"]))
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        return fig
 
 
 def dump_json(obj, path=None):
