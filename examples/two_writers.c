@@ -6,7 +6,9 @@
  *
  * Build:  cc -O2 two_writers.c $(pykvmdirty-config --cflags --libs) -o two_writers
  * Run:    ./two_writers [slot_pages] [gfns_per_thread] [seed]
- * Output: one line per backend: name, pages found, sum of their gfns, collects, µs
+ * Output: a header line naming the columns (starting with '#', like the first
+ * line), then one line per backend: backend, pages found, sum of their gfns,
+ * collects, mean µs per collect while the threads wrote.
  *
  * gfns are drawn with splitmix64 (seed, seed + 1 for the second thread), so a
  * program in another language can reproduce the same input.
@@ -62,6 +64,8 @@ int main(int argc, char **argv)
 	}
 	printf("# libkvmdirty %s, %" PRIu64 " pages, 2 threads x %" PRIu64 " writes\n",
 	       kd_version(), npages, per_thread);
+	printf("# %-10s %12s %16s %9s %14s\n", "backend", "pages_found", "gfn_sum", "collects",
+	       "us_per_collect");
 	for (size_t b = 0; b < sizeof(backends) / sizeof(*backends); b++) {
 		struct kd_vm_config cfg;
 		struct kd_collect_result res;
@@ -96,8 +100,9 @@ int main(int argc, char **argv)
 				found++;
 				sum += p;
 			}
-		printf("%s %" PRIu64 " %" PRIu64 " %" PRIu64 " %.1f\n", kd_backend_name(backends[b]),
-		       found, sum, collects, ns / 1e3 / (double)(collects - 1));
+		printf("  %-10s %12" PRIu64 " %16" PRIu64 " %9" PRIu64 " %14.1f\n",
+		       kd_backend_name(backends[b]), found, sum, collects,
+		       ns / 1e3 / (double)(collects - 1));
 		kd_vm_destroy(vm);
 	}
 	free(gfns[0]);

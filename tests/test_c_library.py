@@ -59,8 +59,12 @@ def test_example_matches_python(tmp_path, cxx):
     npages, per_thread, seed = 65536, 20000, 7
     out = subprocess.run([exe, str(npages), str(per_thread), str(seed)], check=True,
                          capture_output=True, text=True).stdout
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
-            if not line.startswith("#")}
+    lines = out.splitlines()
+    assert lines[1].split() == ["#", "backend", "pages_found", "gfn_sum", "collects",
+                                "us_per_collect"], lines[1]   # labelled columns
+    rows = {line.split()[0]: line.split()[1:] for line in lines if not line.startswith("#")}
+    widths = {len(line) for line in lines[1:]}
+    assert len(widths) == 1, lines   # the columns line up under their labels
     # the same gfns through the Python API
     gfns = np.concatenate([splitmix64(seed, per_thread), splitmix64(seed + 1, per_thread)])
     gfns %= np.uint64(npages)
