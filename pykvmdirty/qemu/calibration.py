@@ -62,12 +62,13 @@ from .config import QemuConfig
 from .layout import MIB, PAGE
 from .measure import bulk_normal_cost, fault_rate_how, iter_fault_rate
 from .runner import run_migration
+from ..bindings.constants import WIRE_PAGE_RECORD
 
 FORMAT = "pykvmdirty-qemu-calibration"
 VERSION = 1
 MAX_FILE_BYTES = 1 << 20
 UNLIMITED = 64 << 30                # max-bandwidth "unlimited": 64 GiB/s
-PAGE_RECORD = 8 + PAGE
+PAGE_RECORD = WIRE_PAGE_RECORD   # QEMU's be64 header + the page: the same size
 
 #: cost fields (seconds), what each prices, and the largest value accepted
 COSTS = {

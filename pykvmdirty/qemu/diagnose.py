@@ -10,8 +10,9 @@ with both figures: e.g. "pages dirtied per second as QEMU counts them
 mechanism differs that much names the closest one and says so.
 """
 from typing import List
+from ..bindings.constants import WIRE_PAGE_RECORD
 
-PAGE_RECORD = 4104
+PAGE_RECORD = WIRE_PAGE_RECORD   # QEMU's be64 header + the page: the same size
 DIFFERS = 0.25
 
 # goal -> the mechanisms that decide it
