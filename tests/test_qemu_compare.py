@@ -327,7 +327,8 @@ def test_costs_from_cells_says_what_is_assumed():
                "ab-fault": res(5.0, 0.002, 0.0, 0, 0, 0, 2e7, fault),
                "ab-iter": res(2.0, 0.002, 0.001, 0, 0, 0, 2e7),
                "uniform-fault": res(1.5, 0.002, 0.0, 0, 0, 0, 4e5, ufault),
-               "uniform-busy": res(0.5, 0.002, 0.001, 0, 0, 0, 4e5, ubusy)}
+               "uniform-busy": res(0.5, 0.002, 0.001, 0, 0, 0, 4e5, ubusy),
+               "uniform-stop": res(0.5, 0.002, 0.023, 30000, 240000, 4002, 3e4)}
     c = cal.costs_from_cells(results, cfgs)
     # random first writes: 4000 draws over n pages set n (1 - e^(-4000/n)) bits
     n = cfgs["uniform-fault"].npages
@@ -337,7 +338,14 @@ def test_costs_from_cells_says_what_is_assumed():
     assert c.fault_contention_s == pytest.approx((0.1 - 5000 * c.send_normal_s) / first)
     assert not c.assumed("guest_fault_random_s") and not c.assumed("fault_contention_s")
     assert c.send_zero_s == pytest.approx(0.1 / 262228)
-    assert c.send_normal_stopped_s == pytest.approx(1.0 / 99998)
+    # the uniform stop cell's resent pages: (23 - 3 ms) / (4002 - 2 pages)
+    assert c.send_normal_stopped_s == pytest.approx(0.020 / 4000)
+    assert "uniform stop cell" in c.sources["send_normal_stopped_s"]
+    # too few pages in that downtime: the a-b cell's first sends, and the source says so
+    few = dict(results, **{"uniform-stop": res(0.5, 0.002, 0.004, 30000, 240000, 100, 3e4)})
+    c2 = cal.costs_from_cells(few, cfgs)
+    assert c2.send_normal_stopped_s == pytest.approx(1.0 / 99998)
+    assert "first sends" in c2.sources["send_normal_stopped_s"]
     assert c.guest_write_s == pytest.approx(5e-8)
     # from the start of logging (0.1 s) to the counter's second move (midpoint 0.9 s)
     assert c.guest_fault_s == pytest.approx(0.8 / cfgs["ab-fault"].npages - 5e-8)

@@ -29,7 +29,12 @@ judged grid), each a real QEMU 7.2 migration of the test guest (runner.py):
   began);
 - ``uniform-busy``: the same guest at unlimited bandwidth: the host time its
   faults take from the sender (each bulk interval's time less its pages at
-  their costs, over its first writes).
+  their costs, over its first writes);
+- ``uniform-stop``: a uniform guest at 30k writes/s, unlimited, downtime-limit
+  300 ms: it completes after its bulk pass, so its downtime sends pages that
+  went out before: with the idle cell's downtime, the cost of a normal page
+  with the VM stopped (the ``ab`` cell's downtime holds first sends, which
+  cost the destination more: the fallback).
 
 None of them is a cell of a judged grid (compare.py).
 
@@ -301,6 +306,7 @@ def _sync_cost(guest_size):
 
 
 RANDOM_RATE = 400_000     # pages/s: far more than first writes can go at
+MIN_STOPPED_PAGES = 500   # pages in a downtime needed to price one
 
 
 def _first_writes(samples, npages):
@@ -389,6 +395,10 @@ def calibration_configs(accel="auto"):
         # the same guest with the sender busy (unlimited): what the faults take from it
         "uniform-busy": QemuConfig(workload="uniform", rate=RANDOM_RATE, bandwidth=UNLIMITED,
                                    downtime_limit=0.001, warmup=0.3, timeout=3.0, **base),
+        # a uniform guest that completes after its bulk pass: its downtime sends pages
+        # dirtied again, each sent before (the VM-stopped cost of a grid cell's pages)
+        "uniform-stop": QemuConfig(workload="uniform", rate=30000, bandwidth=UNLIMITED,
+                                   downtime_limit=0.3, warmup=1.0, timeout=10.0, **base),
     }
 
 
@@ -464,14 +474,30 @@ def costs_from_cells(results, cfgs) -> Calibration:
             how = ("a-b cell: its whole precopy phase %.0f ms less its zero pages, over its "
                    "%d normal pages (%s)" % (pre * 1e3, n_pre, how))
     send_normal = (normal_s, how)      # None: decided below, from the stopped cost
-    # with the VM stopped: downtime = overhead + pages x cost, from two cells
-    n_a = ab.downtime_bytes // PAGE_RECORD
+    # with the VM stopped: downtime = overhead + pages x cost. The pages a grid
+    # cell sends in its downtime went out before (the destination has touched
+    # their memory), so the uniform stop cell, whose downtime holds pages dirtied
+    # again after the bulk pass, prices them; the a-b cell's downtime holds first
+    # sends (the fallback)
     n_i = idle.downtime_bytes // PAGE_RECORD
-    if n_a > n_i + 100 and ab.downtime > idle.downtime:
+    stop = results.get("uniform-stop")
+    n_s = stop.downtime_bytes // PAGE_RECORD if stop is not None else 0
+    n_a = ab.downtime_bytes // PAGE_RECORD
+    if n_s >= MIN_STOPPED_PAGES and stop.downtime > idle.downtime:
+        stopped = (stop.downtime - idle.downtime) / max(n_s - n_i, 1)
+        put("send_normal_stopped_s", stopped,
+            "uniform stop cell against the idle cell: (downtime %.1f - %.1f ms) / (%d - %d "
+            "normal pages in the downtime, each sent before)"
+            % (stop.downtime * 1e3, idle.downtime * 1e3, n_s, n_i))
+        put("downtime_overhead_s", max(idle.downtime - n_i * stopped, 0.0),
+            "idle cell: downtime %.1f ms less its %d normal pages at send_normal_stopped_s"
+            % (idle.downtime * 1e3, n_i))
+    elif n_a > n_i + 100 and ab.downtime > idle.downtime:
         stopped = (ab.downtime - idle.downtime) / (n_a - n_i)
         put("send_normal_stopped_s", stopped,
             "a-b cell against the idle cell: (downtime %.1f - %.1f ms) / (%d - %d normal pages "
-            "in the downtime)" % (ab.downtime * 1e3, idle.downtime * 1e3, n_a, n_i))
+            "in the downtime; first sends: the uniform stop cell had %d pages in its downtime)"
+            % (ab.downtime * 1e3, idle.downtime * 1e3, n_a, n_i, n_s))
         put("downtime_overhead_s", max(idle.downtime - n_i * stopped, 0.0),
             "idle cell: downtime %.1f ms less its %d normal pages at send_normal_stopped_s"
             % (idle.downtime * 1e3, n_i))
@@ -483,8 +509,9 @@ def costs_from_cells(results, cfgs) -> Calibration:
                              "running (%s) nor stopped (downtime %.1f ms, %d pages)"
                              % (send_normal[1], ab.downtime * 1e3, n_a))
         put("send_normal_stopped_s", send_normal[0],
-            "assumed: equal to send_normal_s; the a-b cell's downtime (%.1f ms, %d pages) "
-            "does not exceed the idle cell's enough to fit it" % (ab.downtime * 1e3, n_a))
+            "assumed: equal to send_normal_s; neither the uniform stop cell's downtime (%d "
+            "pages) nor the a-b cell's (%.1f ms, %d pages) can price a page"
+            % (n_s, ab.downtime * 1e3, n_a))
     if send_normal[0] is not None:
         put("send_normal_s", send_normal[0], send_normal[1])
     else:
