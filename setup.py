@@ -48,7 +48,7 @@ class BuildExtAndLibrary(build_ext):
             os.remove(archive)
         cc.create_static_lib(objs, "kvmdirty", output_dir=libdir)
         os.makedirs(os.path.join(incdir, "kvmdirty"), exist_ok=True)
-        for h in b.HEADERS:  # kvmdirty.h and kvmdirty/migrate.h
+        for h in b.INSTALLED_HEADERS:  # kvmdirty.h, kvmdirty/migrate.h, kvmdirty/page_draw.h
             rel = os.path.relpath(h, os.path.join(ROOT, "csrc", "include"))
             shutil.copy(h, os.path.join(incdir, rel))
         with open(os.path.join(libdir, "ldflags.txt"), "w") as f:

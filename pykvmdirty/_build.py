@@ -16,6 +16,9 @@ ROOT = os.path.dirname(HERE)
 CSRC = os.path.join(ROOT, "csrc")
 HEADERS = [os.path.join(CSRC, "include", "kvmdirty.h"),
            os.path.join(CSRC, "include", "kvmdirty", "migrate.h")]
+#: installed beside the library: the API headers, and the page draws the
+#: firmware guest QEMU migrates compiles in (no API: static inline, not in the cdef)
+INSTALLED_HEADERS = HEADERS + [os.path.join(CSRC, "include", "kvmdirty", "page_draw.h")]
 
 
 def read_make_vars(path):

@@ -15,10 +15,10 @@ MIB = 1 << 20
 
 
 def test_params_round_trip_fields():
-    raw = layout.pack_params("hotspot", 2 * MIB, 10 * MIB, 5000, 7, 3, 11, 0.9, 123)
+    raw = layout.pack_params("hotspot", 2 * MIB, 10 * MIB, 5000, 7, 11, 2**52, 123)
     words = np.frombuffer(raw, dtype="<u8")
     assert words[0] == layout.PARAMS_MAGIC
-    assert list(words[1:]) == [3, 2 * MIB, 10 * MIB, 5000, 7, 3, 11, 900000, 123]
+    assert list(words[1:]) == [3, 2 * MIB, 10 * MIB, 5000, 7, 11, 2**52, 123]
 
 
 def test_parse_status():
@@ -48,12 +48,14 @@ def test_config_rejects(kw, match):
         QemuConfig(**kw)
 
 
-def test_config_hotspot_set_is_inside_the_range_and_seeded():
-    c = QemuConfig(workload="hotspot", rate=1000, hot_fraction=0.1, seed=3)
+def test_config_hotspot_params_are_the_emulators():
+    # the guest gets vCPU 0's seed, the hot-set size and the 53-bit share the
+    # emulator's hotspot generator uses: the same page draws
+    from pykvmdirty.migration.workloads import vcpu_seed
+    c = QemuConfig(workload="hotspot", rate=1000, hot_fraction=0.1, hot_share=0.75, seed=3)
     assert c.hot_pages() == round(0.1 * c.npages)
-    assert 0 <= c.hot_first() <= c.npages - c.hot_pages()
-    assert c.hot_first() == QemuConfig(workload="hotspot", rate=1000, hot_fraction=0.1,
-                                       seed=3).hot_first()
+    words = np.frombuffer(c.params(), dtype="<u8")
+    assert list(words[5:8]) == [vcpu_seed(3, 0), c.hot_pages(), 3 * 2**51]
 
 
 def test_ab_invariant():

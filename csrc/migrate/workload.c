@@ -18,7 +18,9 @@
  *                         the end of a sweep and its value hint is the number
  *                         of the sweep (1, 2, ...), i.e. the page's new count
  * The same seed gives the same sequence on every machine: the generators use
- * xoshiro256** and their own exp/log, not libm.
+ * xoshiro256** and their own exp/log, not libm. The uniform and hotspot draws
+ * are kvmdirty/page_draw.h, which the firmware guest QEMU migrates includes
+ * too: with the same seed it writes the same pages.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,55 +30,25 @@
 #include <time.h>
 
 #include "kvmdirty.h"
+#include "kvmdirty/page_draw.h"
 #include "vcpu_pool.h"
 
 struct kd_workload {
 	struct kd_workload_config cfg;
-	uint64_t s[4];        /* xoshiro256** state */
+	struct kd_draw d;     /* the seeded draws (kvmdirty/page_draw.h) */
 	uint64_t pos, sweep;  /* sequential, migration test */
-	uint64_t hot_first, hot_n, hot_threshold;
 	uint64_t mult, inv_ok; /* zipf: rank -> page bijection multiplier */
 	double h_x1, h_n, s_div;
 };
 
-static uint64_t splitmix64(uint64_t *x)
-{
-	uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static inline uint64_t rotl(uint64_t x, int k)
-{
-	return (x << k) | (x >> (64 - k));
-}
-
 static inline uint64_t next64(struct kd_workload *w)
 {
-	uint64_t r = rotl(w->s[1] * 5, 7) * 9, t = w->s[1] << 17;
-	w->s[2] ^= w->s[0];
-	w->s[3] ^= w->s[1];
-	w->s[1] ^= w->s[2];
-	w->s[0] ^= w->s[3];
-	w->s[2] ^= t;
-	w->s[3] = rotl(w->s[3], 45);
-	return r;
+	return kd_draw_next64(&w->d);
 }
 
-/* uniform in [0, n), Lemire's multiply-shift with rejection */
 static inline uint64_t below(struct kd_workload *w, uint64_t n)
 {
-	unsigned __int128 m = (unsigned __int128)next64(w) * n;
-	uint64_t lo = (uint64_t)m;
-	if (lo < n) {
-		uint64_t t = (0 - n) % n;
-		while (lo < t) {
-			m = (unsigned __int128)next64(w) * n;
-			lo = (uint64_t)m;
-		}
-	}
-	return (uint64_t)(m >> 64);
+	return kd_draw_below(&w->d, n);
 }
 
 static inline double unit(struct kd_workload *w)
@@ -202,7 +174,6 @@ static uint64_t gcd(uint64_t a, uint64_t b)
 KD_API int kd_workload_create(const struct kd_workload_config *cfg, kd_workload **out)
 {
 	struct kd_workload *w;
-	uint64_t seed;
 
 	if (!cfg || !out || cfg->kind > KD_WL_MIGRATION_TEST || cfg->reserved0)
 		return -EINVAL;
@@ -223,16 +194,13 @@ KD_API int kd_workload_create(const struct kd_workload_config *cfg, kd_workload 
 	if (!w)
 		return -ENOMEM;
 	w->cfg = *cfg;
-	seed = cfg->seed;
-	for (int i = 0; i < 4; i++)
-		w->s[i] = splitmix64(&seed);
+	kd_draw_init(&w->d, cfg->seed, cfg->npages);
 	if (cfg->kind == KD_WL_HOTSPOT) {
 		double h = cfg->hot_fraction * (double)cfg->npages + 0.5;
-		w->hot_n = h < 1 ? 1 : (uint64_t)h;
-		if (w->hot_n > cfg->npages)
-			w->hot_n = cfg->npages;
-		w->hot_first = below(w, cfg->npages - w->hot_n + 1);
-		w->hot_threshold = (uint64_t)(cfg->hot_share * 9007199254740992.0);
+		uint64_t hot_n = h < 1 ? 1 : (uint64_t)h;
+		if (hot_n > cfg->npages)
+			hot_n = cfg->npages;
+		kd_draw_hot(&w->d, hot_n, (uint64_t)(cfg->hot_share * 9007199254740992.0));
 	} else if (cfg->kind == KD_WL_ZIPF) {
 		w->h_x1 = zh_int(w, 1.5) - 1;
 		w->h_n = zh_int(w, (double)cfg->npages + 0.5);
@@ -269,21 +237,9 @@ KD_API int64_t kd_workload_generate(kd_workload *w, uint64_t *gfns, uint64_t n,
 	case KD_WL_IDLE:
 		return 0;
 	case KD_WL_UNIFORM:
-		for (; i < n; i++)
-			gfns[i] = base + below(w, np);
-		break;
 	case KD_WL_HOTSPOT:
-		for (; i < n; i++) {
-			uint64_t p;
-			if ((next64(w) >> 11) < w->hot_threshold || w->hot_n == np) {
-				p = w->hot_first + below(w, w->hot_n);
-			} else {
-				p = below(w, np - w->hot_n);
-				if (p >= w->hot_first)
-					p += w->hot_n;
-			}
-			gfns[i] = base + p;
-		}
+		for (; i < n; i++)
+			gfns[i] = base + kd_draw_page(&w->d);
 		break;
 	case KD_WL_ZIPF:
 		for (; i < n; i++) {

@@ -21,6 +21,17 @@ _SWEEPS = ("sequential", "migration-test")
 NS = 1_000_000_000
 
 
+def vcpu_seed(seed, vcpu):
+    """The generator seed of vCPU `vcpu` of a workload seeded `seed` (the
+    firmware guest QEMU migrates is vCPU 0 of its workload)."""
+    return int(seed) * 1000003 + int(vcpu)
+
+
+def hot_threshold(hot_share):
+    """hot_share as the 53-bit threshold the page draws compare with."""
+    return int(hot_share * 9007199254740992.0)
+
+
 def check_rate(rate, name="rate"):
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
         raise TypeError("%s must be a number of pages per second, got %r" % (name, rate))
@@ -62,7 +73,7 @@ class WorkloadSpec:
             else:
                 first, n = first_gfn, npages
             kind = self.kind if n > 0 else "idle"
-            gens.append(Generator(kind, first, n, seed=self.seed * 1000003 + i,
+            gens.append(Generator(kind, first, n, seed=vcpu_seed(self.seed, i),
                                   hot_fraction=self.hot_fraction, hot_share=self.hot_share,
                                   zipf_s=self.zipf_s))
         return gens

@@ -112,19 +112,18 @@ class QemuConfig:
         return (self.end - self.start) // PAGE
 
     def hot_pages(self):
+        """Hot pages of the range (as the emulator's hotspot generator counts them)."""
         return max(1, min(self.npages, int(self.hot_fraction * self.npages + 0.5)))
 
-    def hot_first(self):
-        """The hot set's first page (of the range), seeded so host and model agree."""
-        import random
-        return random.Random(self.seed).randrange(self.npages - self.hot_pages() + 1)
-
     def params(self, tsc_hz=0):
-        """The guest's parameter block."""
+        """The guest's parameter block. The guest draws its pages with the
+        emulator's page draws (kvmdirty/page_draw.h) seeded as the emulator's
+        vCPU 0 of this workload, so the two write the same pages."""
+        from ..migration.workloads import hot_threshold, vcpu_seed
         hot = self.workload == "hotspot"
-        return layout.pack_params(self.workload, self.start, self.end, self.rate, self.seed,
-                                  self.hot_first() if hot else 0, self.hot_pages() if hot else 0,
-                                  self.hot_share if hot else 0.0, tsc_hz)
+        return layout.pack_params(self.workload, self.start, self.end, self.rate,
+                                  vcpu_seed(self.seed, 0), self.hot_pages() if hot else 0,
+                                  hot_threshold(self.hot_share) if hot else 0, tsc_hz)
 
     def as_dict(self):
         return asdict(self)

@@ -26,6 +26,17 @@ class FirmwareBuildError(RuntimeError):
     """The guest image could not be built (missing toolchain or a compiler error)."""
 
 
+def include_dir():
+    """Where kvmdirty/page_draw.h is: installed with the package, or the source tree's."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for d in (os.path.join(pkg, "include"),
+              os.path.join(os.path.dirname(pkg), "csrc", "include")):
+        if os.path.exists(os.path.join(d, "kvmdirty", "page_draw.h")):
+            return d
+    raise FirmwareBuildError("kvmdirty/page_draw.h not found beside the package (%s/include): "
+                             "reinstall pykvmdirty" % pkg)
+
+
 def _defines():
     return ["-D%s=0x%x" % (k, v) for k, v in sorted(layout.BUILD_DEFINES.items())]
 
@@ -53,6 +64,8 @@ def source_key():
     for name in SOURCES:
         with open(os.path.join(GUEST_DIR, name), "rb") as f:
             h.update(name.encode() + b"\0" + f.read() + b"\0")
+    with open(os.path.join(include_dir(), "kvmdirty", "page_draw.h"), "rb") as f:
+        h.update(b"page_draw.h\0" + f.read() + b"\0")
     h.update(" ".join(CFLAGS + _defines()).encode())
     for tool in TOOLS:
         path = shutil.which(tool)
@@ -68,7 +81,8 @@ def build(out_path):
     with tempfile.TemporaryDirectory(prefix="pkd-guest-") as tmp:
         src = lambda n: os.path.join(GUEST_DIR, n)  # noqa: E731
         _run(["gcc"] + CFLAGS + _defines() + ["-c", src("boot.S"), "-o", "boot.o"], tmp)
-        _run(["gcc"] + CFLAGS + _defines() + ["-c", src("guest.c"), "-o", "guest.o"], tmp)
+        _run(["gcc"] + CFLAGS + _defines() + ["-I", include_dir(), "-c", src("guest.c"),
+                                              "-o", "guest.o"], tmp)
         _run(["gcc", "-E", "-P", "-x", "c"] + _defines() + [src("guest.ld"), "-o", "guest.lds"],
              tmp)
         _run(["ld", "-nostdlib", "-static", "--no-dynamic-linker", "-z", "noexecstack",

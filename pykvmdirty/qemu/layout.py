@@ -44,7 +44,7 @@ STATUS_MAGIC = 0x5453544144444B50   # "PKDDATST"
 WORKLOADS = {"idle": 0, "ab": 1, "uniform": 2, "hotspot": 3}
 STATES = {1: "booting", 2: "running", 3: "bad-params"}
 
-_PARAMS = struct.Struct("<10Q")
+_PARAMS = struct.Struct("<9Q")
 _STATUS = struct.Struct("<8Q")
 STATUS_SIZE = _STATUS.size
 
@@ -62,12 +62,13 @@ class GuestStatus:
     workload: str
 
 
-def pack_params(workload, start=MIB, end=100 * MIB, rate=0, seed=1, hot_first=0, hot_pages=0,
-                hot_share=0.0, tsc_hz=0):
+def pack_params(workload, start=MIB, end=100 * MIB, rate=0, seed=1, hot_pages=0,
+                hot_threshold=0, tsc_hz=0):
     """The parameter block for the guest (bytes). Page counts are in 4 KiB pages;
-    rate in pages/s (0: unpaced, ab only); tsc_hz 0: the guest measures it."""
-    return _PARAMS.pack(PARAMS_MAGIC, WORKLOADS[workload], start, end, int(rate), seed,
-                        hot_first, hot_pages, int(round(hot_share * 1_000_000)), int(tsc_hz))
+    rate in pages/s (0: unpaced, ab only); seed: the page draws' seed;
+    hot_threshold: the hot share x 2^53; tsc_hz 0: the guest measures it."""
+    return _PARAMS.pack(PARAMS_MAGIC, WORKLOADS[workload], start, end, int(rate), int(seed),
+                        int(hot_pages), int(hot_threshold), int(tsc_hz))
 
 
 def parse_status(data):

@@ -38,7 +38,7 @@ from .errors import (GuestStalled, MigrationFailed, MigrationSetupError, QemuErr
                      QemuExited, VerificationError)
 from .process import QemuProcess, qemu_binary
 from .figures import MigrationFigures
-from .verify import ab_invariant, differing_pages, first_bytes
+from .verify import ab_invariant, differing_pages, draws_match, first_bytes
 
 SAMPLE_INTERVAL = 0.1
 _FINAL = ("completed", "failed", "cancelled")
@@ -361,6 +361,12 @@ class QemuMigration:
                 problems.append("%d of %d pages of [%#x, %#x) differ (first byte of each: %s%s)"
                                 % (bad.size, size // layout.PAGE, addr, addr + size, shown,
                                    ", ..." if bad.size > 8 else ""))
+            if cfg.workload in ("uniform", "hotspot") and addr == cfg.start:
+                # the guest's pages are the emulator's draws (kvmdirty/page_draw.h)
+                batch = max(1, cfg.rate // 10000)
+                out["draws_match"], out["draws_differing"] = draws_match(
+                    first_bytes(b), cfg.workload, cfg.npages, cfg.seed, cfg.hot_fraction,
+                    cfg.hot_share, s_dst.pages, batch)
             if cfg.workload == "ab" and addr == cfg.start:
                 ab = ab_invariant(first_bytes(b))
                 out["ab_edge_page"] = ab.edge_page

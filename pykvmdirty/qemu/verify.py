@@ -47,3 +47,27 @@ def differing_pages(src, dst):
     a = np.frombuffer(src, dtype=np.uint64).reshape(-1, PAGE // 8)
     b = np.frombuffer(dst, dtype=np.uint64).reshape(-1, PAGE // 8)
     return np.flatnonzero((a != b).any(axis=1))
+
+
+def draws_match(first, workload, npages, seed, hot_fraction, hot_share, pages_written, batch):
+    """Whether a uniform or hotspot guest wrote the emulator's pages: its range's
+    first bytes (each write increments a page's first byte) against the counts
+    of the first `pages_written` draws of the emulator's generator for the same
+    workload (vCPU 0's seed). The guest counts a batch after writing it, so up
+    to `batch` pages may be one ahead. Returns (ok, pages that differ)."""
+    from ..bindings.workload import Generator
+    from ..migration.workloads import vcpu_seed
+    gen = Generator(workload, 0, npages, seed=vcpu_seed(seed, 0), hot_fraction=hot_fraction,
+                    hot_share=hot_share)
+    counts = np.zeros(npages, dtype=np.int64)
+    buf = np.empty(1 << 16, dtype=np.uint64)
+    left = int(pages_written)
+    while left:
+        gfns, _ = gen.generate(min(left, buf.size), buf)
+        if not gfns.size:
+            break
+        counts += np.bincount(gfns.astype(np.int64), minlength=npages)
+        left -= gfns.size
+    ahead = (np.asarray(first, dtype=np.int64) - counts) % 256
+    bad = int(np.count_nonzero(ahead))
+    return bad <= batch and bool(np.all(ahead <= 1)), bad

@@ -11,9 +11,11 @@
  *            unless a rate is given.
  *   uniform  increment the first byte of a random page of [start, end) at
  *            `rate` pages/s, paced by the TSC.
- *   hotspot  as uniform, but `hot_share_ppm` / 1e6 of the writes go to the
- *            hot set [hot_first, hot_first + hot_pages) (pages of the range)
- *            and the rest to the other pages of the range.
+ *   hotspot  as uniform, but `hot_threshold` / 2^53 of the writes go to a
+ *            hot set of `hot_pages` pages (its place drawn from the seed) and
+ *            the rest to the other pages of the range.
+ * The random pages are kvmdirty/page_draw.h's, the emulator's own draws: with
+ * the same seed the guest writes the pages the emulated workload writes.
  *   idle     no writes; only the status block's heartbeat.
  *
  * Status (read by the host with QMP `xp`/`pmemsave`): `passes` counts
@@ -26,6 +28,8 @@
  */
 #include <stdint.h>
 
+#include "kvmdirty/page_draw.h"
+
 #define PARAMS_MAGIC 0x534d524150444b50ull  /* "PKDPARMS" */
 #define STATUS_MAGIC 0x5453544144444b50ull  /* "PKDDATST" */
 
@@ -34,7 +38,7 @@ enum { ST_BOOTING = 1, ST_RUNNING = 2, ST_BAD_PARAMS = 3 };
 
 struct params {                 /* written by the host; layout.py packs it */
 	uint64_t magic, workload, start, end, rate, seed;
-	uint64_t hot_first, hot_pages, hot_share_ppm, tsc_hz;
+	uint64_t hot_pages, hot_threshold, tsc_hz;
 };
 
 struct status {                 /* read by the host; layout.py parses it */
@@ -85,8 +89,7 @@ static int params_ok(const struct params *p)
 		return 0;
 	if (p->workload == WL_HOTSPOT) {
 		uint64_t n = (p->end - p->start) >> 12;
-		if (p->hot_pages == 0 || p->hot_pages > n || p->hot_first > n - p->hot_pages ||
-		    p->hot_share_ppm > 1000000)
+		if (p->hot_pages == 0 || p->hot_pages > n || p->hot_threshold > (1ull << 53))
 			return 0;
 	}
 	return p->workload == WL_AB || p->rate > 0;
@@ -106,21 +109,6 @@ void guest_init(void)
 	S->tsc_hz = cfg.tsc_hz ? cfg.tsc_hz : calibrate_tsc();
 	if (!S->tsc_hz)
 		S->state = ST_BAD_PARAMS;
-}
-
-static uint64_t rng;
-
-static inline uint64_t next64(void)   /* xorshift64* */
-{
-	rng ^= rng >> 12;
-	rng ^= rng << 25;
-	rng ^= rng >> 27;
-	return rng * 0x2545F4914F6CDD1Dull;
-}
-
-static inline uint64_t below(uint64_t n) /* uniform in [0, n) */
-{
-	return (uint64_t)(((unsigned __int128)next64() * n) >> 64);
 }
 
 static inline void touch(uint64_t page_addr)
@@ -171,27 +159,17 @@ static void run_ab(void)
 static void run_random(void)
 {
 	const uint64_t n = (cfg.end - cfg.start) >> 12;
-	const uint64_t hot = cfg.workload == WL_HOTSPOT;
-	const uint64_t share = (uint64_t)((cfg.hot_share_ppm << 32) / 1000000);  /* of 2^32 */
 	uint64_t batch = cfg.rate / 10000 ? cfg.rate / 10000 : 1;   /* >= 100 us per batch */
 	struct pacer pc;
+	struct kd_draw d;
 
 	pacer_init(&pc, S->tsc_hz * batch / cfg.rate);
-	rng = cfg.seed | 1;
+	kd_draw_init(&d, cfg.seed, n);
+	if (cfg.workload == WL_HOTSPOT)
+		kd_draw_hot(&d, cfg.hot_pages, cfg.hot_threshold);
 	for (;;) {
-		for (uint64_t i = 0; i < batch; i++) {
-			uint64_t p;
-			if (!hot)
-				p = below(n);
-			else if ((next64() >> 32) < share || cfg.hot_pages == n)
-				p = cfg.hot_first + below(cfg.hot_pages);
-			else {
-				p = below(n - cfg.hot_pages);
-				if (p >= cfg.hot_first)
-					p += cfg.hot_pages;
-			}
-			touch(cfg.start + (p << 12));
-		}
+		for (uint64_t i = 0; i < batch; i++)
+			touch(cfg.start + (kd_draw_page(&d) << 12));
 		S->passes++;
 		S->pages += batch;
 		S->tsc = rdtsc();
