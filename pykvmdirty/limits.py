@@ -27,6 +27,7 @@ csrc/memslot.c, csrc/bitmap.c, csrc/wire.c):
   8 bytes of hash per page (and the page-table entries of hashing it);
 - verification: the source's hashes (8 bytes per page, twice while joined).
 """
+import math
 import os
 
 from .bindings.constants import CHUNK_PAGES, DIRTY_GFN_SIZE, PAGE_SIZE
@@ -220,17 +221,74 @@ def committed_bytes(npages, contiguous, scattered, huge):
     return contiguous * PAGE_SIZE + int(rest * PAGE_SIZE * hit)
 
 
+#: pages the migration loop hands out per batch (migration/pending.py BATCH);
+#: per batch it holds a few arrays of that many 8-byte entries (gfns, values,
+#: the scan's output)
+BATCH_PAGES = 1 << 16
+BATCH_ARRAYS = 4
+
+
+def bulk_seconds(npages, populated, bandwidth=0, link_bandwidth=0, page_ns=None):
+    """The bulk pass's duration (seconds): every page read and
+    priced page_ns (the cost model's per-page send cost; default: the
+    package's measured default), the populated pages' bytes and the zero
+    pages' records at the slower of the rate limit and the link."""
+    from .bindings.constants import WIRE_PAGE_RECORD, WIRE_ZERO_RECORD
+    if page_ns is None:
+        from .analysis.costmodel import CostModel
+        page_ns = CostModel().page_ns
+    speed = min([b for b in (bandwidth, link_bandwidth) if b] or [1250 * 1000 * 1000])
+    nbytes = populated * WIRE_PAGE_RECORD + (npages - populated) * WIRE_ZERO_RECORD
+    return npages * page_ns / 1e9 + nbytes / speed
+
+
+def migration_seconds(npages, populated, rate, distinct, bandwidth=0, link_bandwidth=0,
+                      page_ns=None, downtime_limit=0.3, max_passes=30):
+    """How long the guest writes during a migration (seconds): the bulk pass,
+    then passes that each send what the one before left dirty (distinct(w):
+    the pages w writes dirty), until a pass fits the downtime limit or
+    max_passes; times 1.25 (the loop's syncs and partial passes)."""
+    from .bindings.constants import WIRE_PAGE_RECORD
+    if page_ns is None:
+        from .analysis.costmodel import CostModel
+        page_ns = CostModel().page_ns
+    speed = min([b for b in (bandwidth, link_bandwidth) if b] or [1250 * 1000 * 1000])
+    per_page = WIRE_PAGE_RECORD / speed + page_ns / 1e9   # a record holds its page
+    t = bulk_seconds(npages, populated, bandwidth, link_bandwidth, page_ns)
+    last = t
+    for _ in range(max(0, int(max_passes) - 1)):
+        last = distinct(rate * last) * per_page
+        t += last
+        if last <= downtime_limit:
+            break
+    return 1.25 * t
+
+
+def _distinct(writes, pages):
+    """Expected distinct pages hit by `writes` uniform draws over `pages`."""
+    if pages <= 0 or writes <= 0:
+        return 0.0
+    return pages * -math.expm1(-writes / pages)
+
+
 def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
                        workload="hotspot", bandwidth=0, link_bandwidth=0, sink="local",
                        verify=True, ring_entries=4096, tracking="write_protect",
-                       batch_bytes=MiB, trace_pages=None, hot=None, fill="version"):
+                       batch_bytes=MiB, trace_pages=None, hot=None, fill="version",
+                       page_ns=None, downtime_limit=0.3, max_passes=30):
     """What ``migrate()`` will commit for a guest of npages pages.
 
     Pages written: the populated fraction, plus the distinct pages the
-    workload writes over twice the bulk pass's duration (the later passes are
-    shorter) outside it — for a hotspot (hot=(fraction, share)) at most its
-    hot set plus the cold share of the writes; a trace writes at most its own
-    pages."""
+    workload writes while the migration runs (migration_seconds: the bulk
+    pass, then the passes that resend what it dirtied) outside it. A hotspot (hot=(fraction, share))
+    has a hot set per vCPU (each vCPU's generator draws its own, of fraction
+    of the pages: migration/workloads.py), filled as uniform draws fill it,
+    plus the cold share of the writes; a uniform workload's writes fill the
+    guest the same way; a trace writes at most its own pages.
+
+    Not counted: the Python process itself (interpreter, numpy, the C
+    library: ~40 MiB already resident when the estimate is made) and the
+    page tables' share beyond PTE_BYTES per page."""
     per = -(-npages // nslots)
     slot_pages = [min(per, npages - i * per) for i in range(nslots) if npages - i * per > 0]
     populated = int(round(npages * populate))
@@ -239,13 +297,22 @@ def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
     elif workload == "idle" or not rate:
         written = 0
     else:
-        speed = bandwidth or link_bandwidth or 1250 * 1000 * 1000
-        bulk_s = max(1.0, populated * PAGE_SIZE / speed)
-        writes = rate * 2 * bulk_s
         if workload == "hotspot" and hot is not None:
             fraction, share = hot
-            writes = min(writes * share, fraction * npages) + writes * (1 - share)
-        written = int(writes * (1 - populate))  # the rest lands on populated pages
+            hot_pages = min(npages, vcpus * max(1, fraction * npages))
+
+            def distinct(w):
+                return _distinct(w * share, hot_pages) + _distinct(w * (1 - share),
+                                                                   npages - hot_pages)
+        elif workload in ("uniform", "hotspot"):
+            def distinct(w):
+                return _distinct(w, npages)
+        else:
+            def distinct(w):
+                return min(w, npages)
+        seconds = migration_seconds(npages, populated, rate, distinct, bandwidth,
+                                    link_bandwidth, page_ns, downtime_limit, max_passes)
+        written = int(distinct(rate * seconds) * (1 - populate))  # the rest: populated pages
     # fill "random" writes the first pages of each slot, "version" pages at random
     contiguous, scattered = (populated, written) if fill == "random" else \
         (0, populated + written)
@@ -257,6 +324,8 @@ def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
     if backend == "kvm":
         est.add("kernel slot metadata (rmap)", kvm_slot_metadata(slot_pages))
     est.add("sender bookkeeping", npages * 8 + _bitmap(npages) + batch_bytes)
+    est.add("migration bitmap", sum(_bitmap(n) for n in slot_pages))
+    est.add("per-batch arrays", BATCH_ARRAYS * BATCH_PAGES * 8)
     if sink == "local":  # destination memory asks for huge pages (csrc/wire.c)
         est.add("destination", committed_bytes(npages, contiguous, scattered, thp != "never")
                 + npages * (PTE_BYTES + 8) + _bitmap(npages))

@@ -68,19 +68,25 @@ def make_sink(sink):
     return sink
 
 
-def check_memory(cfg, sink="local", max_memory=None, guest_size=None):
-    """Refuse (limits.MemoryLimitError), before anything is allocated, a run
-    whose estimated memory exceeds max_memory (default: see pykvmdirty.limits)."""
+def memory_estimate(cfg, sink="local"):
+    """limits.Estimate of what a migration with this MigrationConfig commits."""
     kind = sink if sink in ("local", "null") else ("local" if sink is None else "remote")
     spec = cfg.spec
-    est = limits.migration_estimate(
+    return limits.migration_estimate(
         cfg.npages, cfg.slots, cfg.backend, vcpus=cfg.vcpus, populate=cfg.populate,
         rate=spec.rate, workload=spec.kind, bandwidth=cfg.bandwidth,
         link_bandwidth=cfg.link_bandwidth, sink=kind, verify=cfg.verify,
         ring_entries=cfg.ring_entries, tracking=cfg.dirty_tracking,
         batch_bytes=cfg.batch_bytes,
         trace_pages=None if cfg.trace is None else int(cfg.trace.gfns.size),
-        hot=(spec.hot_fraction, spec.hot_share), fill=cfg.fill)
+        hot=(spec.hot_fraction, spec.hot_share), fill=cfg.fill, page_ns=cfg.costs.page_ns,
+        downtime_limit=cfg.downtime_limit, max_passes=cfg.max_passes)
+
+
+def check_memory(cfg, sink="local", max_memory=None, guest_size=None):
+    """Refuse (limits.MemoryLimitError), before anything is allocated, a run
+    whose estimated memory exceeds max_memory (default: see pykvmdirty.limits)."""
+    est = memory_estimate(cfg, sink)
     limits.check(est, limits.resolve_limit(max_memory), "guest_size %s"
                  % (guest_size if guest_size is not None else
                     limits.format_bytes(cfg.guest_bytes),))
