@@ -185,3 +185,17 @@ def test_sink_failure_is_a_migration_error():
             pass
     with pytest.raises(MigrationError, match="disk on fire"):
         migrate(guest_size="8MiB", sink=Broken())
+
+
+def test_passes_say_where_the_time_went():
+    # each pass: pages its sync re-protected, and the guest's vCPU time spent on
+    # dirty tracking in it; together the guest's total
+    r = migrate(guest_size="32MiB", slots=2, rate=20000, bandwidth=16 << 20, seed=3)
+    it = [p for p in r.passes if p.kind == "iterate"]
+    assert it and all(p.pages_reprotected >= 0 for p in r.passes)
+    # (the rest were re-protected when logging started, before the first pass)
+    assert 0 < sum(p.pages_reprotected for p in r.passes) <= r.vm_stats["pages_reprotected"]
+    assert any(p.pages_reprotected > 0 for p in it)
+    total = sum(p.guest_tracking_ns for p in r.passes)
+    assert total == pytest.approx(r.guest["tracking_ns"], rel=1e-9) and total > 0
+    assert "guest ms" in r.summary()

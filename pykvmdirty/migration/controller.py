@@ -86,6 +86,7 @@ class Controller:
         self.passes = []            # closed PassMetrics
         self.pm: Any = None         # the open one (a PassMetrics)
         self._pm_stats: dict = {}
+        self._pm_guest = (0, 0.0)    # the guest's writes and tracking time at the pass start
         self._pm_start = 0
         self.t_begin = 0
         self.virtual_writer = None  # the VirtualWorkload (virtual mode)
@@ -289,8 +290,10 @@ class Controller:
         pm.duration_ns = self.clock() - self._pm_start
         pm.bandwidth = pm.bytes * NS / pm.duration_ns if pm.duration_ns else 0.0
         if self.virtual_writer is not None:
-            pm.guest_writes = self.virtual_writer.writes - getattr(self, "_pm_writes", 0)
-            self._pm_writes = self.virtual_writer.writes
+            vw = self.virtual_writer
+            pm.guest_writes = vw.writes - self._pm_guest[0]
+            pm.guest_tracking_ns = vw.tracking_ns - self._pm_guest[1]
+            self._pm_guest = (vw.writes, vw.tracking_ns)
         self.passes.append(pm)
         end_pass = getattr(self.progress, "end_pass", None)
         if end_pass is not None:
@@ -308,6 +311,13 @@ class Controller:
         if not final and sent:   # (a sync before any page went out stays in its pass)
             self.open_pass("iterate")
         pm = self.pm
+        reprotected = self.vm.stats.get("pages_reprotected", 0)
+        try:
+            return self._sync(pm, final)
+        finally:
+            pm.pages_reprotected += self.vm.stats.get("pages_reprotected", 0) - reprotected
+
+    def _sync(self, pm, final):
         for sl in self.slots:      # chunks not cleared since the last sync stay dirty in the log
             sl.clear_off()
         self.charge(self.costs.sync_ns)

@@ -33,6 +33,8 @@ class PassMetrics:
     expected_downtime_ns: int = 0
     bandwidth: float = 0
     guest_writes: int = 0   # page writes the guest got done in this pass (virtual clock)
+    guest_tracking_ns: float = 0  # vCPU time the guest spent on dirty tracking in it
+    pages_reprotected: int = 0    # pages the pass's sync write-protected again
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -114,14 +116,19 @@ class MigrationReport:
         return dump_json(self.as_dict(), path)
 
     def summary(self):
-        lines = ["%-5s %-13s %10s %10s %9s %11s %9s %9s %9s %10s %10s" % (
-            "pass", "kind", "dirty", "sent", "zero", "MiB", "redund", "coll ms", "send ms",
-            "lat p50ms", "lat p99ms")]
+        lines = ["%-5s %-13s %10s %10s %9s %11s %9s %9s %9s %9s %9s %10s %10s" % (
+            "pass", "kind", "dirty", "sent", "zero", "MiB", "redund", "reprot", "coll ms",
+            "send ms", "guest ms", "lat p50ms", "lat p99ms")]
         for p in self.passes:
-            lines.append("%-5d %-13s %10d %10d %9d %11.1f %9d %9.2f %9.1f %10.2f %10.2f" % (
-                p.index, p.kind, p.dirty_found, p.pages_sent, p.zero_pages, p.bytes / MiB,
-                p.redundant, p.collect_ns / 1e6, p.send_ns / 1e6, p.latency_p50_ns / 1e6,
-                p.latency_p99_ns / 1e6))
+            lines.append("%-5d %-13s %10d %10d %9d %11.1f %9d %9d %9.2f %9.1f %9.1f %10.2f "
+                         "%10.2f" % (
+                             p.index, p.kind, p.dirty_found, p.pages_sent, p.zero_pages,
+                             p.bytes / MiB, p.redundant, p.pages_reprotected,
+                             p.collect_ns / 1e6, p.send_ns / 1e6, p.guest_tracking_ns / 1e6,
+                             p.latency_p50_ns / 1e6, p.latency_p99_ns / 1e6))
+        if self.guest:
+            lines.append("(reprot: pages write-protected again by the pass's sync; guest ms: "
+                         "vCPU time the guest spent on dirty tracking during the pass)")
         lines.append("passes %d, total %.3f s, downtime %.1f ms, %.1f MiB sent, redundant %d, "
                      "verified: %s%s" % (
                          self.npasses, self.total_ns / 1e9, self.downtime_ns / 1e6,
