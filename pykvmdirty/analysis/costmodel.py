@@ -170,7 +170,8 @@ class CostModel:
     def breakdown(self, stats, backend=None, include_user=False):
         """{counter: ns} for the counters this model prices.
 
-        stats: a ``VM.stats`` dict (missing counters count as 0). backend:
+        stats: a ``VM.stats`` dict (missing counters count as 0); include_user:
+        also the user side of a collection (the migration loop's sync). backend:
         for "ring" and "uffd" the log words an emulated collect reads are a
         user-side staging bitmap, not a kernel GET, so they are not kernel
         time; for "uffd" faults and re-protection take the userfaultfd prices.
@@ -196,7 +197,11 @@ class CostModel:
             "ioctls": (g("get_calls") + g("clear_calls")) * self.ioctl_ns,
         }
         if include_user:
+            # what the user side pays besides: the byte map's walk, the emulator's
+            # collect calls and the gfns they hand over
             out["bytemap_bytes_scanned"] = g("bytemap_bytes_scanned") * self.bytemap_byte_ns
+            out["collect_calls"] = g("collect_calls") * self.ioctl_ns
+            out["pages_collected"] = g("pages_collected") * self.gfn_ns
         return out
 
     def modelled_ns(self, stats, backend=None, include_user=False):

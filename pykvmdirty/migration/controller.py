@@ -43,16 +43,6 @@ from .workloads import ThreadWorkload, VirtualWorkload
 #: at most this share of the sender's time goes to the guest's faults
 MAX_CONTENTION = 0.9
 
-#: VM.stats counters and the cost-model field that prices each (virtual clock)
-_PRICED = (("get_calls", "ioctl_ns"), ("clear_calls", "ioctl_ns"),
-           ("collect_calls", "ioctl_ns"), ("words_scanned", "word_ns"),
-           ("summary_words_scanned", "summary_word_ns"),
-           ("bytemap_bytes_scanned", "bytemap_byte_ns"),
-           ("pages_reprotected", "reprotect_ns"), ("tlb_flushes", "tlb_flush_ns"),
-           ("ring_harvested", "ring_harvest_ns"), ("ring_reset", "ring_reset_ns"),
-           ("pages_collected", "gfn_ns"))
-
-
 class Controller:
     """One migration's loop state. The workload is built here (virtual: a
     VirtualWorkload or a trace replay whose ring-full exits call reap();
@@ -175,8 +165,9 @@ class Controller:
 
     # -- costs ---------------------------------------------------------------
     def _stats_cost(self, before, after):
-        c = self.costs
-        return sum((after[k] - before[k]) * getattr(c, field) for k, field in _PRICED)
+        """The cost model's price of a sync's counted events (collection side)."""
+        delta = {k: after[k] - before.get(k, 0) for k in after}
+        return self.costs.collect_side_ns(delta, self.cfg.backend, include_user=True)
 
     def timed(self, fn, *args, extra_calls=0):
         """Run a sync call; returns (result, cost ns): modelled (virtual) or measured."""
