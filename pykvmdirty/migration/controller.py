@@ -409,11 +409,11 @@ class Controller:
         done = self.sender.stats()["pages"] - self._pm_stats["pages"]
         self.progress(pm.index, done, max(done + self.pending.count, 1))
 
-    def wait_window(self):
+    def wait_window(self, final=False):
         """Rate limited: sleep until the window's budget refills (QEMU's
-        migration_rate_limit), the guest running meanwhile."""
+        migration_rate_limit), the guest running meanwhile (unless stopped)."""
         while True:
-            deadline = self.deadline if self.virtual else 0
+            deadline = self.deadline if (self.virtual and not final) else 0
             if self.sender.wait_budget(deadline) == SEND_DONE:
                 break
             self.deadline = self.now() + self.step
@@ -424,14 +424,8 @@ class Controller:
         """Rate limited under the iothread placement: the iteration ends, the
         lock is dropped while the budget refills, the next iteration begins."""
         self.placement.iteration_end()
-        while True:
-            deadline = self.deadline if (self.virtual and not final) else 0
-            if self.sender.wait_budget(deadline) == SEND_DONE:
-                break
-            self.deadline = self.now() + self.step
-            self.run_workload()
+        self.wait_window(final)
         self.placement.iteration_begin()
-        self.sender.iteration_begin()
         if not final:
             self.iothread_resync()
 

@@ -28,18 +28,28 @@ BATCH = 1 << 16
 _WINDOW_WORDS = 1 << 12   # bitmap words looked at per step of a batch search
 
 
+_ONES = 0xFFFFFFFFFFFFFFFF
+
+
+def _masks(lo, hi):
+    """(first word, last word, mask of bits [lo, ..) in the first, mask of
+    bits [.., hi) in the last) for bits [lo, hi), lo < hi."""
+    w0, w1 = lo >> 6, (hi - 1) >> 6
+    first = np.uint64((_ONES << (lo & 63)) & _ONES)
+    last = np.uint64(_ONES >> (63 - ((hi - 1) & 63)))
+    return w0, w1, first, last
+
+
 def _set_range(words, lo, hi):
     """Set bits [lo, hi) of a uint64 word array."""
     if lo >= hi:
         return
-    w0, w1 = lo >> 6, (hi - 1) >> 6
-    first = np.uint64((0xFFFFFFFFFFFFFFFF << (lo & 63)) & 0xFFFFFFFFFFFFFFFF)
-    last = np.uint64(0xFFFFFFFFFFFFFFFF >> (63 - ((hi - 1) & 63)))
+    w0, w1, first, last = _masks(lo, hi)
     if w0 == w1:
         words[w0] |= first & last
         return
     words[w0] |= first
-    words[w0 + 1:w1] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    words[w0 + 1:w1] = np.uint64(_ONES)
     words[w1] |= last
 
 
@@ -47,9 +57,7 @@ def _clear_range(words, lo, hi):
     """Clear bits [lo, hi) of a uint64 word array."""
     if lo >= hi:
         return
-    w0, w1 = lo >> 6, (hi - 1) >> 6
-    first = np.uint64((0xFFFFFFFFFFFFFFFF << (lo & 63)) & 0xFFFFFFFFFFFFFFFF)
-    last = np.uint64(0xFFFFFFFFFFFFFFFF >> (63 - ((hi - 1) & 63)))
+    w0, w1, first, last = _masks(lo, hi)
     if w0 == w1:
         words[w0] &= ~(first & last)
         return
