@@ -7,7 +7,7 @@ judged grid), each a real QEMU 7.2 migration of the test guest (runner.py):
 - ``idle``: an idle 1 GiB guest at unlimited bandwidth (every page zero but
   the firmware's): the cost of one zero page, the setup and the downtime of a
   stop with almost nothing to send;
-- ``ab``: the a-b guest (128 MiB, [1 MiB, 100 MiB)) at unlimited bandwidth with
+- ``ab``: the a-b guest (1 GiB, [1 MiB, 100 MiB)) at unlimited bandwidth with
   downtime-limit 10 s: it stops as soon as the first 100 ms windows say the
   rest fits in 10 s, so its downtime sends most of the range. Its warm-up
   (before dirty logging) gives the guest's own cost of a page write; its bulk-
@@ -374,12 +374,11 @@ def calibration_configs(accel="auto"):
     return {
         "idle": QemuConfig(workload="idle", guest_size=1024 * MIB, bandwidth=UNLIMITED,
                            warmup=0.3, timeout=30.0, **base),
-        # the grid's a-b range ([1 MiB, 100 MiB)) in a 128 MiB guest: the first 100 ms
-        # windows say the rest fits in 10 s, so it stops early and most of the range
-        # goes in the downtime, with few zero pages beside it (a 1 GiB guest's 237k
-        # zero pages would be ~0.1 s of that downtime; a larger range costs more
-        # per page on this host: calibrate at the range the cells use)
-        "ab": QemuConfig(workload="ab", guest_size=128 * MIB, bandwidth=UNLIMITED,
+        # the grid's a-b guest (1 GiB, [1 MiB, 100 MiB)): its first 100 ms window
+        # sends the range's pages (the bulk pass's normal-page cost), then the
+        # windows say the rest fits in 10 s and it stops (a 128 MiB guest stops
+        # before a whole window: too few pages to price one)
+        "ab": QemuConfig(workload="ab", guest_size=1024 * MIB, bandwidth=UNLIMITED,
                          downtime_limit=10.0, warmup=1.0, timeout=30.0, **base),
         # 32 MiB/s, 1 ms: a bulk pass of ~3 s that never converges (cancelled): the
         # guest's second sweep after `migrate` faults on every page
