@@ -172,3 +172,14 @@ def test_object_arrays_are_refused_without_unpickling(tmp_path):
         z.writestr("meta.npy", npy(np.array([{"a": 1}], dtype=object)))
     with pytest.raises(tr.TraceError, match="meta holds Python objects"):
         tr.load(p)
+
+
+def test_migrate_bounds_a_trace_file_by_the_users_max_memory(tmp_path):
+    # 2 MiB of uint8 gfns load as 16 MiB of uint64: refused under --max-memory 8MiB
+    # before anything is read, and accepted with the default limit
+    n = 2 << 20
+    p = save(tmp_path / "t.npz", npages=np.array(256), gfns=np.zeros(n, np.uint8),
+             vcpus=np.zeros(n, np.uint16), offsets=np.array([0, n], np.uint64))
+    with pytest.raises(tr.TraceError, match="more than the 8.0 MiB"):
+        migrate(guest_size="1MiB", slots=1, trace=str(p), workload="idle", max_memory="8MiB")
+    assert tr.load(p).gfns.size == n

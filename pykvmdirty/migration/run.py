@@ -35,6 +35,7 @@ whose first 8 bytes equal those of its previous send: workloads store a new
 value on every write, so that is "content unchanged since last sent".
 """
 import dataclasses
+import os
 
 from .. import limits
 from ..bindings.constants import MEM_LOG_DIRTY_PAGES, PAGE_SIZE
@@ -49,6 +50,7 @@ from .progress import ProgressPrinter
 from .report import MigrationReport
 from .sinks import LocalSink, NullSink, TcpSink
 from .trace import Recorder
+from .trace import load as load_trace
 from .guest_exits import guest_alone, guest_report
 
 
@@ -107,6 +109,10 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, **opti
       "8GiB"; default: a share of the memory available, see pykvmdirty.limits).
     """
     if config is None:
+        if isinstance(options.get("trace"), (str, os.PathLike)):
+            # a trace file is bounded by the limit the user gave, before it is read
+            options["trace"] = load_trace(options["trace"],
+                                          max_bytes=limits.resolve_limit(max_memory)[0])
         cfg = MigrationConfig(**options)
     elif isinstance(config, MigrationConfig):
         cfg = dataclasses.replace(config, **options) if options else config
