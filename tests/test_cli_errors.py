@@ -203,3 +203,34 @@ def test_receive_and_migrate_with_a_shared_secret(tmp_path):
     finally:
         if rx.poll() is None:
             rx.kill()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["migrate", "--guest-size", "64MiB", "--link-bandwidth", "1"],
+     "--link-bandwidth must be 0 (instant) or at least 1048576 bytes/s"),
+    (["migrate", "--guest-size", "64MiB", "--step", "1e-9"], "--step must be >= 0.0001"),
+    (["migrate", "--guest-size", "64MiB", "--cost-model", "/dev/zero"],
+     "cost model file /dev/zero is larger than the 1048576 bytes"),
+    (["migrate", "--guest-size", "64MiB", "--max-wait", "1e300"], "--max-wait must be <= 3600"),
+    (["migrate", "--guest-size", "64MiB", "--max-wait", "1e20"], "--max-wait must be <= 3600"),
+    (["migrate", "--guest-size", "64MiB", "--json", ""], "--json needs a file name"),
+    (["migrate", "--guest-size", "4MiB", "--slots", "1", "--json", "/dev/full"],
+     "--json /dev/full could not be written: No space left on device"),
+    (["qemu", "--workload", "uniform", "--rate", "inf"], "--rate: must be a finite number"),
+])
+def test_bounded_and_named_before_or_at_the_output(argv, message, capsys):
+    # each refused in one line naming the option: no traceback, no run of minutes,
+    # no unbounded read, no output file reported written when it was not
+    if "/dev/full" in argv and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    from pykvmdirty.cli import main
+    rc = main(argv + ["--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_qemu_config_refuses_non_finite_values():
+    from pykvmdirty.qemu.config import QemuConfig
+    for field in ("downtime_limit", "timeout", "hot_share", "hot_fraction"):
+        with pytest.raises(ValueError, match="%s must be finite" % field):
+            QemuConfig(workload="hotspot", rate=1000, **{field: float("nan")})

@@ -26,6 +26,7 @@ from ..bindings.constants import PAGE_SIZE
 
 FORMAT = "pykvmdirty-cost-model"
 VERSION = 1
+MAX_FILE_BYTES = 1 << 20   # a cost-model file is read whole, at most this much
 DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "cost_model.json")
 GIB_WORDS = (1 << 30) // PAGE_SIZE // 64  # 64-bit log words per GiB of slot
 #: counters paid while the guest writes; the rest are paid by collection
@@ -131,8 +132,12 @@ class CostModel:
     def load(cls, path):
         """Read a cost-model file (either format, any subset of the fields)."""
         try:
-            with open(path) as f:
-                data = json.load(f)
+            with open(path, "rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                raise ValueError("cost model file %s is larger than the %d bytes a cost model "
+                                 "may have" % (path, MAX_FILE_BYTES))
+            data = json.loads(raw.decode("utf-8", errors="replace"))
         except json.JSONDecodeError as e:
             raise ValueError("cost model file %s is not valid JSON: %s" % (path, e)) from None
         except OSError as e:

@@ -69,8 +69,10 @@ def check_output_paths(args, options):
     removed; an existing one is opened for appending, not truncated."""
     for option in options:
         path = getattr(args, option.lstrip("-").replace("-", "_"), None)
-        if not path:
+        if path is None:
             continue
+        if not path.strip():
+            raise ValueError("%s needs a file name, got an empty one" % option)
         if os.path.isdir(path):
             raise ValueError("%s %s is a directory, not a file" % (option, path))
         existed = os.path.exists(path)
@@ -82,3 +84,18 @@ def check_output_paths(args, options):
                                                               e.strerror or e)) from None
         if not existed:
             os.unlink(path)
+
+
+def write_output(option, path, data):
+    """Write bytes or text to an output file given on the command line, all of
+    it, or raise ValueError naming the option and the file (a full disk
+    included: the data is flushed and synced before it counts as written)."""
+    mode = "wb" if isinstance(data, (bytes, bytearray)) else "w"
+    try:
+        with open(path, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise ValueError("%s %s could not be written: %s" % (option, path, e.strerror or e)) \
+            from None

@@ -19,7 +19,7 @@ from ..migration.tcp_protocol import read_secret_file
 from ..bindings.constants import BACKENDS
 from ..bindings.workload import KINDS
 from ..units import RATE_HELP, SIZE_HELP
-from ._args import add_max_memory, check_output_paths, finite_float
+from ._args import write_output, add_max_memory, check_output_paths, finite_float
 from .compare import check_plot_available
 
 
@@ -174,9 +174,9 @@ def run(args):
         return 1
     print(report.summary())
     if args.json:
-        report.to_json(args.json)
+        write_output("--json", args.json, report.to_json() + "\n")
         print("report written to %s" % args.json)
     if args.plot:
-        report.plot(args.plot)
+        write_output("--plot", args.plot, report.plot())
         print("plot written to %s" % args.plot)
     return 0 if report.verified in (True, None) else 1

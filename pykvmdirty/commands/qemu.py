@@ -12,7 +12,7 @@ import sys
 from typing import Any, Dict, List
 
 from ..units import RATE_HELP, SIZE_HELP
-from ._args import check_output_paths, positive_int, rate_arg, size_arg
+from ._args import check_output_paths, finite_float, write_output, positive_int, rate_arg, size_arg
 
 
 def register(sub):
@@ -40,7 +40,7 @@ def register(sub):
                    help="workload range start (default 1MiB)")
     p.add_argument("--end", type=size_arg("--end"), default="100MiB", metavar="SIZE",
                    help="workload range end (default 100MiB)")
-    p.add_argument("--rate", type=float, default=0, help="pages/s (uniform, hotspot)")
+    p.add_argument("--rate", type=finite_float, default=0, help="pages/s (uniform, hotspot)")
     p.add_argument("--hot-fraction", type=float, default=0.05)
     p.add_argument("--hot-share", type=float, default=0.9)
     p.add_argument("--bandwidth", type=rate_arg("--bandwidth"), default="128MiB",
@@ -221,10 +221,14 @@ def plot_figure(cells):
 
 
 def plot(cells, path):
+    import io
+
     import matplotlib.pyplot as plt
     fig = plot_figure(cells)
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    write_output("--plot", path, buf.getvalue())
 
 
 # -- the command ----------------------------------------------------------------------------

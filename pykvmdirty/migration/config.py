@@ -28,6 +28,11 @@ MiB = 1 << 20
 GiB = 1 << 30
 POPULATE_VALUE = 1 << 62  # what populate stores: no workload value collides with it
 MAX_SLOTS = 4096
+#: the virtual clock's smallest workload interval (s): below it a run takes
+#: minutes of host time per second of guest time
+MIN_STEP = 1e-4
+#: the slowest virtual link (bytes/s): below it a guest of a few MiB takes hours
+MIN_LINK_BANDWIDTH = 1 << 20
 MIN_RING_ENTRIES = PAGE_SIZE // DIRTY_GFN_SIZE   # KVM: a ring of at least one page
 #: seconds the global lock is held per guest exit. Assumed: a KVM_EXIT_MMIO/PIO
 #: round trip through QEMU's device emulation costs microseconds to tens of them.
@@ -186,16 +191,19 @@ class MigrationConfig:
         put("bandwidth", bw)
         put("link_bandwidth", 0 if self.link_bandwidth is None else
             parse_rate(self.link_bandwidth, "link_bandwidth", unlimited=True))
+        if 0 < self.link_bandwidth < MIN_LINK_BANDWIDTH:
+            raise ValueError("link_bandwidth must be 0 (instant) or at least %d bytes/s (1 MiB/s), "
+                             "got %r" % (MIN_LINK_BANDWIDTH, self.link_bandwidth))
         put("downtime_limit", check_number(self.downtime_limit, "downtime_limit", lo=0,
                                            lo_open=True))
-        put("max_wait", check_number(self.max_wait, "max_wait", lo=0))
+        put("max_wait", check_number(self.max_wait, "max_wait", lo=0, hi=3600))
         put("max_passes", check_number(self.max_passes, "max_passes", lo=1, integer=True))
         if self.zero_pages not in ZERO_ACCOUNTING:
             raise ValueError("zero_pages must be 'header' or 'full', got %r" % (self.zero_pages,))
         put("populate", check_number(self.populate, "populate", lo=0, hi=1))
         if self.fill not in FILLS:
             raise ValueError("fill must be 'version' or 'random', got %r" % (self.fill,))
-        put("step", check_number(self.step, "step", lo=0, lo_open=True))
+        put("step", check_number(self.step, "step", lo=MIN_STEP, hi=10))
         put("vcpus", check_number(self.vcpus, "vcpus", lo=1, hi=MAX_VCPUS, integer=True))
         put("batch_bytes", check_number(self.batch_bytes, "batch_bytes",
                                         lo=WIRE_BATCH_HEADER + WIRE_PAGE_RECORD,

@@ -154,12 +154,19 @@ class MigrationReport:
             lines.append(text(self.guest_impact))
         return "\n".join(lines)
 
-    def plot(self, path):
-        """PNG of per-pass dirty pages, sent pages and latency (matplotlib)."""
+    def plot(self, path=None):
+        """PNG of per-pass dirty pages, sent pages and latency (matplotlib),
+        written to path; returns the PNG's bytes."""
+        import io
         fig = self.figure()
         import matplotlib.pyplot as plt
-        fig.savefig(path, dpi=100)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
+        if path:
+            with open(path, "wb") as f:
+                f.write(buf.getvalue())
+        return buf.getvalue()
 
     def figure(self):
         """The plot's matplotlib figure (passes on an integer axis)."""

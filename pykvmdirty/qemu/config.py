@@ -5,6 +5,7 @@ defaults are QEMU 7.2's own (max-bandwidth 128 MiB/s, downtime-limit 300 ms,
 cpu-throttle-initial 20, -increment 10, every capability off) and the a-b
 guest of QEMU's tests/migration (pages [1 MiB, 100 MiB) of a 1 GiB guest).
 """
+import math
 import numbers
 from dataclasses import asdict, dataclass, field
 
@@ -21,6 +22,8 @@ def _number(name, value, lo=None, hi=None, integer=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError("%s must be a number, got %r" % (name, value))
     v = float(value)
+    if not math.isfinite(v):
+        raise ValueError("%s must be finite, got %r" % (name, value))
     if integer and v != int(v):
         raise ValueError("%s must be a whole number, got %r" % (name, value))
     if (lo is not None and v < lo) or (hi is not None and v > hi):
