@@ -243,13 +243,18 @@ class VM(RingMethods):
         The view keeps the C VM alive; the slot cannot be deleted while it lives."""
         slot = uint_arg(slot, "slot", 32)
         with self._lock:
-            info = self._slot_info(slot, "slot_memory")
-            if info.memory == ffi.NULL:
-                raise ValueError("slot %#x has no guest memory (create the VM with "
-                                 "guest_memory=True)" % slot)
+            info = self._memory_info(slot)
             arr = view(self._native, info.memory, info.npages * PAGE_SIZE, np.uint8)
             self._slot_views.setdefault(slot, weakref.WeakSet()).add(owner_of(arr))
         return arr
+
+    def _memory_info(self, slot):
+        """The slot's info, ValueError if it has no guest memory (lock held)."""
+        info = self._slot_info(slot, "slot_memory")
+        if info.memory == ffi.NULL:
+            raise ValueError("slot %#x has no guest memory (create the VM with "
+                             "guest_memory=True)" % slot)
+        return info
 
     def pin_slot_memory(self, slot, holder):
         """(void * to the slot's memory, npages) for the other bindings modules,
@@ -258,10 +263,7 @@ class VM(RingMethods):
         has no guest memory."""
         slot = uint_arg(slot, "slot", 32)
         with self._lock:
-            info = self._slot_info(slot, "slot_memory")
-            if info.memory == ffi.NULL:
-                raise ValueError("slot %#x has no guest memory (create the VM with "
-                                 "guest_memory=True)" % slot)
+            info = self._memory_info(slot)
             self._slot_views.setdefault(slot, weakref.WeakSet()).add(holder)
             return info.memory, info.npages
 
