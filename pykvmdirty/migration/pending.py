@@ -89,12 +89,16 @@ class Pending:
         self.count = sum(sl.npages for sl in self.slots)
 
     def add(self, i, gfns, sample_ns):
-        """Set the bits of slot i's gfns (any order, repeats allowed); returns
-        how many were newly set (QEMU's num_dirty_pages_period counts these)."""
+        """Set the bits of slot i's gfns (any order, repeats allowed; a
+        collection's sorted, unique gfns are taken as they are, without a
+        sort); returns how many were newly set (QEMU's num_dirty_pages_period
+        counts these)."""
         self.sample_ns[i] = sample_ns
         if gfns is None or gfns.size == 0:
             return 0
-        rel = np.unique(np.asarray(gfns, dtype=np.uint64) - np.uint64(self.slots[i].base_gfn))
+        rel = np.asarray(gfns, dtype=np.uint64) - np.uint64(self.slots[i].base_gfn)
+        if rel.size > 1 and not bool(np.all(rel[1:] > rel[:-1])):
+            rel = np.unique(rel)
         w = self.words[i]
         idx = (rel >> np.uint64(6)).astype(np.intp)
         bit = np.left_shift(np.uint64(1), rel & np.uint64(63))

@@ -246,7 +246,7 @@ class VirtualWorkload:
                     cost += ns
             done += gfns.size
             spent += cost
-            if per_write > 0:
+            if self.costs is not None:
                 self._ns_per_write[vcpu] = cost / gfns.size
         return done, spent
 
