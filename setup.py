@@ -66,7 +66,7 @@ setup(
     packages=find_packages(include=["pykvmdirty", "pykvmdirty.*"]),
     package_data={
         # the cost model's measured defaults (CostModel reads them at import)
-        "pykvmdirty.analysis": ["data/cost_model.json"],
+        "pykvmdirty": ["data/cost_model.json"],
         # the QEMU test guest's sources, built at first use (pykvmdirty/qemu/firmware.py)
         "pykvmdirty.qemu": ["guest/*.S", "guest/*.c", "guest/*.ld"],
     },
@@ -90,7 +90,7 @@ setup(
     },
     entry_points={"console_scripts": [
         "pykvmdirty=pykvmdirty.cli:main",
-        "pykvmdirty-config=pykvmdirty.config:main",
+        "pykvmdirty-config=pykvmdirty.pkgconfig:main",
     ]},
     zip_safe=False,
 )

@@ -31,7 +31,7 @@ import math
 import os
 
 from .bindings.constants import CHUNK_PAGES, DIRTY_GFN_SIZE, PAGE_SIZE
-from .units import format_bytes, parse_size  # noqa: F401  (format_bytes: limits.format_bytes)
+from .units import GiB, KiB, MiB, TiB, format_bytes, parse_size  # noqa: F401  (format_bytes: limits.format_bytes)
 
 PTE_BYTES = 8                 # one page-table entry per 4 KiB page read or written
 # The kernel's per-memslot metadata, vmalloc'd and zeroed when the slot is
@@ -47,7 +47,6 @@ HIER_BLOCK_BYTES = 512
 HIER_RETIRE_SLACK = 1024      # clean blocks kept beyond 2x the working set (hier_log.h)
 HUGE_BYTES = 2 * 1024 * 1024
 DEFAULT_FRACTION = 0.8        # of the available memory, when no limit is given
-KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
 
 class MemoryLimitError(ValueError):
@@ -235,7 +234,7 @@ def bulk_seconds(npages, populated, bandwidth=0, link_bandwidth=0, page_ns=None)
     pages' records at the slower of the rate limit and the link."""
     from .bindings.constants import WIRE_PAGE_RECORD, WIRE_ZERO_RECORD
     if page_ns is None:
-        from .analysis.costmodel import CostModel
+        from .costmodel import CostModel
         page_ns = CostModel().page_ns
     speed = min([b for b in (bandwidth, link_bandwidth) if b] or [1250 * 1000 * 1000])
     nbytes = populated * WIRE_PAGE_RECORD + (npages - populated) * WIRE_ZERO_RECORD
@@ -250,7 +249,7 @@ def migration_seconds(npages, populated, rate, distinct, bandwidth=0, link_bandw
     max_passes; times 1.25 (the loop's syncs and partial passes)."""
     from .bindings.constants import WIRE_PAGE_RECORD
     if page_ns is None:
-        from .analysis.costmodel import CostModel
+        from .costmodel import CostModel
         page_ns = CostModel().page_ns
     speed = min([b for b in (bandwidth, link_bandwidth) if b] or [1250 * 1000 * 1000])
     per_page = WIRE_PAGE_RECORD / speed + page_ns / 1e9   # a record holds its page

@@ -32,6 +32,8 @@ from fractions import Fraction
 from typing import Union
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+#: nanoseconds per second (every duration in the package is kept in ns)
+NS = 1_000_000_000
 
 #: the size units, lowercase -> bytes (a lowercase 'b' after a prefix is refused)
 SIZE_UNITS = {

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import pykvmdirty as kd
-from pykvmdirty import config
+from pykvmdirty import pkgconfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 EXAMPLE = os.path.join(ROOT, "examples", "two_writers.c")
-LIB = os.path.join(config.lib_dir(), "libkvmdirty.so")
+LIB = os.path.join(pkgconfig.lib_dir(), "libkvmdirty.so")
 
 LIB_MISSING = pytest.mark.skipif(
     not os.path.exists(LIB),
@@ -33,7 +33,7 @@ def compiler(cxx=False):
 def build(src, out, cxx=False, extra=()):
     cmd = [compiler(cxx)] + (["-x", "c++"] if cxx else ["-std=gnu11"]) + [
         "-O2", "-Wall", "-Wextra", "-Werror", src, "-o", out] + list(extra) + \
-        config.cflags().split() + config.libs().split()
+        pkgconfig.cflags().split() + pkgconfig.libs().split()
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
@@ -81,21 +81,21 @@ def test_example_matches_python(tmp_path, cxx):
 
 @LIB_MISSING
 def test_config_flags_and_pkgconfig(tmp_path):
-    assert run_config("--cflags") == [config.cflags()]
+    assert run_config("--cflags") == [pkgconfig.cflags()]
     assert "-lkvmdirty" in run_config("--libs")
-    pc = os.path.join(config.pkgconfig_dir(), "kvmdirty.pc")
+    pc = os.path.join(pkgconfig.pkgconfig_dir(), "kvmdirty.pc")
     text = open(pc).read()
     assert "Version: %s" % kd.__version__ in text and "-lkvmdirty" in text
     if shutil.which("pkg-config"):
-        env = dict(os.environ, PKG_CONFIG_PATH=config.pkgconfig_dir())
+        env = dict(os.environ, PKG_CONFIG_PATH=pkgconfig.pkgconfig_dir())
         flags = subprocess.run(["pkg-config", "--cflags", "--libs", "kvmdirty"], env=env,
                                capture_output=True, text=True, check=True).stdout
         assert "-lkvmdirty" in flags
-    # python -m pykvmdirty.config gives the same answer
+    # python -m pykvmdirty.pkgconfig gives the same answer
     import sys
-    out = subprocess.run([sys.executable, "-m", "pykvmdirty.config", "--cflags"],
+    out = subprocess.run([sys.executable, "-m", "pykvmdirty.pkgconfig", "--cflags"],
                          capture_output=True, text=True, check=True).stdout.split()
-    assert out == [config.cflags()]
+    assert out == [pkgconfig.cflags()]
 
 
 PUBLIC_HEADERS = ("kvmdirty.h", os.path.join("kvmdirty", "migrate.h"))
@@ -105,7 +105,7 @@ def public_functions():
     """KD_API functions of the installed headers (kvmdirty.h includes migrate.h)."""
     names = set()
     for h in PUBLIC_HEADERS:
-        header = open(os.path.join(config.include_dir(), h)).read()
+        header = open(os.path.join(pkgconfig.include_dir(), h)).read()
         names |= set(re.findall(r"KD_API\s+[^;(]*?\b(kd_\w+)\s*\(", header))
     return names
 
@@ -143,8 +143,8 @@ def test_exports_only_the_public_api():
 def test_static_library_links(tmp_path):
     exe = str(tmp_path / "bad_input_static")
     src = os.path.join(HERE, "c", "test_bad_input.c")
-    cmd = [compiler(), "-std=gnu11", "-O1", src, "-o", exe] + config.cflags().split() + \
-        config.libs(static=True).split()
+    cmd = [compiler(), "-std=gnu11", "-O1", src, "-o", exe] + pkgconfig.cflags().split() + \
+        pkgconfig.libs(static=True).split()
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     r = subprocess.run([exe], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout

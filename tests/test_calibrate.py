@@ -9,7 +9,7 @@ import pytest
 from pykvmdirty.analysis import calibrate as cal
 import pykvmdirty as kd
 from pykvmdirty import cli
-from pykvmdirty.analysis.costmodel import CostModel
+from pykvmdirty.costmodel import CostModel
 
 
 @pytest.fixture(scope="module")

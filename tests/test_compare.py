@@ -9,7 +9,7 @@ import pytest
 import pykvmdirty as kd
 from pykvmdirty.analysis import compare as cmp
 from pykvmdirty.cli import main
-from pykvmdirty.analysis.costmodel import CostModel
+from pykvmdirty.costmodel import CostModel
 
 SIZES = [0.015625, 0.03125]  # 16 and 32 MiB
 DIRTY = [0, 100]

@@ -4,8 +4,8 @@ import json
 import pytest
 
 import pykvmdirty as kd
-from pykvmdirty.analysis import costmodel
-from pykvmdirty.analysis.costmodel import GIB_WORDS, WRITE_SIDE, CostModel
+from pykvmdirty import costmodel
+from pykvmdirty.costmodel import GIB_WORDS, WRITE_SIDE, CostModel
 
 
 def test_defaults_come_from_the_shipped_data_file_with_sources():

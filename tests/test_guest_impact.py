@@ -256,7 +256,7 @@ def test_placement_model_is_exact():
 
 
 def test_kernel_model_get_hold_follows_the_cost_model():
-    from pykvmdirty.analysis.costmodel import CostModel
+    from pykvmdirty.costmodel import CostModel
     from pykvmdirty.analysis.guest_stalls import kernel_model
     c = CostModel()
     r = kernel_model(64, "get", 0.2, 0.05, 4096, 16, 1 << 18)
@@ -288,7 +288,7 @@ def test_tables_format_and_skip_with_reason():
 def _scripted_placement(loop_thread):
     """One iteration [2.5, 52.5) ms whose sync is [2.5, 7.5) ms, played
     through LoopPlacement; its guest-impact section (1 vCPU, 1000 exits/s)."""
-    from pykvmdirty.analysis.guest_impact import summarize
+    from pykvmdirty.migration.guest_impact import summarize
     t = [0]
     gl = GlobalLock(1, 1000, 10e-6, virtual=True)
     p = LoopPlacement(loop_thread, gl, lambda: t[0], ring_outside=False)

@@ -1,7 +1,7 @@
 """Calibrate the cost model on the real kernel (/dev/kvm) of this machine.
 
 Each measurement drives the real backend (``VM(backend="kvm")``) and prices
-one event of :class:`~pykvmdirty.analysis.costmodel.CostModel`:
+one event of :class:`~pykvmdirty.costmodel.CostModel`:
 
 =====================  ====================================================
 field                  measured as
@@ -41,7 +41,7 @@ import numpy as np
 from ..bindings.constants import MEM_LOG_DIRTY_PAGES, PAGE_SHIFT, RING_MAX_ENTRIES
 from ..bindings.vm import VM, backend_available
 from ..bindings.timing import TimedLogCalls
-from .costmodel import GIB_WORDS, CostModel
+from ..costmodel import GIB_WORDS, CostModel
 from ..errors import KvmDirtyError
 
 GIB_PAGES = (1 << 30) >> PAGE_SHIFT

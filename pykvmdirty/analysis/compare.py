@@ -37,7 +37,7 @@ from ..bindings.constants import (BACKENDS, CHUNK_PAGES, DIRTY_GFN_SIZE, MAX_SLO
                                   RING_RESERVED_ENTRIES, USER_MEM_SLOTS)
 from ..bindings.scan import bitmap_to_gfns
 from ..bindings.vm import VM, backend_available
-from .costmodel import CostModel
+from ..costmodel import CostModel
 
 GIB = 1 << 30
 PAGES_PER_GIB = GIB >> PAGE_SHIFT

@@ -26,10 +26,10 @@ from ..bindings.guest_exits import GlobalLock, collect_stall
 from ..bindings.sender import latency_percentiles
 from ..bindings.constants import MEM_LOG_DIRTY_PAGES, PAGE_SIZE, WIRE_PAGE_RECORD
 from ..bindings.vm import VM, backend_available
-from .costmodel import CostModel
+from ..costmodel import CostModel
+from ..units import NS
 from .compare import RING_ENTRIES, dirty_pages, gib_to_pages, ring_vcpus
 
-NS = 1_000_000_000
 PAGE_REC = WIRE_PAGE_RECORD
 LOOP_THREADS = ("iothread", "migration-thread")
 LOOP_INTERFACES = ("bytemap", "flat", "twolevel", "ring", "kvm")

@@ -24,7 +24,7 @@ import os
 import re
 
 from . import compare as cmp
-from .costmodel import CostModel
+from ..costmodel import CostModel
 
 
 @dataclasses.dataclass(frozen=True)

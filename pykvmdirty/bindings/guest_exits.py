@@ -16,6 +16,7 @@ import numpy as np
 
 from .._native import ffi, lib
 from ..errors import check
+from ..units import NS
 from .boundary import u64_ptr as _u64_ptr
 
 HOLDERS = {
@@ -33,7 +34,6 @@ HOLDER_NAMES = {lib.KD_BQL_HOLDER_NONE: "free", lib.KD_BQL_HOLDER_ITERATION: "it
 EVENT_DTYPE = np.dtype([("at_ns", "<u8"), ("dur_ns", "<u8"), ("type", "<u2"),
                         ("holder", "<u2"), ("vcpu", "<u4")])
 assert EVENT_DTYPE.itemsize == ffi.sizeof("struct kd_bql_event")
-NS = 1_000_000_000
 
 
 def _real(value, name, lo=0.0):

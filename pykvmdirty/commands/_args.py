@@ -99,3 +99,11 @@ def write_output(option, path, data):
     except OSError as e:
         raise ValueError("%s %s could not be written: %s" % (option, path, e.strerror or e)) \
             from None
+
+
+def check_plot_available(path):
+    if path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install 'pykvmdirty[plot]'") from None

@@ -19,8 +19,8 @@ from ..migration.tcp_protocol import read_secret_file
 from ..bindings.constants import BACKENDS
 from ..bindings.workload import KINDS
 from ..units import RATE_HELP, SIZE_HELP
-from ._args import write_output, add_max_memory, check_output_paths, finite_float
-from .compare import check_plot_available
+from ._args import (add_max_memory, check_output_paths, check_plot_available, finite_float,
+                    write_output)
 
 
 def register(sub):

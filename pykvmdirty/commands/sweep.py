@@ -7,9 +7,8 @@ import os
 
 from ..analysis import compare as cmp
 from ..analysis import sweep as sw
-from ._args import check_output_paths, positive_int
-from .compare import (Progress, add_scenario_options, check_plot_available, expand_backends,
-                      load_cost_model)
+from ._args import check_output_paths, check_plot_available, positive_int
+from ._grid import Progress, add_scenario_options, expand_backends, load_cost_model
 
 
 def register(sub):

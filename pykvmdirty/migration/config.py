@@ -6,13 +6,13 @@ import math
 import numbers
 from typing import Any, Optional, Union
 
-from ..analysis.costmodel import CostModel
+from ..costmodel import CostModel
 from ..bindings.constants import (
     DIRTY_GFN_SIZE, EMULATED_BACKENDS, MAX_VCPUS, PAGE_SIZE, REAL_BACKENDS, RING_MAX_ENTRIES,
     TRACKING, WIRE_BATCH_HEADER, WIRE_MAX_PAYLOAD, WIRE_PAGE_RECORD,
 )
 from ..bindings.guest_exits import exit_timing
-from ..units import parse_rate, parse_size
+from ..units import NS, MiB, parse_rate, parse_size
 from .loop_placement import LOOP_THREADS
 from .policy import DEFAULT_POLICY, POLICIES
 from .strategies import STRATEGIES, strategy_class
@@ -23,9 +23,6 @@ from .workloads import WorkloadSpec
 MODES = ("virtual", "realtime")
 ZERO_ACCOUNTING = ("header", "full")
 FILLS = ("version", "random")
-NS = 1_000_000_000
-MiB = 1 << 20
-GiB = 1 << 30
 POPULATE_VALUE = 1 << 62  # what populate stores: no workload value collides with it
 MAX_SLOTS = 4096
 #: the virtual clock's smallest workload interval (s): below it a run takes

@@ -4,9 +4,9 @@ section of the report (on the virtual clock the exits are played against
 the loop's recorded holds, and against none for the baseline)."""
 import time
 
-from ..analysis import guest_impact
+from . import guest_impact
 from ..bindings.guest_exits import GlobalLock
-from .config import NS
+from ..units import NS
 from .workloads import ThreadWorkload
 
 

@@ -44,8 +44,8 @@ Policies:
   at most 99 %.
 """
 from ..bindings.constants import PAGE_SIZE
+from ..units import NS
 
-NS = 1_000_000_000
 BUFFER_DELAY_NS = 100_000_000        # migration.c: the rate-limit window
 THROTTLE_CHECK_NS = 1_000_000_000    # ram.c migration_bitmap_sync: 1 s between checks
 TRIGGER_THRESHOLD = 0.5              # throttle-trigger-threshold 50 %

@@ -1,7 +1,7 @@
 """A text progress bar for the migration loop (``--progress``)."""
 import sys
 
-from .config import MiB
+from ..units import MiB
 
 
 class ProgressPrinter:

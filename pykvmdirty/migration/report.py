@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .config import MiB
+from ..units import MiB
 
 
 @dataclasses.dataclass(repr=False)
@@ -64,7 +64,7 @@ class MigrationReport:
         self.window_budget = None
         self.destination = None
         self.vm_stats = None
-        self.guest_impact = None    # guest exits on the global lock (analysis/guest_impact)
+        self.guest_impact = None    # guest exits on the global lock (migration/guest_impact.py)
         self.guest_events = None    # their waits and the loop's holds (stall timeline)
         self.t_begin_ns = 0         # the loop's clock when migration began / the VM stopped
         self.t_stop_ns = 0
@@ -150,7 +150,7 @@ class MigrationReport:
             lines.append("iothread: %d dirty-log syncs at iterations inside passes (QEMU 2010 "
                          "synced at every iteration)" % self.iothread_resyncs)
         if self.guest_impact:
-            from ..analysis.guest_impact import text
+            from .guest_impact import text
             lines.append(text(self.guest_impact))
         return "\n".join(lines)
 
@@ -181,7 +181,7 @@ class MigrationReport:
         idx = [p.index for p in self.passes]
         if self.guest_events is not None:
             fig, (a, b, g) = plt.subplots(3, 1, figsize=(8, 9))
-            from ..analysis.guest_impact import plot_timeline
+            from .guest_impact import plot_timeline
             plot_timeline(g, self.guest_events, self.t_begin_ns, "stall timeline (%s)"
                           % self.config.get("loop_thread"))
         else:

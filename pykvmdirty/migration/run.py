@@ -42,7 +42,8 @@ from ..bindings.constants import MEM_LOG_DIRTY_PAGES, PAGE_SIZE
 from ..bindings.sender import Sender, SendRegion
 from ..bindings.vm import VM
 from ..errors import SinkError
-from .config import NS, MigrationConfig
+from ..units import NS
+from .config import MigrationConfig
 from .controller import Controller, populate_guest, run_loop, verify_destination
 from .errors import MigrationError
 from .policy import policy_class

@@ -16,9 +16,9 @@ import numpy as np
 from ..bindings.constants import EXIT_DIRTY_RING_FULL
 from ..bindings.workload import Generator, WorkloadThreads, check_kind, check_shape
 from ..errors import RingFullError
+from ..units import NS
 
 _SWEEPS = ("sequential", "migration-test")
-NS = 1_000_000_000
 
 
 def vcpu_seed(seed, vcpu):
@@ -148,7 +148,7 @@ class VirtualWorkload:
         """vCPU ns of the write-side events between two VM.stats (cost model)."""
         if self.costs is None:
             return {}
-        from ..analysis.costmodel import WRITE_SIDE
+        from ..costmodel import WRITE_SIDE
         d = {k: after.get(k, 0) - before.get(k, 0) for k in WRITE_SIDE}
         b = self.costs.breakdown(d, self.backend)
         return {k: b[k] for k in WRITE_SIDE if b.get(k)}

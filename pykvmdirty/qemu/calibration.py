@@ -64,7 +64,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
 from .config import QemuConfig
-from .layout import MIB, PAGE
+from ..units import MiB
+from .layout import PAGE
 from .measure import bulk_normal_cost, fault_rate_how, iter_fault_rate
 from .runner import run_migration
 from ..bindings.constants import WIRE_PAGE_RECORD
@@ -281,7 +282,7 @@ def _figures(res):
 
 
 def _ring_costs():
-    from ..analysis.costmodel import DEFAULT_SOURCES, CostModel
+    from ..costmodel import DEFAULT_SOURCES, CostModel
     cm = CostModel()
     return {
         "ring_harvest_s": (cm.ring_harvest_ns * 1e-9,
@@ -295,14 +296,14 @@ def _ring_costs():
 
 
 def _sync_cost(guest_size):
-    from ..analysis.costmodel import CostModel
+    from ..costmodel import CostModel
     cm = CostModel()
     npages = guest_size // PAGE
     # KVM's GET of the slot (words + ioctl) and QEMU's xchg walk over as many words
     s = (cm.kernel_get_ns(npages, 0) + -(-npages // 64) * cm.word_ns) * 1e-9
     return s, ("assumed: the project's CostModel (ioctl_ns %.0f + 2 x word_ns %.2f per 64 pages "
                "of a %d MiB guest: KVM's GET and QEMU's bitmap walk); query-migrate does not "
-               "report the sync time" % (cm.ioctl_ns, cm.word_ns, guest_size // MIB))
+               "report the sync time" % (cm.ioctl_ns, cm.word_ns, guest_size // MiB))
 
 
 RANDOM_RATE = 400_000     # pages/s: far more than first writes can go at
@@ -372,24 +373,24 @@ def calibration_configs(accel="auto"):
     """The dedicated calibration cells: {name: QemuConfig}."""
     base = dict(accel=accel, verify=False)
     return {
-        "idle": QemuConfig(workload="idle", guest_size=1024 * MIB, bandwidth=UNLIMITED,
+        "idle": QemuConfig(workload="idle", guest_size=1024 * MiB, bandwidth=UNLIMITED,
                            warmup=0.3, timeout=30.0, **base),
         # the grid's a-b guest (1 GiB, [1 MiB, 100 MiB)): its first 100 ms window
         # sends the range's pages (the bulk pass's normal-page cost), then the
         # windows say the rest fits in 10 s and it stops (a 128 MiB guest stops
         # before a whole window: too few pages to price one)
-        "ab": QemuConfig(workload="ab", guest_size=1024 * MIB, bandwidth=UNLIMITED,
+        "ab": QemuConfig(workload="ab", guest_size=1024 * MiB, bandwidth=UNLIMITED,
                          downtime_limit=10.0, warmup=1.0, timeout=30.0, **base),
         # 32 MiB/s, 1 ms: a bulk pass of ~3 s that never converges (cancelled): the
         # guest's second sweep after `migrate` faults on every page
-        "ab-fault": QemuConfig(workload="ab", bandwidth=32 * MIB, downtime_limit=0.001,
+        "ab-fault": QemuConfig(workload="ab", bandwidth=32 * MiB, downtime_limit=0.001,
                                warmup=0.3, timeout=5.0, **base),
         # 256 MiB/s, 1 ms: after a short bulk pass, syncs far closer together than a sweep
-        "ab-iter": QemuConfig(workload="ab", bandwidth=256 * MIB, downtime_limit=0.001,
+        "ab-iter": QemuConfig(workload="ab", bandwidth=256 * MiB, downtime_limit=0.001,
                               warmup=0.3, timeout=4.0, **base),
         # random writes far faster than faults allow, the sender nearly idle (32 MiB/s):
         # the guest's counter (per 100 us batch) times its first writes
-        "uniform-fault": QemuConfig(workload="uniform", rate=RANDOM_RATE, bandwidth=32 * MIB,
+        "uniform-fault": QemuConfig(workload="uniform", rate=RANDOM_RATE, bandwidth=32 * MiB,
                                     downtime_limit=0.001, warmup=0.3, timeout=1.5, **base),
         # the same guest with the sender busy (unlimited): what the faults take from it
         "uniform-busy": QemuConfig(workload="uniform", rate=RANDOM_RATE, bandwidth=UNLIMITED,
@@ -535,7 +536,7 @@ def costs_from_cells(results, cfgs) -> Calibration:
             % (rate, kind, "" if kind == "the first sweep over protected pages timed" else
                "; a lower bound of the cost"))
     else:
-        from ..analysis.costmodel import CostModel
+        from ..costmodel import CostModel
         put("guest_fault_s", CostModel().write_fault_ns * 1e-9,
             "assumed: the project's CostModel write_fault_ns; the a-b fault cell had no "
             "active sample to time a sweep")
@@ -549,7 +550,7 @@ def costs_from_cells(results, cfgs) -> Calibration:
             "assumed: equal to guest_fault_s; the a-b iterative cell saw no whole sweep with "
             "syncs closer together than a sweep")
     _random_costs(results, cfgs, v, put)
-    s, how = _sync_cost(1024 * MIB)
+    s, how = _sync_cost(1024 * MiB)
     put("sync_s", s, how)
     for k, (val, how) in _ring_costs().items():
         put(k, val, how)

@@ -10,7 +10,8 @@ import numbers
 from dataclasses import asdict, dataclass, field
 
 from . import layout
-from .layout import MIB, PAGE
+from ..units import MiB
+from .layout import PAGE
 
 ACCELS = ("auto", "kvm", "tcg")
 INTERFACES = ("bitmap", "ring")
@@ -33,15 +34,15 @@ def _number(name, value, lo=None, hi=None, integer=False):
 
 @dataclass
 class QemuConfig:
-    guest_size: int = 1024 * MIB
+    guest_size: int = 1024 * MiB
     workload: str = "ab"            # ab, uniform, hotspot, idle
-    start: int = 1 * MIB            # workload range [start, end), page aligned
-    end: int = 100 * MIB
+    start: int = 1 * MiB            # workload range [start, end), page aligned
+    end: int = 100 * MiB
     rate: int = 0                   # pages/s; 0 = unpaced (ab only)
     hot_fraction: float = 0.05      # hotspot: share of the range's pages that are hot
     hot_share: float = 0.9          # hotspot: share of the writes that go to them
     seed: int = 1
-    bandwidth: int = 128 * MIB      # max-bandwidth, bytes/s
+    bandwidth: int = 128 * MiB      # max-bandwidth, bytes/s
     downtime_limit: float = 0.3     # seconds
     auto_converge: bool = False
     throttle_initial: int = 20      # cpu-throttle-initial, %
@@ -62,8 +63,8 @@ class QemuConfig:
 
     def check(self):
         """Raise TypeError/ValueError naming the first bad value."""
-        gs = _number("guest_size", self.guest_size, 64 * MIB, 64 * 1024 * MIB, integer=True)
-        if gs % MIB:
+        gs = _number("guest_size", self.guest_size, 64 * MiB, 64 * 1024 * MiB, integer=True)
+        if gs % MiB:
             raise ValueError("guest_size must be a whole number of MiB (QEMU's -m), got %r "
                              "bytes (MB is 10^6 bytes; QEMU's M is MiB)" % gs)
         if self.workload not in layout.WORKLOADS:
@@ -75,7 +76,7 @@ class QemuConfig:
             if start % PAGE or end % PAGE:
                 raise ValueError("start and end must be 4 KiB aligned, got %#x, %#x"
                                  % (start, end))
-            if start < MIB:
+            if start < MiB:
                 raise ValueError("start must be >= 1 MiB (the firmware lives below), got %#x"
                                  % start)
             limit = min(gs, layout.LOWMEM_LIMIT)

@@ -19,9 +19,9 @@ above that at 4 GiB).
 import struct
 from dataclasses import dataclass
 
+from ..units import GiB, MiB
+
 PAGE = 4096
-MIB = 1 << 20
-GIB = 1 << 30
 
 PARAMS_ADDR = 0x1000
 STATUS_ADDR = 0x2000
@@ -30,7 +30,7 @@ STACK0_TOP = 0xF000
 PAYLOAD_ADDR = 0x10000
 PT_BASE = 0x20000
 PT_GIB = 4                      # identity-mapped: the first 4 GiB
-LOWMEM_LIMIT = 3 * GIB          # workload ranges end at or below this
+LOWMEM_LIMIT = 3 * GiB          # workload ranges end at or below this
 
 BUILD_DEFINES = {
     "PARAMS_ADDR": PARAMS_ADDR, "STATUS_ADDR": STATUS_ADDR, "USTACK_TOP": USTACK_TOP,
@@ -62,7 +62,7 @@ class GuestStatus:
     workload: str
 
 
-def pack_params(workload, start=MIB, end=100 * MIB, rate=0, seed=1, hot_pages=0,
+def pack_params(workload, start=MiB, end=100 * MiB, rate=0, seed=1, hot_pages=0,
                 hot_threshold=0, tsc_hz=0):
     """The parameter block for the guest (bytes). Page counts are in 4 KiB pages;
     rate in pages/s (0: unpaced, ab only); seed: the page draws' seed;

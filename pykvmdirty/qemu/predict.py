@@ -33,13 +33,13 @@ piece maps:
 """
 import dataclasses
 
-from ..analysis.costmodel import CostModel
+from ..costmodel import CostModel
 from ..bindings.constants import WIRE_PAGE_RECORD, WIRE_ZERO_RECORD
 from ..migration.config import MigrationConfig
 from ..migration.run import migrate
+from ..units import NS
 from .figures import KEYS
 
-NS = 1_000_000_000
 RING_ENTRIES = 4096              # -accel kvm,dirty-ring-size=4096
 CLEAR_SHIFT = 18                 # x-clear-bitmap-shift default: 1 GiB chunks
 STEP_S = 0.002                   # the virtual clock's workload interval

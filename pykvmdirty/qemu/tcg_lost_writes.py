@@ -38,12 +38,12 @@ import sys
 
 from .config import QemuConfig
 from .errors import VerificationError
-from .layout import MIB
+from ..units import MiB
 from .runner import run_migration
 
 
 def config(accel="tcg", **kw):
-    base = dict(workload="uniform", rate=20000, guest_size=1024 * MIB, bandwidth=128 * MIB,
+    base = dict(workload="uniform", rate=20000, guest_size=1024 * MiB, bandwidth=128 * MiB,
                 downtime_limit=0.3, auto_converge=False, accel=accel, timeout=60.0)
     base.update(kw)
     return QemuConfig(**base)

@@ -6,7 +6,7 @@ migration's virtual clock charges it (``migrate --cost-model``), and
 ``pykvmdirty calibrate`` measures its fields on this machine's /dev/kvm and
 writes the same file format.
 
-The defaults ship with the package in ``analysis/data/cost_model.json``: per
+The defaults ship with the package in ``pykvmdirty/data/cost_model.json``: per
 field its value, the event it prices and its source (a public document,
 "measured by `pykvmdirty calibrate` on <machine>, <date>", or "assumed" with
 the reason). A cost-model file is either that format or a plain JSON object
@@ -22,7 +22,7 @@ import numbers
 import os
 from typing import Dict, Mapping
 
-from ..bindings.constants import PAGE_SIZE
+from .bindings.constants import PAGE_SIZE
 
 FORMAT = "pykvmdirty-cost-model"
 VERSION = 1

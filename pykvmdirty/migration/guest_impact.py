@@ -11,8 +11,8 @@ import numpy as np
 
 from ..bindings.guest_exits import HOLDER_NAMES, HOLDERS
 from ..bindings.sender import latency_percentiles
+from ..units import NS
 
-NS = 1_000_000_000
 
 
 def summarize(gl, t0_ns, t1_ns, loop_thread, max_wait_s, baseline=None, progress=None):
