@@ -103,6 +103,6 @@ struct kd_backend_ops {
 };
 
 /* vm/backends.c: the table indexed by enum kd_backend; NULL if unknown. */
-KD_HIDDEN const struct kd_backend_ops *kd_backend_ops(uint32_t backend);
+const struct kd_backend_ops *kd_backend_ops(uint32_t backend);
 
 #endif /* KD_BACKEND_H */

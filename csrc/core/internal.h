@@ -32,7 +32,8 @@
 
 #include "kvmdirty.h"
 
-#define KD_HIDDEN __attribute__((visibility("hidden")))
+/* Nothing declared here is exported: the library is built with
+ * -fvisibility=hidden (csrc/build.mk) and only KD_API marks the public API. */
 #define KD_WRITE_BATCH 256u
 #define KD_CHUNK_WORDS (KD_CHUNK_PAGES / 64u)
 
@@ -163,18 +164,18 @@ struct kd_vm {
 };
 
 /* core/lock.c: the VM lock, vCPU ticket locks */
-KD_HIDDEN void kd_vm_lock(kd_vm *vm);
-KD_HIDDEN void kd_vm_unlock(kd_vm *vm);
-KD_HIDDEN void kd_spin_lock(unsigned *lock);
-KD_HIDDEN void kd_spin_unlock(unsigned *lock);
+void kd_vm_lock(kd_vm *vm);
+void kd_vm_unlock(kd_vm *vm);
+void kd_spin_lock(unsigned *lock);
+void kd_spin_unlock(unsigned *lock);
 
 /* core/counters.c */
 /* Count pages write-protected again (or one generation bump with O(1)). */
-KD_HIDDEN void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable);
+void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable);
 
 /* core/slots.c: the slot table of each address space */
-KD_HIDDEN struct kd_slot *kd_slot_by_id(kd_vm *vm, uint32_t slot);
-KD_HIDDEN struct kd_slot *kd_slot_by_gfn(const struct kd_memslots *t, uint64_t gfn);
+struct kd_slot *kd_slot_by_id(kd_vm *vm, uint32_t slot);
+struct kd_slot *kd_slot_by_gfn(const struct kd_memslots *t, uint64_t gfn);
 /* The published table of an address space (under vm->lock: the current one). */
 static inline const struct kd_memslots *kd_memslots(kd_vm *vm, uint32_t as_id)
 {
@@ -182,71 +183,71 @@ static inline const struct kd_memslots *kd_memslots(kd_vm *vm, uint32_t as_id)
 }
 /* kd_write's read-side section on vCPU v: enter loads the table of address
  * space 0 into v->memslots, valid until exit. */
-KD_HIDDEN void kd_memslots_enter(kd_vm *vm, struct kd_vcpu *v);
-KD_HIDDEN void kd_memslots_exit(struct kd_vcpu *v);
-KD_HIDDEN int kd_slot_id_check(const kd_vm *vm, uint32_t slot);
+void kd_memslots_enter(kd_vm *vm, struct kd_vcpu *v);
+void kd_memslots_exit(struct kd_vcpu *v);
+int kd_slot_id_check(const kd_vm *vm, uint32_t slot);
 /* The slot an id names, in KVM's order: -EINVAL bad id, -ENOENT no slot
  * (with need_log: or no dirty log on it). Under vm->lock. */
-KD_HIDDEN int kd_slot_find(kd_vm *vm, uint32_t slot, bool need_log, struct kd_slot **out);
+int kd_slot_find(kd_vm *vm, uint32_t slot, bool need_log, struct kd_slot **out);
 /* Another slot of the address space overlapping [base, base + npages)? */
-KD_HIDDEN bool kd_slot_overlaps(kd_vm *vm, uint32_t slot, uint64_t base, uint64_t npages);
+bool kd_slot_overlaps(kd_vm *vm, uint32_t slot, uint64_t base, uint64_t npages);
 /* The by-id array of slot's address space (-ENOMEM). */
-KD_HIDDEN int kd_slot_reserve(kd_vm *vm, uint32_t slot);
+int kd_slot_reserve(kd_vm *vm, uint32_t slot);
 /* A new table: the current one with old replaced by new (either may be NULL;
  * same id), sorted by base_gfn; NULL on ENOMEM. Under vm->lock. */
-KD_HIDDEN struct kd_memslots *kd_memslots_replace(kd_vm *vm, uint32_t as_id,
-						  const struct kd_slot *old, struct kd_slot *new);
+struct kd_memslots *kd_memslots_replace(kd_vm *vm, uint32_t as_id,
+					const struct kd_slot *old, struct kd_slot *new);
 /* Publish t (and by_id) in place of the current table, wait until no
  * read-side section can still see the old one (the grace period), free it.
  * Under vm->lock; returns with every retired slot unreachable by writers. */
-KD_HIDDEN void kd_memslots_install(kd_vm *vm, uint32_t as_id, struct kd_memslots *t,
-				   uint32_t id, struct kd_slot *s);
-KD_HIDDEN void kd_aspace_free(struct kd_aspace *as);
+void kd_memslots_install(kd_vm *vm, uint32_t as_id, struct kd_memslots *t,
+			 uint32_t id, struct kd_slot *s);
+void kd_aspace_free(struct kd_aspace *as);
 /* Free every log and user-side map of the slot (NULL fields are skipped). */
-KD_HIDDEN void kd_slot_log_free(kd_vm *vm, struct kd_slot *s);
+void kd_slot_log_free(kd_vm *vm, struct kd_slot *s);
 /* Adds the slot's generic log arrays (bitmaps, summary, byte map, scratch,
  * pending) to *out: reserved bytes and resident ones (mincore). */
-KD_HIDDEN void kd_slot_log_memory(const struct kd_slot *s, struct kd_log_memory *out);
+void kd_slot_log_memory(const struct kd_slot *s, struct kd_log_memory *out);
 /* Guest memory owned by the library (anonymous, MAP_NORESERVE). */
-KD_HIDDEN int kd_slot_memory_alloc(kd_vm *vm, struct kd_slot *s);
-KD_HIDDEN void kd_slot_memory_free(kd_vm *vm, struct kd_slot *s);
+int kd_slot_memory_alloc(kd_vm *vm, struct kd_slot *s);
+void kd_slot_memory_free(kd_vm *vm, struct kd_slot *s);
 
 /* core/region_check.c: KVM_SET_USER_MEMORY_REGION's checks, KVM's order. */
-KD_HIDDEN int kd_region_check(kd_vm *vm, uint32_t slot, uint32_t flags, uint64_t gpa,
-			      uint64_t size);
+int kd_region_check(kd_vm *vm, uint32_t slot, uint32_t flags, uint64_t gpa,
+		    uint64_t size);
 
 /* core/bitmap.c: allocation and scanning helpers */
-KD_HIDDEN uint64_t *kd_bitmap_alloc(uint64_t nwords, bool ones, uint64_t nbits);
-KD_HIDDEN void kd_bitmap_free(uint64_t *bm, uint64_t nwords);
-KD_HIDDEN void *kd_pages_alloc(uint64_t bytes, bool populate);
-KD_HIDDEN void kd_pages_free(void *p, uint64_t bytes);
+uint64_t *kd_bitmap_alloc(uint64_t nwords, bool ones, uint64_t nbits);
+void kd_bitmap_free(uint64_t *bm, uint64_t nwords);
+void *kd_pages_alloc(uint64_t bytes, bool populate);
+void kd_pages_free(void *p, uint64_t bytes);
 /* First index in [from, to) with w[i] != 0, or `to`. */
-KD_HIDDEN uint64_t kd_find_nonzero_word(const uint64_t *w, uint64_t from, uint64_t to);
+uint64_t kd_find_nonzero_word(const uint64_t *w, uint64_t from, uint64_t to);
 /* First index in [from, to) with b[i] & bit, or `to`. */
-KD_HIDDEN uint64_t kd_find_byte_with(const uint8_t *b, uint64_t from, uint64_t to, uint8_t bit);
+uint64_t kd_find_byte_with(const uint8_t *b, uint64_t from, uint64_t to, uint8_t bit);
 
 /* core/pending.c: pages reported by the kernel but not yet collected (the
  * emulated ring and both real backends park what a collect brought in) */
-KD_HIDDEN int kd_pending_alloc(struct kd_slot *s);
+int kd_pending_alloc(struct kd_slot *s);
 /* A real backend's user-side maps of a logging slot: pending, and scratch (the
  * GET / PAGEMAP_SCAN target, s->nwords words); freed by kd_slot_log_free. */
-KD_HIDDEN int kd_pending_scratch_alloc(kd_vm *vm, struct kd_slot *s);
-KD_HIDDEN void kd_pending_free(struct kd_slot *s);
-KD_HIDDEN void kd_pending_or(struct kd_slot *s, uint64_t w, uint64_t bits);
-KD_HIDDEN void kd_pending_or_bitmap(struct kd_slot *s, const uint64_t *bm);
+int kd_pending_scratch_alloc(kd_vm *vm, struct kd_slot *s);
+void kd_pending_free(struct kd_slot *s);
+void kd_pending_or(struct kd_slot *s, uint64_t w, uint64_t bits);
+void kd_pending_or_bitmap(struct kd_slot *s, const uint64_t *bm);
 /* Take the pending pages of [first, end) into gfns (sorted), stopping at a
  * 64-page boundary when fewer than 64 places are left. */
-KD_HIDDEN uint64_t kd_pending_take(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
-				   uint64_t *gfns, uint64_t cap, uint64_t *resume);
+uint64_t kd_pending_take(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
+			 uint64_t *gfns, uint64_t cap, uint64_t *resume);
 
 /* core/ring_collect.c: collect on a ring VM (emulated or real): harvest
  * every vCPU's ring with `fetch` into the slots' pending sets, reset the
  * rings (vm->ops->ring_reset), take the range from pending. */
 typedef int (*kd_ring_fetch_fn)(kd_vm *vm, uint32_t vcpu, struct kd_dirty_gfn *out,
 				uint64_t cap, uint64_t *count);
-KD_HIDDEN int kd_ring_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
-			      uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume,
-			      kd_ring_fetch_fn fetch);
+int kd_ring_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
+		    uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume,
+		    kd_ring_fetch_fn fetch);
 
 static inline uint64_t kd_range_mask(uint64_t word, uint64_t first, uint64_t end)
 {
@@ -276,7 +277,8 @@ static inline struct kd_slot *kd_slot_lookup_near(const struct kd_memslots *t,
 	return kd_slot_by_gfn(t, gfn);
 }
 
-/* A guest store: value into the first 8 bytes of page rel of the slot. */
+/* A guest store: value into the first 8 bytes of page rel of the slot, or
+ * (content-free model) as the page's version. */
 static inline void kd_slot_store(struct kd_slot *s, uint64_t rel, uint64_t value)
 {
 	__atomic_store_n((uint64_t *)((char *)s->memory + (rel << KD_PAGE_SHIFT)), value,

@@ -11,18 +11,18 @@
 #include "emu/hier_log.h"
 
 /* emu/common.c: guest memory with KD_VM_GUEST_MEMORY, else none. */
-KD_HIDDEN int kd_emu_slot_memory(kd_vm *vm, struct kd_slot *s);
+int kd_emu_slot_memory(kd_vm *vm, struct kd_slot *s);
 /* Config checks of a bitmap backend (flat, two-level, byte map). */
-KD_HIDDEN int kd_emu_check_config(const struct kd_vm_config *cfg);
+int kd_emu_check_config(const struct kd_vm_config *cfg);
 
 /* emu/wp_write.c: the guest side (write protection or PML). */
-KD_HIDDEN int kd_emu_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64_t n,
-			   uint64_t value, struct kd_vcpu_counters *c, uint64_t *applied,
-			   uint32_t *exit_reason);
+int kd_emu_write(kd_vm *vm, struct kd_vcpu *v, const uint64_t *gfns, uint64_t n,
+		 uint64_t value, struct kd_vcpu_counters *c, uint64_t *applied,
+		 uint32_t *exit_reason);
 /* Drain one vCPU's PML buffer into the logs; caller holds v->lock. */
-KD_HIDDEN void kd_pml_flush(kd_vm *vm, struct kd_vcpu *v);
+void kd_pml_flush(kd_vm *vm, struct kd_vcpu *v);
 /* Kick every vCPU (PML drain); no-op under write protection. */
-KD_HIDDEN void kd_kick_all_vcpus(kd_vm *vm);
+void kd_kick_all_vcpus(kd_vm *vm);
 
 /* The ops every emulated backend shares. */
 #define KD_EMU_COMMON_OPS                               \
@@ -36,12 +36,12 @@ KD_HIDDEN void kd_kick_all_vcpus(kd_vm *vm);
 /* emu/flat.c: the flat log, also the kernel side of two-level and byte map. */
 /* The kernel bitmap and the protection state of a slot whose log is being
  * enabled (all set with KD_INITIALLY_SET, which leaves pages writable). */
-KD_HIDDEN int kd_flat_log_alloc(kd_vm *vm, struct kd_slot *s);
+int kd_flat_log_alloc(kd_vm *vm, struct kd_slot *s);
 /* Count the re-protection of a slot whose log was just enabled. */
-KD_HIDDEN void kd_emu_log_enabled(kd_vm *vm, struct kd_slot *s);
-KD_HIDDEN int kd_flat_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap);
-KD_HIDDEN int kd_flat_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint32_t num,
-			    const uint64_t *mask);
+void kd_emu_log_enabled(kd_vm *vm, struct kd_slot *s);
+int kd_flat_get(kd_vm *vm, struct kd_slot *s, uint64_t *bitmap);
+int kd_flat_clear(kd_vm *vm, struct kd_slot *s, uint64_t first, uint32_t num,
+		  const uint64_t *mask);
 
 /* emu/twolevel.c: writer side, after the leaf bit is set (see twolevel.c). */
 static inline void kd_twolevel_mark_summary(struct kd_slot *s, uint64_t rel)
@@ -53,8 +53,8 @@ static inline void kd_twolevel_mark_summary(struct kd_slot *s, uint64_t rel)
 }
 
 /* emu/dirty_ring.c: the per-vCPU ring's state machine. */
-KD_HIDDEN bool kd_ring_soft_full(const struct kd_ring *r);
-KD_HIDDEN void kd_ring_push(struct kd_ring *r, uint32_t slot, uint64_t offset);
+bool kd_ring_soft_full(const struct kd_ring *r);
+void kd_ring_push(struct kd_ring *r, uint32_t slot, uint64_t offset);
 
 /*
  * Mark a page dirty in the slot's kernel log after a fault (or PML drain).

@@ -8,14 +8,12 @@
 
 #include <stdint.h>
 
-#define KD_SIMD_HIDDEN __attribute__((visibility("hidden")))
-
 /* crc32c.c: CRC32C continued over n bytes copied from src to dst (one read;
  * SSE4.2 when n is a multiple of 32). */
-KD_SIMD_HIDDEN uint32_t kd__crc32c_copy(uint32_t crc, void *dst, const void *src, uint64_t n);
+uint32_t kd__crc32c_copy(uint32_t crc, void *dst, const void *src, uint64_t n);
 
 /* zero.c: the zero check kd_simd_select chose (1 = all zero). */
 typedef int (*kd_zero_fn)(const void *buf, uint64_t len);
-KD_SIMD_HIDDEN kd_zero_fn kd__zero_check(void);
+kd_zero_fn kd__zero_check(void);
 
 #endif /* KD_SIMD_H */

@@ -19,8 +19,6 @@
 
 #include "kvmdirty.h"
 
-#define KD_POOL_HIDDEN __attribute__((visibility("hidden")))
-
 struct kd_vcpu_pool {
 	kd_vm *vm;
 	uint32_t nthreads;
@@ -32,17 +30,17 @@ struct kd_vcpu_pool {
 
 /* Check nthreads (1..nvcpus of vm) and allocate; holds the VM.
  * -EINVAL, -EBUSY (kd_vm_hold), -ENOMEM. */
-KD_POOL_HIDDEN int kd_vcpu_pool_init(struct kd_vcpu_pool *p, kd_vm *vm, uint32_t nthreads);
+int kd_vcpu_pool_init(struct kd_vcpu_pool *p, kd_vm *vm, uint32_t nthreads);
 /* Start body(arg) as the thread of vCPU vcpu. -EAGAIN if it cannot. */
-KD_POOL_HIDDEN int kd_vcpu_pool_spawn(struct kd_vcpu_pool *p, uint32_t vcpu,
-				      void *(*body)(void *), void *arg);
+int kd_vcpu_pool_spawn(struct kd_vcpu_pool *p, uint32_t vcpu,
+		       void *(*body)(void *), void *arg);
 static inline bool kd_vcpu_pool_stopping(const struct kd_vcpu_pool *p)
 {
 	return __atomic_load_n(&p->stop, __ATOMIC_RELAXED);
 }
-KD_POOL_HIDDEN void kd_vcpu_pool_stop(struct kd_vcpu_pool *p);
+void kd_vcpu_pool_stop(struct kd_vcpu_pool *p);
 /* Wait for every started thread, release the VM, free the pool's arrays. */
-KD_POOL_HIDDEN void kd_vcpu_pool_join(struct kd_vcpu_pool *p);
+void kd_vcpu_pool_join(struct kd_vcpu_pool *p);
 
 /*
  * Write gfns[0..n) on vcpu in guest entries of at most `batch` gfns
@@ -51,8 +49,8 @@ KD_POOL_HIDDEN void kd_vcpu_pool_join(struct kd_vcpu_pool *p);
  * counts the waits (may be NULL). Returns 0 when all are written, 1 if the
  * pool stopped first, or kd_write's negative errno.
  */
-KD_POOL_HIDDEN int kd_vcpu_pool_write(struct kd_vcpu_pool *p, uint32_t vcpu,
-				      const uint64_t *gfns, uint64_t n, uint64_t value,
-				      uint64_t batch, uint64_t *applied, uint64_t *ring_waits);
+int kd_vcpu_pool_write(struct kd_vcpu_pool *p, uint32_t vcpu,
+		       const uint64_t *gfns, uint64_t n, uint64_t value,
+		       uint64_t batch, uint64_t *applied, uint64_t *ring_waits);
 
 #endif /* KD_VCPU_POOL_H */

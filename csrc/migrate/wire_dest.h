@@ -11,8 +11,6 @@
 
 #include "kvmdirty.h"
 
-#define KD_WIRE_HIDDEN __attribute__((visibility("hidden")))
-
 /* One destination region, mapped when MEM_SIZE arrives. */
 struct kd_dest_region {
 	uint64_t gpa, size;
@@ -41,17 +39,17 @@ struct kd_prefault {
 	uint64_t bytes; /* bytes prefaulted (atomic) */
 };
 
-KD_WIRE_HIDDEN void kd_prefault_init(struct kd_prefault *pf);
+void kd_prefault_init(struct kd_prefault *pf);
 /* Stop the thread (if any) and free what init made. */
-KD_WIRE_HIDDEN void kd_prefault_destroy(struct kd_prefault *pf);
+void kd_prefault_destroy(struct kd_prefault *pf);
 /* Start the thread on the destination's layout (if ahead != 0). */
-KD_WIRE_HIDDEN void kd_prefault_start(struct kd_prefault *pf, const struct kd_dest_region *r,
-				      const uint64_t *prefix, uint32_t nregions, uint64_t total);
+void kd_prefault_start(struct kd_prefault *pf, const struct kd_dest_region *r,
+		       const uint64_t *prefix, uint32_t nregions, uint64_t total);
 /* After a batch: if its page records [first, end) (linear) were dense and
  * ascending, tell the thread where the writer is. */
-KD_WIRE_HIDDEN void kd_prefault_hint(struct kd_prefault *pf, uint64_t first, uint64_t end,
-				     uint64_t npages);
+void kd_prefault_hint(struct kd_prefault *pf, uint64_t first, uint64_t end,
+		      uint64_t npages);
 /* Stop and join the thread (end of stream). */
-KD_WIRE_HIDDEN void kd_prefault_finish(struct kd_prefault *pf);
+void kd_prefault_finish(struct kd_prefault *pf);
 
 #endif /* KD_WIRE_DEST_H */

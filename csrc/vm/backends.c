@@ -6,13 +6,13 @@
 #include "core/backend.h"
 
 /* Each defined in its backend's own file. */
-extern const struct kd_backend_ops kd_flat_ops KD_HIDDEN;     /* emu/flat.c */
-extern const struct kd_backend_ops kd_twolevel_ops KD_HIDDEN; /* emu/twolevel.c */
-extern const struct kd_backend_ops kd_bytemap_ops KD_HIDDEN;  /* emu/bytemap.c */
-extern const struct kd_backend_ops kd_ring_ops KD_HIDDEN;     /* emu/dirty_ring.c */
-extern const struct kd_backend_ops kd_kvm_ops KD_HIDDEN;      /* real/kvm/kvm_ops.c */
-extern const struct kd_backend_ops kd_uffd_ops KD_HIDDEN;     /* real/uffd/uffd_ops.c */
-extern const struct kd_backend_ops kd_hier_ops KD_HIDDEN;     /* emu/hier.c */
+extern const struct kd_backend_ops kd_flat_ops;     /* emu/flat.c */
+extern const struct kd_backend_ops kd_twolevel_ops; /* emu/twolevel.c */
+extern const struct kd_backend_ops kd_bytemap_ops;  /* emu/bytemap.c */
+extern const struct kd_backend_ops kd_ring_ops;     /* emu/dirty_ring.c */
+extern const struct kd_backend_ops kd_kvm_ops;      /* real/kvm/kvm_ops.c */
+extern const struct kd_backend_ops kd_uffd_ops;     /* real/uffd/uffd_ops.c */
+extern const struct kd_backend_ops kd_hier_ops;     /* emu/hier.c */
 
 static const struct kd_backend_ops *const backends[] = {
 	[KD_BACKEND_FLAT] = &kd_flat_ops,

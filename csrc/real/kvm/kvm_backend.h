@@ -37,8 +37,6 @@
 
 #include "kvmdirty.h"
 
-#define KD_KVM_HIDDEN __attribute__((visibility("hidden")))
-
 struct kd_kvm;
 
 /*
@@ -46,7 +44,7 @@ struct kd_kvm;
  * else a static sentence such as "/dev/kvm: No such file or directory".
  * Computed once per process.
  */
-KD_KVM_HIDDEN const char *kd_kvm_unavailable_reason(void);
+const char *kd_kvm_unavailable_reason(void);
 
 /*
  * Create a VM with nvcpus vCPUs (1..KD_MAX_VCPUS, else -EINVAL).
@@ -58,9 +56,9 @@ KD_KVM_HIDDEN const char *kd_kvm_unavailable_reason(void);
  * as is. -errno of open("/dev/kvm") (ENOENT, EACCES, ...) if unusable;
  * -ENODEV on hosts other than Linux x86-64.
  */
-KD_KVM_HIDDEN int kd_kvm_open(uint32_t nvcpus, uint32_t ring_entries, struct kd_kvm **out);
+int kd_kvm_open(uint32_t nvcpus, uint32_t ring_entries, struct kd_kvm **out);
 /* NULL is a no-op. No call may be running on k. Frees all slot memory. */
-KD_KVM_HIDDEN void kd_kvm_close(struct kd_kvm *k);
+void kd_kvm_close(struct kd_kvm *k);
 
 /*
  * KVM_SET_USER_MEMORY_REGION, slot = as_id << 16 | id. Creating a slot
@@ -70,13 +68,13 @@ KD_KVM_HIDDEN void kd_kvm_close(struct kd_kvm *k);
  * kernel's; -ENOMEM only if mmap itself fails for a size the kernel would
  * accept.
  */
-KD_KVM_HIDDEN int kd_kvm_set_user_memory_region(struct kd_kvm *k, uint32_t slot,
-						uint32_t flags, uint64_t gpa, uint64_t size);
+int kd_kvm_set_user_memory_region(struct kd_kvm *k, uint32_t slot,
+				  uint32_t flags, uint64_t gpa, uint64_t size);
 /* Host memory of a user slot. -ENOENT if no such slot. */
-KD_KVM_HIDDEN int kd_kvm_slot_memory(struct kd_kvm *k, uint32_t slot, void **host,
-				     uint64_t *size);
+int kd_kvm_slot_memory(struct kd_kvm *k, uint32_t slot, void **host,
+		       uint64_t *size);
 /* KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, flags). */
-KD_KVM_HIDDEN int kd_kvm_enable_manual_protect(struct kd_kvm *k, uint64_t flags);
+int kd_kvm_enable_manual_protect(struct kd_kvm *k, uint64_t flags);
 
 /*
  * Run the guest on vCPU `vcpu`: it stores the 8-byte `value` at offset 0 of
@@ -103,15 +101,15 @@ KD_KVM_HIDDEN int kd_kvm_enable_manual_protect(struct kd_kvm *k, uint64_t flags)
  * state). -EBUSY if another thread runs the vCPU; -EINVAL bad vcpu or NULL
  * pointers.
  */
-KD_KVM_HIDDEN int kd_kvm_write(struct kd_kvm *k, uint32_t vcpu, const uint64_t *gfns,
-			       uint64_t n, uint64_t value, uint64_t *applied,
-			       uint32_t *exit_reason);
+int kd_kvm_write(struct kd_kvm *k, uint32_t vcpu, const uint64_t *gfns,
+		 uint64_t n, uint64_t value, uint64_t *applied,
+		 uint32_t *exit_reason);
 
 /* KVM_GET_DIRTY_LOG; bitmap holds ALIGN(npages, 64) / 64 words. */
-KD_KVM_HIDDEN int kd_kvm_get_dirty_log(struct kd_kvm *k, uint32_t slot, uint64_t *bitmap);
+int kd_kvm_get_dirty_log(struct kd_kvm *k, uint32_t slot, uint64_t *bitmap);
 /* KVM_CLEAR_DIRTY_LOG. */
-KD_KVM_HIDDEN int kd_kvm_clear_dirty_log(struct kd_kvm *k, uint32_t slot, uint64_t first_page,
-					 uint32_t num_pages, const uint64_t *bitmap);
+int kd_kvm_clear_dirty_log(struct kd_kvm *k, uint32_t slot, uint64_t first_page,
+			   uint32_t num_pages, const uint64_t *bitmap);
 
 /*
  * Copy the vCPU's ring entries whose flags == DIRTY, in ring order from the
@@ -119,15 +117,15 @@ KD_KVM_HIDDEN int kd_kvm_clear_dirty_log(struct kd_kvm *k, uint32_t slot, uint64
  * (load-acquire flags, copy, store-release RESET). -EINVAL: not a ring VM,
  * bad vcpu, NULL pointers.
  */
-KD_KVM_HIDDEN int kd_kvm_ring_harvest(struct kd_kvm *k, uint32_t vcpu, struct kd_dirty_gfn *out,
-				      uint64_t cap, uint64_t *count);
+int kd_kvm_ring_harvest(struct kd_kvm *k, uint32_t vcpu, struct kd_dirty_gfn *out,
+			uint64_t cap, uint64_t *count);
 /* The vCPU's mmap'd ring. -EINVAL: not a ring VM or bad vcpu. */
-KD_KVM_HIDDEN int kd_kvm_ring_entries(struct kd_kvm *k, uint32_t vcpu,
-				      struct kd_dirty_gfn **entries, uint32_t *nentries);
+int kd_kvm_ring_entries(struct kd_kvm *k, uint32_t vcpu,
+			struct kd_dirty_gfn **entries, uint32_t *nentries);
 /* KVM_RESET_DIRTY_RINGS; *count = its return value (entries reset). */
-KD_KVM_HIDDEN int kd_kvm_reset_dirty_rings(struct kd_kvm *k, uint64_t *count);
+int kd_kvm_reset_dirty_rings(struct kd_kvm *k, uint64_t *count);
 /* Address spaces the kernel offers (KVM_CAP_MULTI_ADDRESS_SPACE, at least 1). */
-KD_KVM_HIDDEN uint32_t kd_kvm_address_spaces(const struct kd_kvm *k);
+uint32_t kd_kvm_address_spaces(const struct kd_kvm *k);
 
 /* Diagnostics for tests: where the internal slot is now. */
 struct kd_kvm_internal_info {
@@ -141,7 +139,7 @@ struct kd_kvm_internal_info {
 	uint32_t pt_pages_used; /* page-table pages handed out from the pool */
 	uint32_t pt_pages_cap;
 };
-KD_KVM_HIDDEN int kd_kvm_internal_info(struct kd_kvm *k, struct kd_kvm_internal_info *out);
+int kd_kvm_internal_info(struct kd_kvm *k, struct kd_kvm_internal_info *out);
 
 /* ---- kvm_guest.c: the guest program and its machine state ---- */
 
@@ -180,8 +178,8 @@ struct kd_kg_cmd {
 #define KD_KG_RIP_PUBLISH 27u /* mov [rdi+16], rdx: rdx stores are done */
 #define KD_KG_RIP_EXIT 37u    /* mov [rsi], al: the MMIO store that exits */
 
-extern const uint8_t kd_kg_code[] KD_KVM_HIDDEN;
-extern const size_t kd_kg_code_len KD_KVM_HIDDEN;
+extern const uint8_t kd_kg_code[];
+extern const size_t kd_kg_code_len;
 
 /*
  * Page tables. Guest virtual addresses are limited to the lower half,
@@ -210,24 +208,24 @@ struct kd_kg_pt {
 	bool gbpages;
 	uint32_t used;      /* pool pages handed out, PML4 included */
 };
-KD_KVM_HIDDEN void kd_kg_pt_reset(struct kd_kg_pt *pt, uint8_t *host, uint64_t base,
-				  uint64_t limit, bool gbpages);
+void kd_kg_pt_reset(struct kd_kg_pt *pt, uint8_t *host, uint64_t base,
+		    uint64_t limit, bool gbpages);
 /* true if the 1 GiB region holding guest virtual address va is mapped
  * (lock-free read). */
-KD_KVM_HIDDEN bool kd_kg_pt_mapped(const struct kd_kg_pt *pt, uint64_t va);
+bool kd_kg_pt_mapped(const struct kd_kg_pt *pt, uint64_t va);
 /* Map the 1 GiB virtual region holding va to the 1 GiB physical region
  * holding gpa (no-op if va's region is mapped already). -ERANGE gpa >= limit
  * or va >= KD_KG_VA_LIMIT; -ENOMEM pool full (nothing changed). Callers
  * serialise (a mutex); the guest and kd_kg_pt_mapped may walk concurrently. */
-KD_KVM_HIDDEN int kd_kg_pt_map(struct kd_kg_pt *pt, uint64_t va, uint64_t gpa);
+int kd_kg_pt_map(struct kd_kg_pt *pt, uint64_t va, uint64_t gpa);
 
 struct kvm_sregs;
 struct kvm_regs;
 /* Write the GDT and TSS into the internal slot at host/base. */
-KD_KVM_HIDDEN void kd_kg_write_gdt(uint8_t *host, uint64_t base);
+void kd_kg_write_gdt(uint8_t *host, uint64_t base);
 /* Long mode, paging, CPL3 segments, TR; keeps the other fields of *s. */
-KD_KVM_HIDDEN void kd_kg_sregs(struct kvm_sregs *s, uint64_t base);
+void kd_kg_sregs(struct kvm_sregs *s, uint64_t base);
 /* RIP = program start, RDI = command area gpa, IOPL 3, interrupts off. */
-KD_KVM_HIDDEN void kd_kg_regs(struct kvm_regs *r, uint64_t base, uint64_t cmd_gpa);
+void kd_kg_regs(struct kvm_regs *r, uint64_t base, uint64_t cmd_gpa);
 
 #endif /* KD_KVM_BACKEND_H */

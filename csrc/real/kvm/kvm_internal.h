@@ -117,14 +117,14 @@ struct kd_kvm {
 /* kvm_slots.c: the slot tables (change: slots_lock held exclusively) and
  * the internal slot. */
 /* Index of the first AS-0 slot with gpa > addr. */
-KD_KVM_HIDDEN uint32_t kvm_as0_upper(struct kd_kvm *k, uint64_t addr);
-KD_KVM_HIDDEN struct uslot *kvm_as0_lookup(struct kd_kvm *k, uint64_t gpa);
+uint32_t kvm_as0_upper(struct kd_kvm *k, uint64_t addr);
+struct uslot *kvm_as0_lookup(struct kd_kvm *k, uint64_t gpa);
 /* Choose an id and gpa for the internal slot avoiding every AS-0 user slot
  * and avoid_id / [avoid_lo, avoid_hi). */
-KD_KVM_HIDDEN int kvm_place_internal(struct kd_kvm *k, int64_t avoid_id, uint64_t avoid_lo,
-				     uint64_t avoid_hi, uint32_t *id_out, uint64_t *gpa_out);
+int kvm_place_internal(struct kd_kvm *k, int64_t avoid_id, uint64_t avoid_lo,
+		       uint64_t avoid_hi, uint32_t *id_out, uint64_t *gpa_out);
 /* Re-register the internal slot at id/gpa with fresh page tables. */
-KD_KVM_HIDDEN int kvm_relocate(struct kd_kvm *k, uint32_t id, uint64_t gpa);
+int kvm_relocate(struct kd_kvm *k, uint32_t id, uint64_t gpa);
 #else
 #define KD_KVM_NATIVE 0
 #endif

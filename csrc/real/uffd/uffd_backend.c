@@ -39,7 +39,7 @@ static void unprotect_slot(struct kd_uffd *u, struct uslot *s)
 	}
 }
 
-KD_UFFD_HIDDEN void kd_uffd_close(struct kd_uffd *u)
+void kd_uffd_close(struct kd_uffd *u)
 {
 	struct utable *t;
 
@@ -75,7 +75,7 @@ KD_UFFD_HIDDEN void kd_uffd_close(struct kd_uffd *u)
 	free(u);
 }
 
-KD_UFFD_HIDDEN int kd_uffd_open(uint32_t mode_flags, struct kd_uffd **out)
+int kd_uffd_open(uint32_t mode_flags, struct kd_uffd **out)
 {
 	uint32_t mode = mode_flags & 0xffffu;
 	struct kd_uffd *u;
@@ -200,7 +200,7 @@ unregister:
 	return r;
 }
 
-KD_UFFD_HIDDEN int kd_uffd_add_range(struct kd_uffd *u, uint32_t slot, void *mem, uint64_t size)
+int kd_uffd_add_range(struct kd_uffd *u, uint32_t slot, void *mem, uint64_t size)
 {
 	uintptr_t start = (uintptr_t)mem;
 	struct uslot *s;
@@ -258,7 +258,7 @@ out:
 	return r;
 }
 
-KD_UFFD_HIDDEN int kd_uffd_remove_range(struct kd_uffd *u, uint32_t slot)
+int kd_uffd_remove_range(struct kd_uffd *u, uint32_t slot)
 {
 	struct uslot *s;
 	int r = 0;

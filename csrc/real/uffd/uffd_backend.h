@@ -43,8 +43,6 @@
 
 #include <stdint.h>
 
-#define KD_UFFD_HIDDEN __attribute__((visibility("hidden")))
-
 enum kd_uffd_mode {
 	KD_UFFD_ASYNC = 0,    /* WP_ASYNC + WP_UNPOPULATED, PAGEMAP_SCAN */
 	KD_UFFD_SYNC = 1,     /* classic uffd-wp with a handler thread */
@@ -65,12 +63,12 @@ struct kd_uffd;
  * on a scratch page), else a negative errno and *why (may be NULL) = a static
  * sentence naming the missing feature. The result is cached per mode.
  */
-KD_UFFD_HIDDEN int kd_uffd_probe(uint32_t mode, const char **why);
+int kd_uffd_probe(uint32_t mode, const char **why);
 
 /* -EINVAL bad mode; -EBUSY mprotect tracker already open; kernel errors. */
-KD_UFFD_HIDDEN int kd_uffd_open(uint32_t mode, struct kd_uffd **out);
+int kd_uffd_open(uint32_t mode, struct kd_uffd **out);
 /* Stops tracking every range (memory becomes plainly writable); NULL ok. */
-KD_UFFD_HIDDEN void kd_uffd_close(struct kd_uffd *u);
+void kd_uffd_close(struct kd_uffd *u);
 
 /*
  * Track [mem, mem + size) as slot `slot`: a page-aligned private anonymous
@@ -80,10 +78,10 @@ KD_UFFD_HIDDEN void kd_uffd_close(struct kd_uffd *u);
  * range overlaps another slot; kernel errors (e.g. -EINVAL from
  * UFFDIO_REGISTER for a mapping it cannot track).
  */
-KD_UFFD_HIDDEN int kd_uffd_add_range(struct kd_uffd *u, uint32_t slot, void *mem,
-				     uint64_t size);
+int kd_uffd_add_range(struct kd_uffd *u, uint32_t slot, void *mem,
+		      uint64_t size);
 /* Stop tracking slot `slot`; its memory becomes plainly writable. -ENOENT. */
-KD_UFFD_HIDDEN int kd_uffd_remove_range(struct kd_uffd *u, uint32_t slot);
+int kd_uffd_remove_range(struct kd_uffd *u, uint32_t slot);
 
 /*
  * Report the pages of slot `slot` in [first_page, first_page + num_pages)
@@ -95,9 +93,9 @@ KD_UFFD_HIDDEN int kd_uffd_remove_range(struct kd_uffd *u, uint32_t slot);
  * later one. *reprotected (may be NULL) = pages re-protected.
  * -ENOENT no such slot; -EINVAL range past the slot end or NULL bitmap.
  */
-KD_UFFD_HIDDEN int kd_uffd_collect(struct kd_uffd *u, uint32_t slot, uint64_t first_page,
-				   uint64_t num_pages, uint64_t *bitmap,
-				   uint64_t *reprotected);
+int kd_uffd_collect(struct kd_uffd *u, uint32_t slot, uint64_t first_page,
+		    uint64_t num_pages, uint64_t *bitmap,
+		    uint64_t *reprotected);
 
 struct kd_uffd_stats {
 	uint64_t faults;            /* write faults seen (sync/mprotect; 0 in async) */
@@ -108,6 +106,6 @@ struct kd_uffd_stats {
 				     * (vm.max_map_count); pages were left
 				     * writable and marked dirty instead */
 };
-KD_UFFD_HIDDEN void kd_uffd_stats_get(struct kd_uffd *u, struct kd_uffd_stats *out);
+void kd_uffd_stats_get(struct kd_uffd *u, struct kd_uffd_stats *out);
 
 #endif /* KD_UFFD_BACKEND_H */

@@ -184,8 +184,8 @@ static int bitmap_collect(struct kd_uffd *u, struct uslot *s, uint64_t first, ui
 	return 0;
 }
 
-KD_UFFD_HIDDEN int kd_uffd_collect(struct kd_uffd *u, uint32_t slot, uint64_t first_page,
-				   uint64_t num_pages, uint64_t *bitmap, uint64_t *reprotected)
+int kd_uffd_collect(struct kd_uffd *u, uint32_t slot, uint64_t first_page,
+		    uint64_t num_pages, uint64_t *bitmap, uint64_t *reprotected)
 {
 	struct uslot *s;
 	uint64_t done = 0;
@@ -221,7 +221,7 @@ out:
 	return r;
 }
 
-KD_UFFD_HIDDEN void kd_uffd_stats_get(struct kd_uffd *u, struct kd_uffd_stats *out)
+void kd_uffd_stats_get(struct kd_uffd *u, struct kd_uffd_stats *out)
 {
 	if (!out)
 		return;

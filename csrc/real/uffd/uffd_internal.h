@@ -169,34 +169,34 @@ static inline void mark_dirty(struct uslot *s, uint64_t p0, uint64_t p1)
 }
 
 /* uffd_table.c: the slot table, immutable once published (see the top). */
-KD_UFFD_HIDDEN struct uslot *uffd_table_find_addr(const struct utable *t, uintptr_t a);
-KD_UFFD_HIDDEN struct uslot *uffd_table_find_id(const struct utable *t, uint32_t id);
+struct uslot *uffd_table_find_addr(const struct utable *t, uintptr_t a);
+struct uslot *uffd_table_find_id(const struct utable *t, uint32_t id);
 /* A copy of old with s added (add) or removed (!add); NULL on ENOMEM. */
-KD_UFFD_HIDDEN struct utable *uffd_table_build(const struct utable *old, struct uslot *s,
-					       bool add);
+struct utable *uffd_table_build(const struct utable *old, struct uslot *s,
+				bool add);
 /* Replace the table with t; returns once no fault handler can still be
  * reading the old one, which it frees. Caller holds u->lock. */
-KD_UFFD_HIDDEN void uffd_table_publish(struct kd_uffd *u, struct utable *t);
+void uffd_table_publish(struct kd_uffd *u, struct utable *t);
 /* Wait until no fault handler can still see a table or tracker that was
  * unpublished before this call. */
-KD_UFFD_HIDDEN void uffd_quiesce(struct kd_uffd *u);
+void uffd_quiesce(struct kd_uffd *u);
 
 /* uffd_segv.c: the process-wide SIGSEGV handler of the mprotect mode. */
 /* Make u the one mprotect tracker of the process (-EBUSY if there is one),
  * installing the handler on first use; release gives the place back. */
-KD_UFFD_HIDDEN int uffd_mp_claim(struct kd_uffd *u);
-KD_UFFD_HIDDEN void uffd_mp_release(struct kd_uffd *u);
+int uffd_mp_claim(struct kd_uffd *u);
+void uffd_mp_release(struct kd_uffd *u);
 /* SIGSEGV handlers running inside the tracker now. */
-KD_UFFD_HIDDEN unsigned uffd_mp_inflight(void);
+unsigned uffd_mp_inflight(void);
 
 /* uffd_fd.c: userfaultfd plumbing and the sync mode's handler thread. */
 /* New userfaultfd (O_CLOEXEC | O_NONBLOCK), or -errno and *why. */
-KD_UFFD_HIDDEN int uffd_create(const char **why);
+int uffd_create(const char **why);
 /* Supported features (cached); -errno if userfaultfd cannot be opened. */
-KD_UFFD_HIDDEN int uffd_features(uint64_t *features, const char **why);
-KD_UFFD_HIDDEN int uffd_writeprotect(struct kd_uffd *u, uintptr_t start, uint64_t len,
-				     bool wp);
+int uffd_features(uint64_t *features, const char **why);
+int uffd_writeprotect(struct kd_uffd *u, uintptr_t start, uint64_t len,
+		      bool wp);
 /* Body of the sync handler thread (arg: the tracker). */
-KD_UFFD_HIDDEN void *uffd_sync_thread(void *arg);
+void *uffd_sync_thread(void *arg);
 
 #endif /* KD_UFFD_INTERNAL_H */

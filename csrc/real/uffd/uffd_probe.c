@@ -102,7 +102,7 @@ static int probe_uncached(uint32_t mode, const char **why)
 	return functional_check(mode, why);
 }
 
-KD_UFFD_HIDDEN int kd_uffd_probe(uint32_t mode, const char **why)
+int kd_uffd_probe(uint32_t mode, const char **why)
 {
 	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 	static int result[NMODES];
