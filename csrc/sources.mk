@@ -7,11 +7,13 @@
 #   real/     the real-kernel backends: kvm (/dev/kvm) and uffd
 #   vm/       the VM API (kvmdirty.h): argument checks, then vm->ops
 #   migrate/  send path, wire format, workloads; uses the public API only
+#             (and core/cpu_features.h, the CPU's vector features)
 KD_SOURCES = \
 	core/lock.c \
 	core/counters.c \
 	core/slots.c \
 	core/region_check.c \
+	core/cpu_features.c \
 	core/bitmap.c \
 	core/pending.c \
 	core/ring_collect.c \

@@ -1,15 +1,17 @@
 /*
- * bitmap.c - memory for logs, and the scanning primitives every backend
- * shares: find the next non-zero word (AVX2 when the CPU has it) and turn a
- * bitmap into a list of gfns.
+ * core/bitmap.c - memory for logs, and the scanning primitives every backend
+ * shares: find the next non-zero word (AVX2 when the CPU has it,
+ * core/cpu_features.h) and turn a bitmap into a list of gfns.
  *
- * Logs are allocated populated (MAP_POPULATE): a kernel dirty bitmap is real
- * zeroed memory, and scanning untouched anonymous memory would read the
- * shared zero page from L1 and flatter every scan.
+ * Logs are allocated populated (madvise MADV_POPULATE_WRITE, else a write to
+ * every page): a kernel dirty bitmap is real zeroed memory, and scanning
+ * untouched anonymous memory would read the shared zero page from L1 and
+ * flatter every scan.
  */
 #define _GNU_SOURCE
 #include <sys/mman.h>
 
+#include "core/cpu_features.h"
 #include "core/internal.h"
 #include "core/mapping.h"
 
@@ -127,22 +129,12 @@ __attribute__((target("avx2"))) static uint64_t find_byte_avx2(const uint8_t *b,
 			return i;
 	return to;
 }
-
-static int have_avx2(void)
-{
-	static int cached = -1;
-	if (cached < 0) {
-		__builtin_cpu_init();
-		cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-	}
-	return cached;
-}
 #endif
 
 uint64_t kd_find_nonzero_word(const uint64_t *w, uint64_t from, uint64_t to)
 {
 #ifdef KD_HAVE_AVX2_PATH
-	if (have_avx2())
+	if (kd_cpu_has(KD_CPU_AVX2))
 		return find_nonzero_avx2(w, from, to);
 #endif
 	return find_nonzero_scalar(w, from, to);
@@ -151,7 +143,7 @@ uint64_t kd_find_nonzero_word(const uint64_t *w, uint64_t from, uint64_t to)
 uint64_t kd_find_byte_with(const uint8_t *b, uint64_t from, uint64_t to, uint8_t bit)
 {
 #ifdef KD_HAVE_AVX2_PATH
-	if (have_avx2())
+	if (kd_cpu_has(KD_CPU_AVX2))
 		return find_byte_avx2(b, from, to, bit);
 #endif
 	for (; from < to; from++)

@@ -5,9 +5,11 @@
  * uses for page records.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 
+#include "core/cpu_features.h"
 #include "kvmdirty.h"
 #include "simd.h"
 
@@ -18,6 +20,18 @@ static uint32_t crc_sw(uint32_t c, const uint8_t *p, size_t n);
 static void crc_tables_init(void);
 
 static void crc_init(void);
+
+/* The instruction where the CPU has it, unless software is forced. */
+static void crc_select(bool software)
+{
+#if defined(__x86_64__)
+	crc_hw = !software && kd_cpu_has(KD_CPU_SSE42);
+#else
+	(void)software;
+	crc_hw = 0;
+#endif
+}
+
 /* tables ready before any thread can ask (the lazy checks stay for static links) */
 __attribute__((constructor)) static void crc_init_at_load(void)
 {
@@ -37,12 +51,7 @@ static void crc_init(void)
 			crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^
 					  crc_table[0][crc_table[t - 1][i] & 0xff];
 	crc_tables_init();
-#if defined(__x86_64__)
-	__builtin_cpu_init();
-	crc_hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
-#else
-	crc_hw = 0;
-#endif
+	crc_select(false);
 }
 
 static uint32_t crc_sw(uint32_t c, const uint8_t *p, size_t n)
@@ -226,10 +235,6 @@ KD_API int kd_crc32c_force_software(int on)
 {
 	if (crc_hw < 0)
 		crc_init();
-#if defined(__x86_64__)
-	crc_hw = on ? 0 : (__builtin_cpu_supports("sse4.2") ? 1 : 0);
-#else
-	crc_hw = 0;
-#endif
+	crc_select(on);
 	return 0;
 }

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #endif
 
+#include "core/cpu_features.h"
 #include "kvmdirty.h"
 #include "simd.h"
 
@@ -65,8 +66,7 @@ static int zero_level = -1;
 static void zero_select(int level)
 {
 #if defined(__x86_64__)
-	__builtin_cpu_init();
-	if (level != 0 && __builtin_cpu_supports("avx2")) {
+	if (level != 0 && kd_cpu_has(KD_CPU_AVX2)) {
 		zero_impl = zero_avx2;
 		zero_level = 1;
 		return;
