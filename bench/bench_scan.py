@@ -83,9 +83,9 @@ def test_baseline(benchmark, baseline, size, dirty):
     benchmark.extra_info.update(size_gib=size, dirty=dirty, backend=baseline,
                                 bitmap_bytes=bm.nbytes)
     if baseline == "flatnonzero":
-        found = benchmark.pedantic(cmp._flatnonzero_gfns, args=(bm,), rounds=rounds(),
+        found = benchmark.pedantic(cmp.flatnonzero_gfns, args=(bm,), rounds=rounds(),
                                    iterations=1)
     else:
-        found = benchmark.pedantic(cmp._c_read_gfns, args=(bm, npages, out),
+        found = benchmark.pedantic(cmp.read_gfns, args=(bm, npages, out),
                                    rounds=rounds(), iterations=1)
     assert np.array_equal(found, pages)

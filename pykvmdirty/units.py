@@ -159,11 +159,17 @@ def parse_rate(value: Union[int, float, str], name: str = "rate",
     return _bounded(num * SIZE_UNITS[unit.lower()], name, value, "/s")
 
 
-def format_bytes(n):
-    """1536 -> '1.5 KiB'; exact for small numbers."""
+def format_bytes(n, digits=None):
+    """1536 -> '1.5 KiB' (one decimal; below a KiB: '512 bytes').
+
+    With digits, that many significant digits and 'B' below a KiB, as a
+    table column shows sizes: format_bytes(2138112, digits=4) -> '2.039 MiB',
+    format_bytes(16 << 20, digits=4) -> '16 MiB', 512 -> '512 B'."""
     n = float(n)
     for unit, size in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= size:
-            return "%.1f %s" % (n / size, unit)
-    return "%d bytes" % n
+            if digits is None:
+                return "%.1f %s" % (n / size, unit)
+            return "%.*g %s" % (digits, n / size, unit)
+    return "%d %s" % (n, "bytes" if digits is None else "B")
 
