@@ -15,6 +15,7 @@ from .layout import PAGE
 
 ACCELS = ("auto", "kvm", "tcg")
 INTERFACES = ("bitmap", "ring")
+GUESTS = ("firmware", "linux")
 #: QEMU's -accel kvm,dirty-ring-size=N for --interface ring (entries per vCPU)
 DIRTY_RING_SIZE = 4096
 
@@ -56,6 +57,8 @@ class QemuConfig:
     port: int = 0                   # destination port; 0 = let the kernel choose
     boot_timeout: float = 3.0       # a guest with no progress after this has stalled
     verify: bool = True
+    guest: str = "firmware"         # firmware (guest/), or linux (qemu/linux/: a real kernel)
+    kernel: str = ""                # linux: the kernel image ("" = the newest /boot/vmlinuz-*)
     extra: dict = field(default_factory=dict)   # free-form labels carried into the result
 
     def __post_init__(self):
@@ -67,12 +70,19 @@ class QemuConfig:
         if gs % MiB:
             raise ValueError("guest_size must be a whole number of MiB (QEMU's -m), got %r "
                              "bytes (MB is 10^6 bytes; QEMU's M is MiB)" % gs)
-        if self.workload not in layout.WORKLOADS:
+        if self.guest not in GUESTS:
+            raise ValueError("guest must be one of %s, got %r" % (", ".join(GUESTS), self.guest))
+        if not isinstance(self.kernel, str):
+            raise TypeError("kernel must be a path (str), got %r" % (self.kernel,))
+        if self.guest == "linux":
+            from .linux.workloads import check as check_linux_workload
+            check_linux_workload(self.workload)
+        elif self.workload not in layout.WORKLOADS:
             raise ValueError("workload must be one of %s, got %r"
                              % (", ".join(layout.WORKLOADS), self.workload))
         start = _number("start", self.start, 0, None, integer=True)
         end = _number("end", self.end, 0, None, integer=True)
-        if self.workload != "idle":
+        if self.workload != "idle" and self.guest == "firmware":
             if start % PAGE or end % PAGE:
                 raise ValueError("start and end must be 4 KiB aligned, got %#x, %#x"
                                  % (start, end))
@@ -84,7 +94,7 @@ class QemuConfig:
                 raise ValueError("need start < end <= %#x (guest RAM below 3 GiB), got "
                                  "[%#x, %#x)" % (limit, start, end))
         rate = _number("rate", self.rate, 0, 1e9, integer=True)
-        if self.workload in ("uniform", "hotspot") and rate == 0:
+        if self.guest == "firmware" and self.workload in ("uniform", "hotspot") and rate == 0:
             raise ValueError("workload %r needs rate > 0 pages/s" % self.workload)
         _number("hot_fraction", self.hot_fraction, 0, 1)
         if self.hot_fraction == 0:

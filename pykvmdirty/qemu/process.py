@@ -107,10 +107,10 @@ class QemuProcess:
         self.args = [qemu_binary(), "-machine", "pc", "-accel", accel_arg,
                      "-m", "%dM" % (memory >> 20),
                      "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
-                     "-no-reboot", "-bios", image,
-                     "-device", "loader,file=%s,addr=0x%x,force-raw=on"
-                     % (params_file, layout.PARAMS_ADDR),
-                     "-qmp", "unix:%s" % self.qmp_path]
+                     "-no-reboot", "-qmp", "unix:%s" % self.qmp_path]
+        if image is not None:       # the firmware guest (a Linux guest boots with -kernel)
+            self.args += ["-bios", image, "-device", "loader,file=%s,addr=0x%x,force-raw=on"
+                          % (params_file, layout.PARAMS_ADDR)]
         if incoming:
             self.args += ["-S", "-incoming", "defer"]
         self.args += list(extra_args)

@@ -98,10 +98,14 @@ class QemuMigration:
     def migration_uri(self, port):
         return "tcp:127.0.0.1:%d" % port
 
+    def _image(self):
+        """What _spawn boots (the firmware image; a Linux guest: its kernel and initramfs)."""
+        return firmware.image_path()
+
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> QemuResult:
         qemu_binary()
-        image = firmware.image_path()
+        image = self._image()
         self._dir = workdir = tempfile.mkdtemp(prefix="pkd-migrate-")
         try:
             return asyncio.run(self._main(image))
@@ -391,4 +395,7 @@ def run_migration(config: Optional[QemuConfig] = None, on_sample=None, **kw) -> 
         config = QemuConfig(**kw)
     elif kw:
         raise TypeError("pass either a QemuConfig or keyword arguments, not both")
+    if config.guest == "linux":
+        from .linux.runner import LinuxMigration
+        return LinuxMigration(config, on_sample).run()
     return QemuMigration(config, on_sample).run()
