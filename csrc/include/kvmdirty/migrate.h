@@ -66,6 +66,11 @@ KD_API int64_t kd_count_zero_pages(const void *memory, uint64_t npages);
 KD_API int64_t kd_read_bandwidth_probe(const void *memory, uint64_t len);
 /* 64-bit hash of each of npages pages into out[npages] (verification). */
 KD_API int kd_page_hashes(const void *memory, uint64_t npages, uint64_t *out);
+/* CRC32C of each of n sampled 4 KiB pages (indices pages[n] into the npages
+ * pages at memory) into out[n] (dirty-rate page sampling); -EINVAL if any
+ * index is >= npages (then nothing is hashed). */
+KD_API int kd_sample_page_crc32c(const void *memory, uint64_t npages, const uint64_t *pages,
+				 uint64_t n, uint32_t *out);
 /* Write a batch header (magic, length, seq, count, CRC) before payload_len
  * bytes of records at buf + KD_WIRE_BATCH_HEADER. */
 KD_API int kd_wire_seal_batch(void *buf, uint64_t payload_len, uint32_t nrecords, uint64_t seq);
