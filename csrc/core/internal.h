@@ -30,6 +30,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "core/bits.h"
+#include "core/ticket_lock.h"
 #include "kvmdirty.h"
 
 /* Nothing declared here is exported: the library is built with
@@ -128,7 +130,7 @@ struct kd_vcpu {
 	/* read-side section: odd while kd_write may use `memslots` (slots.c) */
 	unsigned long srcu_seq;
 	const struct kd_memslots *memslots; /* address space 0, inside the section */
-	unsigned lock[2];   /* ticket lock, see top of file */
+	unsigned lock[2];   /* ticket lock (core/ticket_lock.h), see top of file */
 	uint32_t pml_count; /* entries in pml[] */
 	struct kd_pml_entry pml[KD_PML_ENTRIES];
 	struct kd_ring ring;
@@ -163,11 +165,9 @@ struct kd_vm {
 	_Alignas(16) unsigned char lock_storage[64];
 };
 
-/* core/lock.c: the VM lock, vCPU ticket locks */
+/* core/lock.c: the VM lock (the vCPU locks: core/ticket_lock.h) */
 void kd_vm_lock(kd_vm *vm);
 void kd_vm_unlock(kd_vm *vm);
-void kd_spin_lock(unsigned *lock);
-void kd_spin_unlock(unsigned *lock);
 
 /* core/counters.c */
 /* Count pages write-protected again (or one generation bump with O(1)). */
@@ -248,25 +248,6 @@ typedef int (*kd_ring_fetch_fn)(kd_vm *vm, uint32_t vcpu, struct kd_dirty_gfn *o
 int kd_ring_collect(kd_vm *vm, struct kd_slot *s, uint64_t first, uint64_t end,
 		    uint64_t *gfns, uint64_t cap, uint64_t *count, uint64_t *resume,
 		    kd_ring_fetch_fn fetch);
-
-static inline uint64_t kd_range_mask(uint64_t word, uint64_t first, uint64_t end)
-{
-	/* bits of `word` (64 pages from word*64) inside [first, end) */
-	uint64_t lo = word * 64, m = ~0ull;
-	if (first > lo)
-		m &= ~0ull << (first - lo);
-	if (end < lo + 64)
-		m &= (end - lo) ? ~0ull >> (64 - (end - lo)) : 0;
-	return m;
-}
-static inline uint64_t kd_emit_bits(uint64_t bits, uint64_t gfn0, uint64_t *out, uint64_t n)
-{
-	while (bits) {
-		out[n++] = gfn0 + (uint64_t)__builtin_ctzll(bits);
-		bits &= bits - 1;
-	}
-	return n;
-}
 
 /* Slot of gfn in table t, trying `last` (the previous gfn's) first. */
 static inline struct kd_slot *kd_slot_lookup_near(const struct kd_memslots *t,

@@ -1,10 +1,9 @@
 /*
- * core/lock.c - the locks of a VM (see core/internal.h for who takes which)
- * and the library's clock.
+ * core/lock.c - the VM lock (see core/internal.h for who takes which; the
+ * vCPU locks are core/ticket_lock.h's, inline) and the library's clock.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
-#include <sched.h>
 #include <time.h>
 
 #include "core/internal.h"
@@ -27,26 +26,4 @@ void kd_vm_lock(kd_vm *vm)
 void kd_vm_unlock(kd_vm *vm)
 {
 	pthread_mutex_unlock((pthread_mutex_t *)vm->lock_storage);
-}
-
-/*
- * Ticket lock: FIFO, so a collector kicking a vCPU is not starved by a writer
- * that re-takes the lock for its next batch at once. lock[0] = next ticket,
- * lock[1] = ticket being served.
- */
-void kd_spin_lock(unsigned *lock)
-{
-	unsigned ticket = __atomic_fetch_add(&lock[0], 1, __ATOMIC_RELAXED);
-
-	while (__atomic_load_n(&lock[1], __ATOMIC_ACQUIRE) != ticket)
-#if defined(__x86_64__) || defined(__i386__)
-		__builtin_ia32_pause();
-#else
-		sched_yield();
-#endif
-}
-
-void kd_spin_unlock(unsigned *lock)
-{
-	__atomic_store_n(&lock[1], lock[1] + 1, __ATOMIC_RELEASE);
 }

@@ -79,7 +79,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "core/bits.h"
 #include "core/mapping.h"
+#include "core/ticket_lock.h"
 #include "emu/hier_log.h"
 
 
@@ -90,31 +92,15 @@ static void *lazy_map(uint64_t bytes, uint64_t *mapped)
 	return kd_map_reserve(bytes);
 }
 
+/* The fault path's lock (h->lock): core's ticket lock. */
 static void lock(struct kd_hier *h)
 {
-	unsigned t = __atomic_fetch_add(&h->lock[0], 1, __ATOMIC_RELAXED);
-	while (__atomic_load_n(&h->lock[1], __ATOMIC_ACQUIRE) != t)
-#if defined(__x86_64__) || defined(__i386__)
-		__builtin_ia32_pause();
-#else
-		;
-#endif
+	kd_spin_lock(h->lock);
 }
 
 static void unlock(struct kd_hier *h)
 {
-	__atomic_store_n(&h->lock[1], h->lock[1] + 1, __ATOMIC_RELEASE);
-}
-
-static inline uint64_t ones_in(uint64_t word, uint64_t lo, uint64_t hi)
-{
-	/* bits of `word` (indices word*64 ..) inside [lo, hi) */
-	uint64_t b0 = word * 64, m = ~0ull;
-	if (lo > b0)
-		m = lo - b0 >= 64 ? 0 : m << (lo - b0);
-	if (hi < b0 + 64)
-		m &= hi <= b0 ? 0 : ~0ull >> (64 - (hi - b0));
-	return m;
+	kd_spin_unlock(h->lock);
 }
 
 static inline uint64_t *block_words(const struct kd_hier *h, uint32_t b)
@@ -163,14 +149,14 @@ int kd_hier_init(struct kd_hier *h, uint64_t npages, bool initially_set,
 		for (uint64_t g = 0; g < h->ngroups; g++) {
 			uint64_t *w = block_words(h, (uint32_t)g + 1), w0 = g * KD_HIER_BLOCK_WORDS;
 			for (unsigned i = 0; i < KD_HIER_BLOCK_WORDS; i++)
-				w[i] = ones_in(w0 + i, 0, npages);
+				w[i] = kd_range_mask(w0 + i, 0, npages);
 			h->index[g] = (uint32_t)g + 1;
 		}
 		h->pool_top = h->blocks_live = h->ngroups;
 		n = h->nchunks;
 		for (unsigned k = 0; k < h->nlevels; k++) {
 			for (uint64_t i = 0; i < h->nlevel_words[k]; i++)
-				h->level[k][i] = ones_in(i, 0, n);
+				h->level[k][i] = kd_range_mask(i, 0, n);
 			n = h->nlevel_words[k];
 		}
 	}
@@ -438,12 +424,12 @@ static void visit_chunk(struct walk *k, uint64_t chunk, uint32_t b)
 		w1 = k->wend;
 	k->c->words_scanned += w1 - w0;
 	for (uint64_t w = w0; w < w1; w++) {
-		uint64_t m = partial ? ones_in(w, k->first, k->end) : ~0ull;
+		uint64_t m = partial ? kd_range_mask(w, k->first, k->end) : ~0ull;
 		nz |= (unsigned)((__atomic_load_n(&leaf[w], __ATOMIC_RELAXED) & m) != 0) << (w - w0);
 	}
 	while (nz) {
 		uint64_t w = w0 + (uint64_t)__builtin_ctz(nz), bits;
-		uint64_t m = partial ? ones_in(w, k->first, k->end) : ~0ull;
+		uint64_t m = partial ? kd_range_mask(w, k->first, k->end) : ~0ull;
 		nz &= nz - 1;
 		if (k->mode == WALK_COPY) {
 			k->out[w] = __atomic_load_n(&leaf[w], __ATOMIC_RELAXED);
@@ -565,7 +551,7 @@ take_bits(struct walk *k, unsigned lvl, uint64_t wi, bool *empty)
 	uint64_t full = __atomic_load_n(word, __ATOMIC_SEQ_CST), bits = full;
 
 	if (!k->whole) /* a range: the bits of this level's nodes inside it */
-		bits &= ones_in(wi, k->c0 >> (6 * lvl), ((k->c1 - 1) >> (6 * lvl)) + 1);
+		bits &= kd_range_mask(wi, k->c0 >> (6 * lvl), ((k->c1 - 1) >> (6 * lvl)) + 1);
 
 	k->c->summary_words_scanned++;
 	*empty = !full;
@@ -742,7 +728,7 @@ void kd_hier_clear(struct kd_hier *h, uint64_t first, uint64_t num, const uint64
 
 	retire_pending(h, c);
 	for (uint64_t i = 0; i < nw; i++) {
-		uint64_t w = first / 64 + i, m = mask[i] & ones_in(w, first, first + num);
+		uint64_t w = first / 64 + i, m = mask[i] & kd_range_mask(w, first, first + num);
 		if (!m)
 			continue;
 		if (w / KD_HIER_CHUNK_WORDS != chunk) {

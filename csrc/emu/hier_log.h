@@ -1,7 +1,8 @@
 /*
  * hier_log.h - the hierarchical dirty log of one memslot (emu/hier_log.c): N
  * levels of 64-ary summaries over 2 MiB chunks, leaf blocks from a compact,
- * lazily backed pool. Self-contained: it knows pages and words, not VMs.
+ * lazily backed pool. Self-contained: it knows pages and words, not VMs
+ * (of core it uses the leaf headers only: ticket lock, bits, mappings).
  *
  * Geometry. A chunk is 512 pages (8 leaf words, one cache line). A group is
  * KD_HIER_GROUP_CHUNKS consecutive chunks; the leaves of a group live in one
@@ -70,7 +71,7 @@ struct kd_hier {
 	 * next collector call (the tests' setting). */
 	uint64_t groups_last;
 	uint32_t retire_slack;
-	unsigned lock[2];   /* the fault path's lock (KVM: mmu_lock), ticket */
+	unsigned lock[2];   /* the fault path's lock (KVM: mmu_lock), core/ticket_lock.h */
 	/* Collector only: groups a collector call left clean (given back by
 	 * the next call if still clean; lazily backed, one entry per group),
 	 * and blocks unlinked, waiting for sync_writers. */
