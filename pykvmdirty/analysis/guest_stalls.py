@@ -30,7 +30,6 @@ from ..costmodel import CostModel
 from ..units import NS
 from .compare import RING_ENTRIES, dirty_pages, gib_to_pages, ring_vcpus
 
-PAGE_REC = WIRE_PAGE_RECORD
 LOOP_THREADS = ("iothread", "migration-thread")
 LOOP_INTERFACES = ("bytemap", "flat", "twolevel", "ring", "kvm")
 KERNEL_COLLECTORS = ("get", "clear", "ring")
@@ -77,7 +76,7 @@ def measure_sync(backend, size_gib, dirty, repeats=3, seed=0):
 def send_ns(dirty, cost=None, link_bandwidth=1.25e9):
     """Modelled time to read and send `dirty` pages (unlimited rate)."""
     cost = cost or CostModel()
-    return int(dirty * (cost.page_ns + PAGE_REC * NS / link_bandwidth))
+    return int(dirty * (cost.page_ns + WIRE_PAGE_RECORD * NS / link_bandwidth))
 
 
 def placement_model(sync, send, loop_thread, ring, vcpus, exit_rate, exit_service,
@@ -128,7 +127,7 @@ def loop_placement_table(sizes_gib=(64, 512), interfaces=LOOP_INTERFACES, dirty_
             sync = measure_sync(iface, size, dirty, repeats)
             for bw in bandwidths:
                 if bw:
-                    send = send_ns(min(dirty, bw // 10 // PAGE_REC), cost)
+                    send = send_ns(min(dirty, bw // 10 // WIRE_PAGE_RECORD), cost)
                 else:
                     send = int(max_wait * NS)
                 for lt in LOOP_THREADS:

@@ -68,13 +68,12 @@ from ..units import MiB
 from .layout import PAGE
 from .measure import bulk_normal_cost, fault_rate_how, iter_fault_rate
 from .runner import run_migration
-from ..bindings.constants import WIRE_PAGE_RECORD
+from ..bindings.constants import WIRE_PAGE_RECORD  # = QEMU's record: be64 header + the page
 
 FORMAT = "pykvmdirty-qemu-calibration"
 VERSION = 1
 MAX_FILE_BYTES = 1 << 20
 UNLIMITED = 64 << 30                # max-bandwidth "unlimited": 64 GiB/s
-PAGE_RECORD = WIRE_PAGE_RECORD   # QEMU's be64 header + the page: the same size
 
 #: cost fields (seconds), what each prices, and the largest value accepted
 COSTS = {
@@ -467,7 +466,7 @@ def costs_from_cells(results, cfgs) -> Calibration:
     normal_s, how = bulk_normal_cost(ab.samples, v["send_zero_s"])
     if normal_s is None:
         pre = max(ab.total_time - ab.downtime - ab.setup_time, 1e-6)
-        n_pre = max(ab.normal - ab.downtime_bytes // PAGE_RECORD, 1)
+        n_pre = max(ab.normal - ab.downtime_bytes // WIRE_PAGE_RECORD, 1)
         whole = (pre - v["send_zero_s"] * ab.duplicate) / n_pre
         if whole > 1e-7:
             normal_s = whole
@@ -479,10 +478,10 @@ def costs_from_cells(results, cfgs) -> Calibration:
     # their memory), so the uniform stop cell, whose downtime holds pages dirtied
     # again after the bulk pass, prices them; the a-b cell's downtime holds first
     # sends (the fallback)
-    n_i = idle.downtime_bytes // PAGE_RECORD
+    n_i = idle.downtime_bytes // WIRE_PAGE_RECORD
     stop = results.get("uniform-stop")
-    n_s = stop.downtime_bytes // PAGE_RECORD if stop is not None else 0
-    n_a = ab.downtime_bytes // PAGE_RECORD
+    n_s = stop.downtime_bytes // WIRE_PAGE_RECORD if stop is not None else 0
+    n_a = ab.downtime_bytes // WIRE_PAGE_RECORD
     if n_s >= MIN_STOPPED_PAGES and stop.downtime > idle.downtime:
         stopped = (stop.downtime - idle.downtime) / max(n_s - n_i, 1)
         put("send_normal_stopped_s", stopped,

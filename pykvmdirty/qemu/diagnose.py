@@ -10,9 +10,8 @@ with both figures: e.g. "pages dirtied per second as QEMU counts them
 mechanism differs that much names the closest one and says so.
 """
 from typing import List
-from ..bindings.constants import WIRE_PAGE_RECORD
+from ..bindings.constants import WIRE_PAGE_RECORD  # = QEMU's record: be64 header + the page
 
-PAGE_RECORD = WIRE_PAGE_RECORD   # QEMU's be64 header + the page: the same size
 DIFFERS = 0.25
 
 # goal -> the mechanisms that decide it
@@ -71,7 +70,7 @@ def measured_mechanisms(result_dict, overhead_s, downtime_limit=None):
     second = next((x for x in s if x["dirty_sync_count"] >= 2 and x["status"] == "active"),
                   None)
     stop = r["total_time"] - r["downtime"]
-    dpages = r["downtime_bytes"] // PAGE_RECORD
+    dpages = r["downtime_bytes"] // WIRE_PAGE_RECORD
     stalls = sum(b["t"] - a["t"] for a, b in zip(s, s[1:])
                  if a["status"] == b["status"] == "active" and a["remaining"] and
                  (a["normal"], a["duplicate"]) == (b["normal"], b["duplicate"]))
@@ -154,7 +153,7 @@ def explain(goals, measured_mech, model_mech, bandwidth=0):
     out = {}
     edge = None
     if bandwidth and measured_mech.get("dirty_rate"):
-        send = bandwidth / PAGE_RECORD
+        send = bandwidth / WIRE_PAGE_RECORD
         ratio = measured_mech["dirty_rate"] / send
         if KNIFE_EDGE[0] <= ratio <= KNIFE_EDGE[1]:
             edge = ("knife edge: the guest dirtied %s (median dirty-pages-rate), %.2f x the "
