@@ -18,7 +18,7 @@
 
 /* ---- open / close ---- */
 
-static void free_slot(struct uslot *s)
+static void free_slot(struct uffd_range *s)
 {
 	if (s) {
 		free(s->dirty);
@@ -27,7 +27,7 @@ static void free_slot(struct uslot *s)
 }
 
 /* Stop protecting s (memory stays mapped, becomes plainly writable). */
-static void unprotect_slot(struct kd_uffd *u, struct uslot *s)
+static void unprotect_slot(struct kd_uffd *u, struct uffd_range *s)
 {
 	stat_add(&u->st.ioctls, 1);
 	if (u->mode == KD_UFFD_MPROTECT) {
@@ -164,7 +164,7 @@ fail:
 /* ---- ranges ---- */
 
 /* Make s write-protected from now on. Nothing applied on failure. */
-static int protect_new_slot(struct kd_uffd *u, struct uslot *s)
+static int protect_new_slot(struct kd_uffd *u, struct uffd_range *s)
 {
 	uint64_t len = s->end - s->start;
 	int r;
@@ -203,7 +203,7 @@ unregister:
 int kd_uffd_add_range(struct kd_uffd *u, uint32_t slot, void *mem, uint64_t size)
 {
 	uintptr_t start = (uintptr_t)mem;
-	struct uslot *s;
+	struct uffd_range *s;
 	struct utable *t;
 	int r;
 
@@ -260,7 +260,7 @@ out:
 
 int kd_uffd_remove_range(struct kd_uffd *u, uint32_t slot)
 {
-	struct uslot *s;
+	struct uffd_range *s;
 	int r = 0;
 
 	if (!u)

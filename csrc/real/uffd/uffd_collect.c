@@ -13,7 +13,7 @@
 
 /* async: un-protect every page set in out (pages [first, first + num)), so
  * the kernel reports them written again. Rollback after a failed walk. */
-static void async_rollback(struct kd_uffd *u, struct uslot *s, uint64_t first, uint64_t num,
+static void async_rollback(struct kd_uffd *u, struct uffd_range *s, uint64_t first, uint64_t num,
 			   const uint64_t *out)
 {
 	uint64_t i = 0;
@@ -32,7 +32,7 @@ static void async_rollback(struct kd_uffd *u, struct uslot *s, uint64_t first, u
 	}
 }
 
-static int async_collect(struct kd_uffd *u, struct uslot *s, uint64_t first, uint64_t num,
+static int async_collect(struct kd_uffd *u, struct uffd_range *s, uint64_t first, uint64_t num,
 			 uint64_t *out, uint64_t *reprotected)
 {
 	uintptr_t base = s->start + (first << PG_SHIFT);
@@ -99,7 +99,7 @@ static int async_collect(struct kd_uffd *u, struct uslot *s, uint64_t first, uin
  * an error: the pages stay writable and their bits are put back, so they
  * are reported again by the next collect (over-reported, never lost).
  */
-static int reprotect_run(struct kd_uffd *u, struct uslot *s, uint64_t p, uint64_t n,
+static int reprotect_run(struct kd_uffd *u, struct uffd_range *s, uint64_t p, uint64_t n,
 			 uint64_t *reprotected)
 {
 	uintptr_t a = s->start + (p << PG_SHIFT);
@@ -122,7 +122,7 @@ static int reprotect_run(struct kd_uffd *u, struct uslot *s, uint64_t p, uint64_
 	return 0;
 }
 
-static int bitmap_collect(struct kd_uffd *u, struct uslot *s, uint64_t first, uint64_t num,
+static int bitmap_collect(struct kd_uffd *u, struct uffd_range *s, uint64_t first, uint64_t num,
 			  uint64_t *out, uint64_t *reprotected)
 {
 	const bool sync = u->mode == KD_UFFD_SYNC;
@@ -187,7 +187,7 @@ static int bitmap_collect(struct kd_uffd *u, struct uslot *s, uint64_t first, ui
 int kd_uffd_collect(struct kd_uffd *u, uint32_t slot, uint64_t first_page,
 		    uint64_t num_pages, uint64_t *bitmap, uint64_t *reprotected)
 {
-	struct uslot *s;
+	struct uffd_range *s;
 	uint64_t done = 0;
 	int r;
 

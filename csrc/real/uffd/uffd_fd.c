@@ -94,7 +94,7 @@ static void sync_fault(struct kd_uffd *u, uint64_t addr)
 
 	pthread_mutex_lock(&u->fault_lock);
 	__atomic_fetch_add(&u->readers, 1, __ATOMIC_SEQ_CST);
-	struct uslot *s = uffd_table_find_addr(__atomic_load_n(&u->table, __ATOMIC_SEQ_CST), page);
+	struct uffd_range *s = uffd_table_find_addr(__atomic_load_n(&u->table, __ATOMIC_SEQ_CST), page);
 	if (s)
 		mark_dirty(s, (page - s->start) >> PG_SHIFT, ((page - s->start) >> PG_SHIFT) + 1);
 	__atomic_fetch_sub(&u->readers, 1, __ATOMIC_SEQ_CST);

@@ -106,7 +106,9 @@ struct pm_scan_arg {
 #define SCAN_VEC_LEN 4096u /* page_regions per PAGEMAP_SCAN call (96 KiB) */
 #define NMODES 3u
 
-struct uslot {
+/* A tracked range: the host memory of one slot (kd_uffd_add_range). Not
+ * kvm's struct uslot (a KVM memslot): the two backends share no type. */
+struct uffd_range {
 	uint32_t id;
 	uintptr_t start, end; /* [start, end), page aligned */
 	uint64_t npages;
@@ -119,7 +121,7 @@ struct uslot {
 /* Immutable once published; s[] sorted by start, ranges disjoint. */
 struct utable {
 	uint32_t n;
-	struct uslot *s[];
+	struct uffd_range *s[];
 };
 
 struct kd_uffd {
@@ -158,7 +160,7 @@ static inline uint64_t word_mask(unsigned lo, unsigned hi)
 }
 
 /* Record pages [p0, p1) of s as dirty. */
-static inline void mark_dirty(struct uslot *s, uint64_t p0, uint64_t p1)
+static inline void mark_dirty(struct uffd_range *s, uint64_t p0, uint64_t p1)
 {
 	while (p0 < p1) {
 		uint64_t w = p0 / 64;
@@ -169,10 +171,10 @@ static inline void mark_dirty(struct uslot *s, uint64_t p0, uint64_t p1)
 }
 
 /* uffd_table.c: the slot table, immutable once published (see the top). */
-struct uslot *uffd_table_find_addr(const struct utable *t, uintptr_t a);
-struct uslot *uffd_table_find_id(const struct utable *t, uint32_t id);
+struct uffd_range *uffd_table_find_addr(const struct utable *t, uintptr_t a);
+struct uffd_range *uffd_table_find_id(const struct utable *t, uint32_t id);
 /* A copy of old with s added (add) or removed (!add); NULL on ENOMEM. */
-struct utable *uffd_table_build(const struct utable *old, struct uslot *s,
+struct utable *uffd_table_build(const struct utable *old, struct uffd_range *s,
 				bool add);
 /* Replace the table with t; returns once no fault handler can still be
  * reading the old one, which it frees. Caller holds u->lock. */

@@ -58,7 +58,7 @@ static void segv_handler(int sig, siginfo_t *si, void *uc)
 	struct kd_uffd *u = __atomic_load_n(&g_mp_owner, __ATOMIC_SEQ_CST);
 	if (u && si->si_code == SEGV_ACCERR) {
 		uintptr_t a = (uintptr_t)si->si_addr;
-		struct uslot *s = uffd_table_find_addr(__atomic_load_n(&u->table, __ATOMIC_SEQ_CST), a);
+		struct uffd_range *s = uffd_table_find_addr(__atomic_load_n(&u->table, __ATOMIC_SEQ_CST), a);
 		if (s) {
 			uint64_t p = (a - s->start) >> PG_SHIFT;
 			uint64_t g0 = p & ~63ull, g1 = g0 + 64 < s->npages ? g0 + 64 : s->npages;

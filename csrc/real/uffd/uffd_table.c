@@ -11,13 +11,13 @@
 
 #include "uffd_internal.h"
 
-struct uslot *uffd_table_find_addr(const struct utable *t, uintptr_t a)
+struct uffd_range *uffd_table_find_addr(const struct utable *t, uintptr_t a)
 {
 	uint32_t lo = 0, hi = t ? t->n : 0;
 
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
-		const struct uslot *s = t->s[mid];
+		const struct uffd_range *s = t->s[mid];
 		if (a < s->start)
 			hi = mid;
 		else if (a >= s->end)
@@ -28,7 +28,7 @@ struct uslot *uffd_table_find_addr(const struct utable *t, uintptr_t a)
 	return NULL;
 }
 
-struct uslot *uffd_table_find_id(const struct utable *t, uint32_t id)
+struct uffd_range *uffd_table_find_id(const struct utable *t, uint32_t id)
 {
 	for (uint32_t i = 0; t && i < t->n; i++)
 		if (t->s[i]->id == id)
@@ -50,7 +50,7 @@ void uffd_quiesce(struct kd_uffd *u)
 }
 
 /* A copy of old with s added (add) or removed (!add); NULL on ENOMEM. */
-struct utable *uffd_table_build(const struct utable *old, struct uslot *s, bool add)
+struct utable *uffd_table_build(const struct utable *old, struct uffd_range *s, bool add)
 {
 	uint32_t n = old ? old->n : 0, k = 0;
 	struct utable *t = malloc(sizeof *t + (n + 1) * sizeof t->s[0]);
