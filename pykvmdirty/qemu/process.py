@@ -176,11 +176,15 @@ class QemuProcess:
                                     % (self.role, timeout, during))
         finally:
             if not task.done():
+                # abandon the command: wait until its cancellation lands, and
+                # take its outcome (CancelledError, or an error it raised first)
+                # so asyncio does not log it. asyncio.wait raises nothing of the
+                # task's; Ctrl-C, SystemExit and our own cancellation still
+                # propagate.
                 task.cancel()
-                try:
-                    await task
-                except BaseException:
-                    pass
+                await asyncio.wait({task})
+                if not task.cancelled():
+                    task.exception()
 
     async def cmd(self, name, during=None, timeout=10.0, **args):
         """Execute one QMP command; its reply (dict/list/None)."""
