@@ -1,7 +1,8 @@
 /*
  * real/uffd/uffd_backend.c - the tracker of the "uffd" backend: open and
  * close in each mode, adding and removing ranges, statistics. The other
- * jobs have their own files: uffd_table.c (the lock-free slot table),
+ * jobs have their own files: uffd_table.c (the slot table's structure;
+ * publishing a table and waiting out its readers are here),
  * uffd_segv.c (the mprotect mode's SIGSEGV handler), uffd_fd.c
  * (userfaultfd plumbing, the sync handler thread), uffd_collect.c
  * (reporting and re-protecting), uffd_probe.c (what works here). See
@@ -9,12 +10,40 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include "uffd_internal.h"
+
+/* ---- the table's readers (the top of uffd_internal.h) ---- */
+
+/* Wait until no fault handler can still see a table or tracker that was
+ * unpublished before this call. Who the readers are is the mode's: the
+ * SIGSEGV handlers in flight (mprotect), else the sync handler thread
+ * inside the table (u->readers; async has no handler and no reader). */
+static void quiesce(struct kd_uffd *u)
+{
+	if (u->mode == KD_UFFD_MPROTECT) {
+		while (uffd_mp_inflight())
+			sched_yield();
+		return;
+	}
+	while (__atomic_load_n(&u->readers, __ATOMIC_SEQ_CST))
+		sched_yield();
+}
+
+/* Replace the table with t; returns once no fault handler can still be
+ * reading the old one, which it frees. Caller holds u->lock. */
+static void publish(struct kd_uffd *u, struct utable *t)
+{
+	struct utable *old = __atomic_exchange_n(&u->table, t, __ATOMIC_SEQ_CST);
+
+	quiesce(u);
+	free(old);
+}
 
 /* ---- open / close ---- */
 
@@ -58,7 +87,7 @@ void kd_uffd_close(struct kd_uffd *u)
 		pthread_join(u->thread, NULL);
 	}
 	__atomic_store_n(&u->table, NULL, __ATOMIC_SEQ_CST);
-	uffd_quiesce(u);
+	quiesce(u);
 	for (uint32_t i = 0; t && i < t->n; i++)
 		free_slot(t->s[i]);
 	free(t);
@@ -245,10 +274,10 @@ int kd_uffd_add_range(struct kd_uffd *u, uint32_t slot, void *mem, uint64_t size
 		goto out;
 	}
 	/* publish before protecting: a fault on the range must find it */
-	uffd_table_publish(u, with);
+	publish(u, with);
 	r = protect_new_slot(u, s);
 	if (r) {
-		uffd_table_publish(u, without);
+		publish(u, without);
 		free_slot(s);
 	} else {
 		free(without);
@@ -279,7 +308,7 @@ int kd_uffd_remove_range(struct kd_uffd *u, uint32_t slot)
 	/* un-protect while still published, so that a store racing with the
 	 * removal finds its slot (mprotect: else the SIGSEGV is not ours) */
 	unprotect_slot(u, s);
-	uffd_table_publish(u, without);
+	publish(u, without);
 	free_slot(s);
 out:
 	pthread_mutex_unlock(&u->lock);

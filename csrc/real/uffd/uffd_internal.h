@@ -170,18 +170,13 @@ static inline void mark_dirty(struct uffd_range *s, uint64_t p0, uint64_t p1)
 	}
 }
 
-/* uffd_table.c: the slot table, immutable once published (see the top). */
+/* uffd_table.c: the slot table, immutable once published (see the top;
+ * publishing and waiting for readers: uffd_backend.c). */
 struct uffd_range *uffd_table_find_addr(const struct utable *t, uintptr_t a);
 struct uffd_range *uffd_table_find_id(const struct utable *t, uint32_t id);
 /* A copy of old with s added (add) or removed (!add); NULL on ENOMEM. */
 struct utable *uffd_table_build(const struct utable *old, struct uffd_range *s,
 				bool add);
-/* Replace the table with t; returns once no fault handler can still be
- * reading the old one, which it frees. Caller holds u->lock. */
-void uffd_table_publish(struct kd_uffd *u, struct utable *t);
-/* Wait until no fault handler can still see a table or tracker that was
- * unpublished before this call. */
-void uffd_quiesce(struct kd_uffd *u);
 
 /* uffd_segv.c: the process-wide SIGSEGV handler of the mprotect mode. */
 /* Make u the one mprotect tracker of the process (-EBUSY if there is one),
