@@ -231,7 +231,7 @@ uint64_t kd_find_byte_with(const uint8_t *b, uint64_t from, uint64_t to, uint8_t
 int kd_pending_alloc(struct kd_slot *s);
 /* A real backend's user-side maps of a logging slot: pending, and scratch (the
  * GET / PAGEMAP_SCAN target, s->nwords words); freed by kd_slot_log_free. */
-int kd_pending_scratch_alloc(kd_vm *vm, struct kd_slot *s);
+int kd_pending_scratch_alloc(struct kd_slot *s);
 void kd_pending_free(struct kd_slot *s);
 void kd_pending_or(struct kd_slot *s, uint64_t w, uint64_t bits);
 void kd_pending_or_bitmap(struct kd_slot *s, const uint64_t *bm);

@@ -1,5 +1,5 @@
 /*
- * pending.c - the user side's set of pages reported by the kernel but not
+ * core/pending.c - the user side's set of pages reported by the kernel but not
  * yet collected, per slot: what a ring harvest brought in for other slots,
  * what a whole-slot GET (kvm classic) or a PAGEMAP_SCAN returned beyond the
  * range being collected. A bitmap in KVM layout plus a summary bit per 64
@@ -8,6 +8,11 @@
  *
  * Invariant: a set bit in pending[w] implies summary bit w / 64 is set (a
  * set summary bit over empty words is allowed and cleared when seen).
+ *
+ * Ownership: pending.c allocates pending, its summary and (for the real
+ * backends) scratch, and undoes only its own allocations when one fails; a
+ * slot's logs are freed whole by kd_slot_log_free (core/slots.c), which
+ * calls down into kd_pending_free, never the other way.
  */
 #include "core/internal.h"
 
@@ -23,7 +28,7 @@ int kd_pending_alloc(struct kd_slot *s)
 	return 0;
 }
 
-int kd_pending_scratch_alloc(kd_vm *vm, struct kd_slot *s)
+int kd_pending_scratch_alloc(struct kd_slot *s)
 {
 	int r = kd_pending_alloc(s);
 
@@ -31,7 +36,7 @@ int kd_pending_scratch_alloc(kd_vm *vm, struct kd_slot *s)
 		return r;
 	s->scratch = kd_bitmap_alloc(s->nwords, false, 0);
 	if (!s->scratch) {
-		kd_slot_log_free(vm, s);
+		kd_pending_free(s); /* what this call allocated, and only that */
 		return -ENOMEM;
 	}
 	return 0;

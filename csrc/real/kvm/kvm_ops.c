@@ -74,7 +74,8 @@ static void kvm_slot_memory_free(kd_vm *vm, struct kd_slot *s)
  * slot brought in, scratch is the GET target. */
 static int kvm_log_alloc(kd_vm *vm, struct kd_slot *s)
 {
-	return kd_pending_scratch_alloc(vm, s);
+	(void)vm;
+	return kd_pending_scratch_alloc(s);
 }
 
 static int kvm_manual_protect(kd_vm *vm, uint64_t flags)

@@ -59,7 +59,7 @@ static int uffd_slot_memory(kd_vm *vm, struct kd_slot *s)
  * brought in, scratch is the scan target. */
 static int uffd_log_alloc(kd_vm *vm, struct kd_slot *s)
 {
-	int r = kd_pending_scratch_alloc(vm, s);
+	int r = kd_pending_scratch_alloc(s);
 
 	if (r)
 		return r;
