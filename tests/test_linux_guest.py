@@ -210,3 +210,69 @@ def test_snapshot_diff_finds_exactly_the_changed_pages(tmp_path):
     assert got.tolist() == changed.tolist()
     assert set(memory.nonzero_pages(memory.pages(str(pa))).tolist()) == \
         set(np.flatnonzero(a.any(axis=1)).tolist())
+
+
+# -- the workload model: a trace with a prefill and a repeat --------------------------------
+
+def _model_trace(**meta):
+    from pykvmdirty.migration.trace import Trace
+    # interval 0: the memory at the start; 1 and 2: the measured windows
+    t = np.array([0, 100, 200], dtype=np.uint64)
+    offsets = np.array([0, 3, 4, 6], dtype=np.uint64)
+    gfns = np.array([1, 2, 3, 10, 11, 12], dtype=np.uint64)
+    return Trace(64, t, offsets, gfns, np.zeros(6, np.uint16), meta)
+
+
+def test_trace_prefill_is_written_at_setup_and_repeat_replays_the_windows():
+    from pykvmdirty.migration.trace import TraceWorkload
+
+    class FakeVM:
+        vcpus = 1
+    calls = []
+    w = TraceWorkload(FakeVM(), _model_trace(prefill=1, repeat={"from": 1, "period_ns": 250}),
+                      lambda v, g, value, t: calls.append((g.tolist(), value, t)))
+    assert calls == [([1, 2, 3], 1, 0)] and w.prefilled == 3
+    calls.clear()
+    assert w.advance(0, 150) == 1            # window 1 (t 100)
+    assert w.advance(150, 340) == 2          # window 2 (t 200); its repeat at 350 not yet
+    assert w.advance(340, 360) == 1          # window 1 again at 100 + 250
+    # pages: window 2 at 450; 1 and 2 at 600, 700; 1 and 2 at 850, 950
+    assert w.advance(360, 1000) == 2 + 3 + 3
+    assert [c[0] for c in calls[:3]] == [[10], [11, 12], [10]]
+    assert w.writes == 12
+    # without the meta keys a trace replays once, as before
+    calls.clear()
+    w = TraceWorkload(FakeVM(), _model_trace(), lambda v, g, value, t: calls.append(g.tolist()))
+    assert w.advance(0, 10_000) == 6 and calls == [[1, 2, 3, 10, 11, 12]]
+    assert w.advance(10_000, 20_000) == 0
+
+
+@pytest.mark.parametrize("meta, match", [
+    (dict(prefill=4), "meta prefill must be an integer in \\[0, 3\\]"),
+    (dict(prefill="1"), "meta prefill"),
+    (dict(prefill=1, repeat={"from": 0, "period_ns": 500}), "meta repeat"),
+    (dict(repeat={"from": 1, "period_ns": 100}), "meta repeat"),
+    (dict(repeat=[1, 250]), "meta repeat"),
+])
+def test_trace_model_keys_are_checked(meta, match):
+    from pykvmdirty.migration.trace import TraceError
+    with pytest.raises(TraceError, match=match):
+        _model_trace(**meta)
+
+
+def test_model_trace_spreads_windows_and_keeps_hot_pages_in_every_sub_interval():
+    from pykvmdirty.qemu.linux.model import build_trace, working_set
+    hot = np.arange(10, dtype=np.uint64)
+    sets = [np.concatenate([hot, np.array([100 + i], dtype=np.uint64)]) for i in range(10)]
+    tr = build_trace(1000, np.arange(50, dtype=np.uint64), sets, [0.1] * 10, {"workload": "x"})
+    assert tr.meta["prefill"] == 1 and tr.meta["hot_pages"] == 10
+    assert tr.meta["repeat"] == {"from": 1, "period_ns": 1_000_000_000}
+    assert tr.intervals == 1 + 10 * 5                 # 100 ms windows in 20 ms steps
+    _, first, _ = tr.interval(0)
+    assert first.tolist() == list(range(50))
+    for i in range(1, tr.intervals):
+        _, g, _ = tr.interval(i)
+        assert set(hot.tolist()) <= set(g.tolist())   # hot: in every sub-interval
+    cold = [g for i in range(1, tr.intervals) for g in tr.interval(i)[1].tolist() if g >= 100]
+    assert sorted(cold) == list(range(100, 110))       # each cold page once
+    assert working_set(sets, 0.1)[:2] == [[0.1, 11.0], [0.2, 12.0]]

@@ -25,6 +25,18 @@ real-time run (C writer threads, or a real guest) records what each sync
 collected, which is what the dirty log saw. Replay writes interval i at
 virtual time t_ns[i]. Loading checks every rule above and raises
 :class:`TraceError` (a ValueError) naming the problem.
+
+Two optional keys of meta change replay (a measured guest's model uses them,
+qemu/linux/model.py):
+
+- ``"prefill": P`` (integer, 0..k): the first P intervals are the guest's
+  memory before the migration starts; they are written when the replay is
+  set up, before the dirty log is first collected, so they are in the bulk
+  pass but never dirty;
+- ``"repeat": {"from": F, "period_ns": T}``: after the last interval the
+  intervals F..k-1 are replayed again, shifted by T ns each time, for as
+  long as the run lasts (a workload's steady state, measured for a while,
+  stands for the rest of it); P <= F < k and T > t_ns[k-1] - t_ns[F].
 """
 import io
 import json
@@ -133,6 +145,18 @@ def validate(tr, where):
         bad("vcpus has %d entries but there are %d gfns" % (tr.vcpus.size, tr.gfns.size))
     if tr.gfns.size and int(tr.gfns.max()) >= tr.npages:
         bad("gfns: gfn %d is outside the guest (npages %d)" % (int(tr.gfns.max()), tr.npages))
+    prefill = tr.meta.get("prefill", 0)
+    if isinstance(prefill, bool) or not isinstance(prefill, int) or not 0 <= prefill <= k:
+        bad("meta prefill must be an integer in [0, %d] (intervals), got %r" % (k, prefill))
+    rep = tr.meta.get("repeat")
+    if rep is not None:
+        f = rep.get("from") if isinstance(rep, dict) else None
+        period = rep.get("period_ns") if isinstance(rep, dict) else None
+        if (isinstance(f, bool) or not isinstance(f, int) or not prefill <= f < k
+                or isinstance(period, bool) or not isinstance(period, int)
+                or period <= int(tr.t_ns[-1]) - int(tr.t_ns[f])):
+            bad("meta repeat must be {\"from\": F, \"period_ns\": T} with %d <= F < %d and "
+                "T > t_ns[-1] - t_ns[F], got %r" % (prefill, k, rep))
 
 
 # What loading keeps per element of each array once converted to the
@@ -305,6 +329,15 @@ class TraceWorkload:
         self._next = 0
         self.writes = 0
         self.ring_full = 0
+        self._base = 0          # time shift of the current repetition (meta "repeat")
+        self._value = 0         # intervals written so far (the value each write leaves)
+        rep = trace.meta.get("repeat")
+        self._repeat = (int(rep["from"]), int(rep["period_ns"])) if rep else None
+        self.prefilled = 0
+        prefill = int(trace.meta.get("prefill", 0))
+        if prefill:             # the guest's memory before the migration starts
+            self.prefilled = self._write(0, prefill, 0)
+            self._next = prefill
 
     def advance(self, t0, t1):
         """Write every interval due by t1. They all land at t1, so they are
@@ -312,16 +345,29 @@ class TraceWorkload:
         the number of intervals replayed. The cost follows the gfns due and
         the vCPUs, never the number of intervals (empty ones cost nothing)."""
         tr = self.trace
-        end = int(np.searchsorted(tr.t_ns, np.uint64(t1), side="right"))
-        if end <= self._next:
-            return 0
-        lo, hi = int(tr.offsets[self._next]), int(tr.offsets[end])
-        self._next = end
+        done = 0
+        while True:
+            due = t1 - self._base
+            end = int(np.searchsorted(tr.t_ns, np.uint64(due), side="right")) if due >= 0 else 0
+            if end > self._next:
+                done += self._write(self._next, end, t1)
+                self._next = end
+            if self._repeat is None or self._next < tr.intervals:
+                break
+            self._next = self._repeat[0]          # the next repetition
+            self._base += self._repeat[1]
+        self.writes += done
+        return done
+
+    def _write(self, lo_i, hi_i, t):
+        """Write intervals [lo_i, hi_i) at time t: one call per vCPU."""
+        tr = self.trace
+        lo, hi = int(tr.offsets[lo_i]), int(tr.offsets[hi_i])
         gfns, vcpus = tr.gfns[lo:hi], tr.vcpus[lo:hi]
+        self._value += hi_i - lo_i
         done = 0
         for v in np.unique(vcpus):
             sel = gfns[vcpus == v]
-            self.writer(int(v), sel, end, t1)
+            self.writer(int(v), sel, self._value, t)
             done += sel.size
-        self.writes += done
         return done
