@@ -41,6 +41,15 @@ class DirtyRateRefused(QemuError):
     """QEMU refused calc-dirty-rate (for instance dirty-ring without a ring)."""
 
 
+class ModeCrashed(QemuError):
+    """QEMU exited while it measured in one mode (7.2's dirty-bitmap under TCG
+    is killed by SIGSEGV here)."""
+
+    def __init__(self, mode, why):
+        super().__init__("QEMU exited during calc-dirty-rate %s: %s" % (mode, why))
+        self.mode = mode
+
+
 def check_qmp_args(mode, calc_time, sample_pages=None):
     """(mode, calc_time, sample_pages) as QEMU 7.2 accepts them, or
     ValueError/TypeError naming the bad value before QEMU is asked."""
@@ -91,6 +100,11 @@ async def calc_dirty_rate(qemu, mode="page-sampling", calc_time=1, sample_pages=
     except QemuError:
         raise
     except Exception as e:
+        returncode = getattr(qemu, "returncode", lambda: None)
+        for _ in range(20):                         # a lost connection: did QEMU die?
+            if returncode() is not None:
+                raise qemu.exited_error("calc-dirty-rate (%s)" % mode) from e
+            await asyncio.sleep(0.05)
         raise DirtyRateRefused("QEMU refused calc-dirty-rate %s: %s" % (args, e)) from e
     await asyncio.sleep(max(0.0, calc_time - 0.2))
     deadline = time.monotonic() + calc_time + 20.0
@@ -151,8 +165,11 @@ async def measure_windows(vm, modes, calc_times, sample_pages=None):
     for t in calc_times:
         for mode in modes:
             st0, t0 = await vm.status(), time.monotonic()
-            r = await calc_dirty_rate(vm, mode, t,
-                                      sample_pages if mode == "page-sampling" else None)
+            try:
+                r = await calc_dirty_rate(vm, mode, t,
+                                          sample_pages if mode == "page-sampling" else None)
+            except QemuExited as e:
+                raise ModeCrashed(mode, str(e).split(": ", 1)[-1]) from e
             st1, t1 = await vm.status(), time.monotonic()
             r.update(pages_before=st0.pages, pages_after=st1.pages, counter_time=t1 - t0,
                      guest_rate=(st1.pages - st0.pages) / (t1 - t0))
@@ -214,6 +231,24 @@ async def _run_guest(cfg, image, accel, ring, modes, calc_times, sample_pages, b
         vm.kill()
 
 
+def _run_plain(cfg, image, accel, modes, times, sample_pages, boot_timeout, workdir, skipped):
+    """The modes but dirty-ring in one QEMU; a mode that makes QEMU exit is
+    recorded in `skipped` and the others measured again in a fresh QEMU."""
+    modes = list(modes)
+    while modes:
+        try:
+            wins = asyncio.run(_run_guest(cfg, image, accel, False, modes, times, sample_pages,
+                                          boot_timeout, workdir))
+        except ModeCrashed as e:
+            skipped[e.mode] = "%s (%s)" % (e, accel.upper())
+            modes.remove(e.mode)
+            continue
+        for w in wins:
+            w["accel"] = accel
+        return wins
+    return []
+
+
 def measure_firmware_guest(cfg: QemuConfig, modes: Sequence[str] = MODES,
                            calc_times: Sequence[int] = (1,), sample_pages: Optional[int] = None,
                            boot_timeout=5.0):
@@ -241,16 +276,14 @@ def measure_firmware_guest(cfg: QemuConfig, modes: Sequence[str] = MODES,
                 raise QemuError("accel kvm asked for, but /dev/kvm is not available")
             for accel in order:
                 try:
-                    wins = asyncio.run(_run_guest(cfg, image, accel, False, plain, times,
-                                                  sample_pages, boot_timeout, workdir))
+                    wins = _run_plain(cfg, image, accel, plain, times, sample_pages,
+                                      boot_timeout, workdir, out["skipped"])
                 except (GuestStalled, QemuExited) as e:
                     if accel == order[-1]:
                         raise
                     out["accel_note"] = "under %s: %s" % (accel.upper(), e)
                     continue
                 out["accel"] = accel
-                for w in wins:
-                    w["accel"] = accel
                 out["windows"] += wins
                 break
         if "dirty-ring" in modes:
