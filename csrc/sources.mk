@@ -49,6 +49,7 @@ KD_SOURCES = \
 	migrate/crc32c.c \
 	migrate/zero.c \
 	migrate/page_hash.c \
+	migrate/page_versions.c \
 	migrate/dirtyrate.c \
 	migrate/wire_encode.c \
 	migrate/wire_dest.c \

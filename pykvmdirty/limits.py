@@ -12,7 +12,7 @@ still allows): the rest is left to the page cache and the other processes.
 Callers may pass their own (``--max-memory``).
 
 What the estimates count (bytes; the C core's allocations are in
-csrc/memslot.c, csrc/bitmap.c, csrc/wire.c):
+csrc/vm/memslot.c, csrc/core/bitmap.c, csrc/migrate/wire_dest.c):
 
 - logs: populated at slot creation (kd_pages_alloc(..., populate=true)): one
   bit per page for the dirty bitmap, plus per backend the write-protection
@@ -120,20 +120,30 @@ def resolve_limit(max_memory, name="max_memory"):
 
 
 class Estimate:
-    """Named parts (bytes) of what a run commits; ``total`` is their sum."""
+    """Named parts (bytes) of what a run commits; ``total`` is their sum,
+    ``resident`` the sum of the parts the process itself holds resident
+    (what its peak RSS measures: page tables and the kernel's own memory
+    are commitments, not resident pages of the process)."""
 
     def __init__(self):
         self.parts = []
+        self.kernel = set()
 
-    def add(self, name, nbytes):
+    def add(self, name, nbytes, resident=True):
         nbytes = int(nbytes)
         if nbytes > 0:
             self.parts.append((name, nbytes))
+            if not resident:
+                self.kernel.add(name)
         return self
 
     @property
     def total(self):
         return sum(b for _, b in self.parts)
+
+    @property
+    def resident(self):
+        return sum(b for name, b in self.parts if name not in self.kernel)
 
     def describe(self, top=4):
         big = sorted(self.parts, key=lambda p: -p[1])[:top]
@@ -207,17 +217,37 @@ def thp_mode():
         return "never"
 
 
-def committed_bytes(npages, contiguous, scattered, huge):
-    """Bytes committed in npages of memory where `contiguous` pages are
-    written in one run and `scattered` more at random elsewhere. With huge
-    pages (2 MiB, `huge` True) one written page commits its whole chunk."""
-    contiguous = min(contiguous, npages)
-    rest = npages - contiguous
-    scattered = min(scattered, rest)
-    if not huge or not rest:
-        return (contiguous + scattered) * PAGE_SIZE
-    hit = 1 - (1 - scattered / rest) ** CHUNK_PAGES  # chance a 2 MiB chunk holds one
-    return contiguous * PAGE_SIZE + int(rest * PAGE_SIZE * hit)
+def process_resident():
+    """Bytes this process has resident now (the interpreter, numpy, the C
+    library, what the caller already holds): /proc/self/statm."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def committed_bytes(classes, unit, per_commit):
+    """Bytes committed in an array of `unit` bytes per guest page, whose
+    memory the kernel commits `per_commit` pages' worth at a time (a 4 KiB
+    page of entries, or a 2 MiB huge page) the first time one is written.
+
+    classes: [(pages, fraction written)] of ranges the writes fall on at
+    random (a fraction 1: a range written whole)."""
+    total = 0.0
+    for pages, fraction in classes:
+        if pages <= 0 or fraction <= 0:
+            continue
+        units = -(-int(pages) // per_commit)
+        touched = 1.0 if fraction >= 1 else -math.expm1(per_commit * math.log1p(-fraction))
+        total += units * touched * per_commit * unit
+    return int(total)
+
+
+def _per_commit(unit, huge):
+    """Pages per commit of an array of `unit` bytes per page: a 4 KiB page
+    of it, or a 2 MiB one where huge pages back it."""
+    return (HUGE_BYTES if huge else PAGE_SIZE) // unit
 
 
 #: pages the migration loop hands out per batch (migration/pending.py BATCH);
@@ -270,32 +300,28 @@ def _distinct(writes, pages):
     return pages * -math.expm1(-writes / pages)
 
 
-def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
-                       workload="hotspot", bandwidth=0, link_bandwidth=0, sink="local",
-                       verify=True, ring_entries=4096, tracking="write_protect",
-                       batch_bytes=MiB, trace_pages=None, hot=None, fill="version",
-                       page_ns=None, downtime_limit=0.3, max_passes=30):
-    """What ``migrate()`` will commit for a guest of npages pages.
-
-    Pages written: the populated fraction, plus the distinct pages the
-    workload writes while the migration runs (migration_seconds: the bulk
-    pass, then the passes that resend what it dirtied) outside it. A hotspot (hot=(fraction, share))
-    has a hot set per vCPU (each vCPU's generator draws its own, of fraction
-    of the pages: migration/workloads.py), filled as uniform draws fill it,
-    plus the cold share of the writes; a uniform workload's writes fill the
-    guest the same way; a trace writes at most its own pages.
-
-    Not counted: the Python process itself (interpreter, numpy, the C
-    library: ~40 MiB already resident when the estimate is made) and the
-    page tables' share beyond PTE_BYTES per page."""
-    per = -(-npages // nslots)
-    slot_pages = [min(per, npages - i * per) for i in range(nslots) if npages - i * per > 0]
+def written_classes(npages, nslots, vcpus=2, populate=0.25, rate=0, workload="hotspot",
+                    bandwidth=0, link_bandwidth=0, trace_pages=None, hot=None,
+                    fill="version", page_ns=None, downtime_limit=0.3, max_passes=30,
+                    warmup=0):
+    """The guest's written pages by the end of a migration, as
+    [(pages in a range, fraction of them written)]: the ranges the writes
+    fall on at random. Populated pages: the first ones of each slot (fill
+    "random") or scattered (fill "version"). The workload's: the distinct
+    pages it writes while the migration runs (migration_seconds) plus its
+    warm-up; a hotspot has a contiguous hot set per vCPU (each vCPU's
+    generator draws its own, csrc/migrate/workload.c), filled as uniform
+    draws fill it, and spreads the cold share of its writes over the rest; a
+    uniform workload spreads them over the guest; a trace writes at most
+    its own pages."""
     populated = int(round(npages * populate))
     if trace_pages is not None:
-        written = trace_pages
-    elif workload == "idle" or not rate:
-        written = 0
-    else:
+        def distinct(w):
+            return min(w, trace_pages)
+        classes = [[npages, 0.0]]
+        hot_pages, split = 0, None
+    elif workload in ("uniform", "hotspot") and rate:
+        hot_pages = 0
         if workload == "hotspot" and hot is not None:
             fraction, share = hot
             hot_pages = min(npages, vcpus * max(1, fraction * npages))
@@ -303,33 +329,124 @@ def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
             def distinct(w):
                 return _distinct(w * share, hot_pages) + _distinct(w * (1 - share),
                                                                    npages - hot_pages)
-        elif workload in ("uniform", "hotspot"):
-            def distinct(w):
-                return _distinct(w, npages)
+
+            def split(w):
+                return _distinct(w * share, hot_pages), _distinct(w * (1 - share),
+                                                                  npages - hot_pages)
         else:
             def distinct(w):
-                return min(w, npages)
-        seconds = migration_seconds(npages, populated, rate, distinct, bandwidth,
-                                    link_bandwidth, page_ns, downtime_limit, max_passes)
-        written = int(distinct(rate * seconds) * (1 - populate))  # the rest: populated pages
-    # fill "random" writes the first pages of each slot, "version" pages at random
-    contiguous, scattered = (populated, written) if fill == "random" else \
-        (0, populated + written)
+                return _distinct(w, npages)
+            split = None
+        classes = [[hot_pages, 0.0], [npages - hot_pages, 0.0]] if hot_pages else \
+            [[npages, 0.0]]
+    elif workload == "idle" or not rate:
+        if fill == "random":
+            return [(npages - populated, 0.0), (populated, 1.0)]
+        return [(npages, populated / npages)]
+    else:  # zipf, sequential, migration-test: a bound, the writes' own count
+        def distinct(w):
+            return min(w, npages)
+        classes = [[npages, 0.0]]
+        hot_pages, split = 0, None
+    seconds = migration_seconds(npages, populated, rate, distinct, bandwidth, link_bandwidth,
+                                page_ns, downtime_limit, max_passes) + warmup
+    writes = (rate or 0) * seconds
+    if trace_pages is not None:
+        classes[0][1] = min(1.0, trace_pages / npages)
+    elif hot_pages and split is not None:
+        h, c = split(writes)
+        classes[0][1] = h / hot_pages
+        classes[1][1] = c / max(1, npages - hot_pages)
+    else:
+        classes[0][1] = min(1.0, distinct(writes) / npages)
+    if fill == "random":  # whole first pages of each slot, apart from the writes' ranges
+        return [(p, f) for p, f in classes] + [(populated, 1.0)]
+    p = populated / npages
+    return [(pages, 1 - (1 - f) * (1 - p)) for pages, f in classes]
+
+
+#: bytes per page of a sync's dirty list while the loop holds it (the gfns
+#: and one temporary of the same size; fitted on migrate runs, see above)
+SYNC_LIST_BYTES = 16
+
+
+def largest_sync(npages, populate, rate, classes, bandwidth=0, link_bandwidth=0,
+                 page_ns=None):
+    """Pages of the largest sync: what the workload dirties during the bulk
+    pass, bounded by the pages its ranges can hold."""
+    if not rate:
+        return 0
+    bulk = bulk_seconds(npages, int(round(npages * populate)), bandwidth, link_bandwidth,
+                        page_ns)
+    cap = sum(p * min(1.0, f) for p, f in classes)
+    return int(min(rate * bulk, cap))
+
+
+def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
+                       workload="hotspot", bandwidth=0, link_bandwidth=0, sink="local",
+                       verify=True, ring_entries=4096, tracking="write_protect",
+                       batch_bytes=MiB, trace_pages=None, hot=None, fill="version",
+                       page_ns=None, downtime_limit=0.3, max_passes=30,
+                       page_model="contents", warmup=0, process=True):
+    """What ``migrate()`` will hold resident at its peak for a guest of npages
+    pages, part by part, plus the kernel memory it makes the machine commit
+    (page tables, KVM's slot metadata: not resident in this process, but
+    memory all the same).
+
+    The written pages (written_classes) decide what the lazily backed arrays
+    commit: the guest (4 KiB per page, or with page_model "versions" 8 bytes
+    per page, in 4 KiB blocks of 512 entries), the sender's last-sent
+    versions (8 bytes per page, written only where a nonzero page was sent),
+    the destination's copy (contents in 2 MiB pages where transparent huge
+    pages allow, or versions). The bitmaps the loop writes whole (sent,
+    migration bitmap) and the dirty logs (populated when a slot is made)
+    count in full. With contents the verification hashes every page on both
+    sides; versions are compared in place.
+
+    process: count what this process already holds (process_resident()), so
+    that the total is the run's peak resident set."""
+    per = -(-npages // nslots)
+    slot_pages = [min(per, npages - i * per) for i in range(nslots) if npages - i * per > 0]
+    classes = written_classes(npages, nslots, vcpus, populate, rate, workload, bandwidth,
+                              link_bandwidth, trace_pages, hot, fill, page_ns,
+                              downtime_limit, max_passes, warmup)
     thp = thp_mode()
+    versions = page_model == "versions"
+    entry = _per_commit(8, thp == "always")
     est = Estimate()
-    est.add("source guest memory", committed_bytes(npages, contiguous, scattered,
-                                                   thp == "always") + npages * PTE_BYTES)
+    if process:
+        est.add("this process", process_resident())
+    if versions:
+        est.add("source page versions", committed_bytes(classes, 8, entry))
+        est.add("page tables", -(-npages * 8 // PAGE_SIZE) * PTE_BYTES * 2, resident=False)
+    else:
+        est.add("source guest memory",
+                committed_bytes(classes, PAGE_SIZE, _per_commit(PAGE_SIZE, thp == "always")))
+        # every page the sender or a hash reads maps a page-table entry
+        est.add("page tables", npages * PTE_BYTES * (2 if sink == "local" else 1),
+                resident=False)
     est.add("dirty logs", log_memory(backend, slot_pages, vcpus, ring_entries, tracking))
     if backend == "kvm":
-        est.add("kernel slot metadata (rmap)", kvm_slot_metadata(slot_pages))
-    est.add("sender bookkeeping", npages * 8 + _bitmap(npages) + batch_bytes)
-    est.add("migration bitmap", sum(_bitmap(n) for n in slot_pages))
-    est.add("per-batch arrays", BATCH_ARRAYS * BATCH_PAGES * 8)
-    if sink == "local":  # destination memory asks for huge pages (csrc/wire.c)
-        est.add("destination", committed_bytes(npages, contiguous, scattered, thp != "never")
-                + npages * (PTE_BYTES + 8) + _bitmap(npages))
-    if verify and sink != "null":
-        est.add("verification hashes", 2 * npages * 8 + npages)
+        est.add("kernel slot metadata (rmap)", kvm_slot_metadata(slot_pages), resident=False)
+    est.add("sender's last-sent versions", committed_bytes(classes, 8, entry))
+    est.add("sent and migration bitmaps", 2 * sum(_bitmap(n) for n in slot_pages))
+    # a sync's dirty-page list and the arrays that set it in the migration
+    # bitmap: the largest is the first sync's, what the bulk pass left dirty
+    # (fitted: two 8-byte arrays per page, measured at 64 and 512 GiB)
+    est.add("dirty-page lists of a sync", SYNC_LIST_BYTES * largest_sync(
+        npages, populate, rate, classes, bandwidth, link_bandwidth, page_ns))
+    est.add("batch buffer and per-batch arrays", (batch_bytes if sink != "null" else 0)
+            + BATCH_ARRAYS * BATCH_PAGES * 8)
+    if sink == "local":
+        if versions:
+            est.add("destination page versions", committed_bytes(classes, 8, entry))
+        else:  # destination memory asks for huge pages (csrc/migrate/wire_dest.c)
+            est.add("destination", committed_bytes(classes, PAGE_SIZE,
+                                                    _per_commit(PAGE_SIZE, thp != "never"))
+                    + _bitmap(npages))
+    if verify and sink != "null" and not versions:
+        # the destination's hashes, and the source's per slot then joined
+        est.add("verification hashes", 3 * npages * 8)
     return est
 
 
@@ -389,6 +506,7 @@ def parallel(estimate, copies, what):
     """The same estimate for `copies` runs at once (e.g. sweep workers)."""
     out = Estimate()
     for name, b in estimate.parts:
-        out.add("%s x%d %s" % (name, copies, what) if copies > 1 else name, b * copies)
+        out.add("%s x%d %s" % (name, copies, what) if copies > 1 else name, b * copies,
+                resident=name not in estimate.kernel)
     return out
 

@@ -22,7 +22,7 @@ def test_migrate_refuses_a_guest_larger_than_the_machine_before_starting():
     t0 = time.monotonic()
     with pytest.raises(limits.MemoryLimitError, match=r"guest_size %s needs an estimated "
                        r"[\d.]+ [GT]iB of memory \(.*source guest memory" % size) as e:
-        kd.migrate(guest_size=size)
+        kd.migrate(guest_size=size, pages="contents")
     assert time.monotonic() - t0 < 5
     assert e.value.estimate > e.value.limit
     assert isinstance(e.value, ValueError)
@@ -78,7 +78,7 @@ def test_migration_estimate_is_within_2x_of_the_real_peak(kw):
             "npages = kw['guest_size'] // 4096\n"
             "est = limits.migration_estimate(npages, 4, kw.get('backend', 'flat'),"
             " populate=kw['populate'], rate=kw['rate'], workload=kw['workload'],"
-            " bandwidth=128 << 20, fill=kw.get('fill', 'version'))\n"
+            " bandwidth=128 << 20, fill=kw.get('fill', 'version'), process=False)\n"
             "estimate = est.total\n"
             "kd.migrate(bandwidth=128 << 20, **kw)" % (kw,))
     r = _peak_rss_growth(code)

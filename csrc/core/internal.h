@@ -86,6 +86,7 @@ struct kd_slot {
 
 	void *memory; /* guest memory (KD_VM_GUEST_MEMORY), else NULL */
 	uint64_t memory_bytes;
+	bool versions; /* KD_VM_PAGE_VERSIONS: memory is a uint64 version per page */
 };
 
 /* An address space's slots sorted by base_gfn: immutable once published. */
@@ -262,8 +263,9 @@ static inline struct kd_slot *kd_slot_lookup_near(const struct kd_memslots *t,
  * (content-free model) as the page's version. */
 static inline void kd_slot_store(struct kd_slot *s, uint64_t rel, uint64_t value)
 {
-	__atomic_store_n((uint64_t *)((char *)s->memory + (rel << KD_PAGE_SHIFT)), value,
-			 __ATOMIC_RELAXED);
+	uint64_t *at = s->versions ? (uint64_t *)s->memory + rel
+				   : (uint64_t *)((char *)s->memory + (rel << KD_PAGE_SHIFT));
+	__atomic_store_n(at, value, __ATOMIC_RELAXED);
 }
 
 /* Re-protect (clear writable) the pages in `bits` of word w; returns count. */

@@ -220,8 +220,9 @@ void kd_slot_log_memory(const struct kd_slot *s, struct kd_log_memory *out)
 
 int kd_slot_memory_alloc(kd_vm *vm, struct kd_slot *s)
 {
-	(void)vm;
-	s->memory_bytes = s->npages << KD_PAGE_SHIFT;
+	/* content-free model: 8 bytes of version per page, not its 4 KiB */
+	s->versions = vm->cfg.flags & KD_VM_PAGE_VERSIONS;
+	s->memory_bytes = s->versions ? s->npages * 8 : s->npages << KD_PAGE_SHIFT;
 	s->memory = kd_pages_alloc(s->memory_bytes, false);
 	if (!s->memory) {
 		s->memory_bytes = 0;

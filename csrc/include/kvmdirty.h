@@ -94,6 +94,14 @@ enum kd_tracking {
 /* kd_vm_config.flags */
 #define KD_VM_O1_PROTECT (1u << 0)   /* re-protect by generation bump */
 #define KD_VM_GUEST_MEMORY (1u << 1) /* back slots with memory; writes store */
+/*
+ * With KD_VM_GUEST_MEMORY: the content-free page model. A slot's memory is
+ * one 64-bit version per page (8 bytes, not 4 KiB), 0 = a zero page, mapped
+ * MAP_NORESERVE so that only the 4 KiB blocks of versions a write touches
+ * cost memory; a write stores its value as the page's version. Emulated
+ * backends only (the real kvm and uffd backends need real pages: -EINVAL).
+ */
+#define KD_VM_PAGE_VERSIONS (1u << 2)
 
 struct kd_vm_config {
 	uint32_t backend;      /* enum kd_backend */
@@ -237,7 +245,8 @@ KD_API int kd_enable_manual_protect(kd_vm *vm, uint64_t flags);
 
 /*
  * Guest writes by one vCPU to gfns in address space 0. With
- * KD_VM_GUEST_MEMORY, value is stored in the first 8 bytes of each page.
+ * KD_VM_GUEST_MEMORY, value is stored in the first 8 bytes of each page
+ * (with KD_VM_PAGE_VERSIONS: as the page's version).
  * -EFAULT if any gfn is in no slot (nothing applied); -EINVAL bad vCPU;
  * -EBUSY if another thread runs this vCPU. On a ring VM, stops after the
  * push that fills the ring to its soft limit (exit_reason

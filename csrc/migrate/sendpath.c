@@ -8,6 +8,15 @@
  * per-page bookkeeping (first 8 bytes when last sent -> redundant sends;
  * age of the dirty information -> sample-to-send latency histogram).
  *
+ * Content-free regions (KD_SEND_REGION_VERSIONS) hold a 64-bit version per
+ * page instead of its 4 KiB: the version is the page (0 = zero page). Such a
+ * page is encoded as a 16-byte VERSION record but counted, charged to the
+ * limiter, timed on the link and fitted into the batch as the 4104-byte PAGE
+ * record it stands for, so that both page models give the same figures:
+ *
+ *   invariant: s->model >= s->used; batch boundaries, windows, waits, the
+ *   virtual clock and every counter depend on s->model only.
+ *
  * Like QEMU's ram_save_iterate:
  *  - rate limit: a budget of rate_limit / 10 bytes per 100 ms window
  *    (BUFFER_DELAY); a record that would take the window past its budget
@@ -29,6 +38,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -57,6 +67,7 @@ struct kd_sender {
 	uint64_t iter_start, iter_pages;
 	uint8_t *buf;
 	uint64_t cap, used; /* payload bytes after the batch header */
+	uint64_t model;     /* the same, counting VERSION records as PAGE records */
 	uint32_t nrec;
 	uint32_t pcrc;      /* CRC32C of the open batch's payload so far */
 	uint64_t seq;
@@ -129,6 +140,7 @@ KD_API int kd_sender_set_buffer(kd_sender *s, void *buf, uint64_t cap)
 	s->buf = buf;
 	s->cap = buf ? cap - KD_WIRE_BATCH_HEADER : 0;
 	s->used = 0;
+	s->model = 0;
 	s->pcrc = 0;
 	return 0;
 }
@@ -160,6 +172,7 @@ KD_API int kd_sender_flush(kd_sender *s, uint64_t *len)
 	s->st.batches++;
 	s->seq++;
 	s->used = 0;
+	s->model = 0;
 	s->nrec = 0;
 	s->pcrc = 0;
 	return 0;
@@ -172,6 +185,7 @@ static int put_control(kd_sender *s, int64_t n)
 		return n == -ENOSPC ? KD_SEND_FULL : (int)n;
 	s->pcrc = kd_crc32c(s->pcrc, s->buf + KD_WIRE_BATCH_HEADER + s->used, (uint64_t)n);
 	s->used += (uint64_t)n;
+	s->model += (uint64_t)n;
 	s->nrec++;
 	s->st.wire_bytes += (uint64_t)n;
 	return KD_SEND_DONE;
@@ -188,6 +202,8 @@ KD_API int kd_sender_put_mem_size(kd_sender *s, const uint64_t *gpas, const uint
 		s->st.wire_bytes += 12 + 16ull * nregions;
 		return KD_SEND_DONE;
 	}
+	if (s->model + 12 + 16ull * nregions > s->cap && s->nrec)
+		return KD_SEND_FULL;
 	return put_control(s, kd_wire_put_mem_size(s->buf + KD_WIRE_BATCH_HEADER + s->used,
 						   s->cap - s->used, gpas, sizes, nregions));
 }
@@ -200,6 +216,8 @@ KD_API int kd_sender_put_eos(kd_sender *s)
 		s->st.wire_bytes += 8;
 		return KD_SEND_DONE;
 	}
+	if (s->model + 8 > s->cap)
+		return KD_SEND_FULL;
 	return put_control(s, kd_wire_put_eos(s->buf + KD_WIRE_BATCH_HEADER + s->used,
 					      s->cap - s->used));
 }
@@ -372,7 +390,8 @@ static int chunk_clear(kd_sender *s, const struct kd_send_region *r, uint64_t re
 
 static int check_region(const struct kd_send_region *r)
 {
-	if (!r || !r->memory || !r->npages)
+	if (!r || !r->memory || !r->npages || r->reserved ||
+	    r->flags & ~KD_SEND_REGION_VERSIONS)
 		return -EINVAL;
 	if (!r->last_version != !r->sent)
 		return -EINVAL;
@@ -389,6 +408,7 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 {
 	const kd_zero_fn is_zero = kd__zero_check(); /* one look-up per call */
 	const uint8_t *mem;
+	bool versions;
 	int err;
 
 	if (!s || !pos)
@@ -401,9 +421,10 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 	if (!s->virt)
 		deadline_ns = 0;
 	mem = r->memory;
+	versions = r->flags & KD_SEND_REGION_VERSIONS;
 	while (*pos < n) {
 		uint64_t rel = gfns ? gfns[*pos] - r->base_gfn : *pos;
-		uint64_t now, version, sample, acc, rec;
+		uint64_t now, version = 0, sample, acc, rec;
 		const uint8_t *page;
 		int zero;
 
@@ -424,8 +445,14 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 		} else {
 			sample = sample_ns;
 		}
-		page = mem + rel * PAGE;
-		zero = is_zero(page, PAGE);
+		if (versions) { /* the version is the page: nothing else to read */
+			page = NULL;
+			version = __atomic_load_n((const uint64_t *)mem + rel, __ATOMIC_RELAXED);
+			zero = !version;
+		} else {
+			page = mem + rel * PAGE;
+			zero = is_zero(page, PAGE);
+		}
 		rec = zero ? ZERO_REC : PAGE_REC;
 		acc = zero && !(s->cfg.flags & KD_SEND_ZERO_AS_FULL) ? ZERO_REC : PAGE_REC;
 		if (s->cfg.rate_limit) {
@@ -438,7 +465,7 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 			if (err)
 				return err;
 		}
-		if (s->buf && s->used + rec > s->cap)
+		if (s->buf && s->model + rec > s->cap)
 			return KD_SEND_FULL;
 		if (s->buf) {
 			uint8_t *o = s->buf + KD_WIRE_BATCH_HEADER + s->used;
@@ -448,6 +475,12 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 				o[8] = 0;
 				version = 0;
 				s->pcrc = kd_crc32c(s->pcrc, o, ZERO_REC);
+				s->used += ZERO_REC;
+			} else if (versions) {
+				put_be64(o, gpa | KD_WIRE_VERSION);
+				put_be64(o + 8, version);
+				s->pcrc = kd_crc32c(s->pcrc, o, KD_WIRE_VERSION_RECORD);
+				s->used += KD_WIRE_VERSION_RECORD;
 			} else {
 				put_be64(o, gpa | KD_WIRE_PAGE);
 				s->pcrc = kd_crc32c(s->pcrc, o, 8);
@@ -456,10 +489,11 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 				 * vCPU writes the page */
 				s->pcrc = kd__crc32c_copy(s->pcrc, o + 8, page, PAGE);
 				memcpy(&version, o + 8, 8); /* what was actually sent */
+				s->used += rec;
 			}
-			s->used += rec;
+			s->model += rec;
 			s->nrec++;
-		} else {
+		} else if (!versions) {
 			version = zero ? 0 : __atomic_load_n((const uint64_t *)page, __ATOMIC_RELAXED);
 		}
 		if (r->last_version) {
@@ -467,7 +501,10 @@ KD_API int kd_send_pages(kd_sender *s, const struct kd_send_region *r, const uin
 			if ((r->sent[rel >> 6] & bit) && r->last_version[rel] == version)
 				s->st.redundant++;
 			r->sent[rel >> 6] |= bit;
-			r->last_version[rel] = version;
+			/* stored only where it changes: a page zero on every send never
+			 * touches (commits) its entry */
+			if (r->last_version[rel] != version)
+				r->last_version[rel] = version;
 		}
 		if (s->virt) {
 			uint64_t x = s->cfg.link_bandwidth

@@ -8,6 +8,13 @@
  * outside the announced regions, unknown flags, data after EOS, or a stream
  * that ends without EOS are errors, never a silent mismatch. Errors are
  * sticky and carry a sentence (kd_wire_dest_error).
+ *
+ * With page versions (kd_wire_dest_set_page_versions, the content-free page
+ * model) a region is one 64-bit version per page, 0 = zero page: VERSION
+ * records store the version, ZERO records store 0 where the page was not
+ * already zero (so a page never sent nonzero never commits its entry), and a
+ * PAGE record is an error, as a VERSION record is on a destination of
+ * contents.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -30,6 +37,7 @@ struct kd_wire_dest {
 	uint32_t last;
 	int failed;   /* sticky negative errno */
 	int eos;
+	int versions; /* regions hold a uint64 version per page */
 	struct kd_wire_dest_stats st;
 	char error[160];
 	struct kd_prefault pf;
@@ -59,6 +67,22 @@ KD_API int kd_wire_dest_set_prefault(kd_wire_dest *d, uint64_t ahead_bytes)
 	return 0;
 }
 
+KD_API int kd_wire_dest_set_page_versions(kd_wire_dest *d, int on)
+{
+	if (!d)
+		return -EINVAL;
+	if (d->nregions || d->st.batches)
+		return -EBUSY; /* before the stream starts */
+	d->versions = !!on;
+	return 0;
+}
+
+/* Bytes mapped for a region: its pages, or their versions. */
+static uint64_t map_bytes(const kd_wire_dest *d, const struct kd_dest_region *r)
+{
+	return d->versions ? r->size / PAGE * 8 : r->size;
+}
+
 KD_API void kd_wire_dest_destroy(kd_wire_dest *d)
 {
 	if (!d)
@@ -67,7 +91,7 @@ KD_API void kd_wire_dest_destroy(kd_wire_dest *d)
 	free(d->prefix);
 	for (uint32_t i = 0; i < d->nregions; i++)
 		if (d->r[i].mem)
-			munmap(d->r[i].mem, d->r[i].size);
+			munmap(d->r[i].mem, map_bytes(d, &d->r[i]));
 	for (uint32_t i = 0; i < d->nregions; i++)
 		free(d->r[i].written);
 	free(d->r);
@@ -156,12 +180,16 @@ static int apply_mem_size(kd_wire_dest *d, const uint8_t *p, uint64_t left, uint
 			    (unsigned long long)total, (unsigned long long)sum);
 	}
 	for (uint32_t i = 0; i < n; i++) {
-		void *m = mmap(NULL, d->r[i].size, PROT_READ | PROT_WRITE,
+		void *m = mmap(NULL, map_bytes(d, &d->r[i]), PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 		if (m == MAP_FAILED) {
 			d->nregions = i;
 			return fail(d, -ENOMEM, "cannot map %llu bytes of destination memory",
-				    (unsigned long long)d->r[i].size);
+				    (unsigned long long)map_bytes(d, &d->r[i]));
+		}
+		if (d->versions) { /* 4 KiB blocks of versions, committed where written */
+			d->r[i].mem = m;
+			continue;
 		}
 		/* 2 MiB pages where the kernel has them: one fault (and one zeroing)
 		 * per 512 pages received instead of one per page; untouched
@@ -191,7 +219,8 @@ static int apply_mem_size(kd_wire_dest *d, const uint8_t *p, uint64_t left, uint
 		}
 	}
 	d->total = total;
-	kd_prefault_start(&d->pf, d->r, d->prefix, d->nregions, d->total);
+	if (!d->versions)
+		kd_prefault_start(&d->pf, d->r, d->prefix, d->nregions, d->total);
 	*used = 4 + 16ull * n;
 	return 0;
 }
@@ -226,12 +255,38 @@ static int apply_payload(kd_wire_dest *d, const uint8_t *p, uint64_t len, uint32
 		}
 		case KD_WIRE_ZERO:
 		case KD_WIRE_PAGE:
+		case KD_WIRE_VERSION:
+			if ((flag == KD_WIRE_PAGE && d->versions) ||
+			    (flag == KD_WIRE_VERSION && !d->versions))
+				return fail(d, -EPROTO, "record %u: a %s record on a destination "
+					    "of page %s", i, d->versions ? "page" : "version",
+					    d->versions ? "versions" : "contents");
 			r = find_region(d, addr);
 			if (!r)
 				return fail(d, -ERANGE, "page at %#llx is outside every region",
 					    (unsigned long long)addr);
 			pg = (addr - r->gpa) / PAGE;
 			bit = 1ull << (pg & 63);
+			if (d->versions) {
+				uint64_t *v = (uint64_t *)r->mem + pg, ver = 0;
+				if (flag == KD_WIRE_ZERO) {
+					if (len - off < 1)
+						return fail(d, -EPROTO, "zero record cut short");
+					if (p[off++])
+						return fail(d, -EPROTO, "zero record with a fill "
+							    "byte on a destination of versions");
+					d->st.zero_pages++;
+				} else {
+					if (len - off < 8)
+						return fail(d, -EPROTO, "version record cut short");
+					ver = get_be64(p + off);
+					off += 8;
+					d->st.pages++;
+				}
+				if (*v != ver) /* unchanged entries stay uncommitted */
+					*v = ver;
+				break;
+			}
 			if (flag == KD_WIRE_ZERO) {
 				uint8_t fill;
 				if (len - off < 1)

@@ -21,7 +21,14 @@ static int check_config(const struct kd_vm_config *c)
 		return -EINVAL;
 	if (!ops || c->nvcpus < 1 || c->nvcpus > KD_MAX_VCPUS)
 		return -EINVAL;
-	if (c->tracking > KD_TRACK_MPROTECT || c->flags & ~(KD_VM_O1_PROTECT | KD_VM_GUEST_MEMORY))
+	if (c->tracking > KD_TRACK_MPROTECT ||
+	    c->flags & ~(KD_VM_O1_PROTECT | KD_VM_GUEST_MEMORY | KD_VM_PAGE_VERSIONS))
+		return -EINVAL;
+	/* versions stand for guest memory, and only the emulator can keep them:
+	 * the real kernel (kvm) and userfaultfd (uffd) track real pages */
+	if (c->flags & KD_VM_PAGE_VERSIONS &&
+	    (!(c->flags & KD_VM_GUEST_MEMORY) || c->backend == KD_BACKEND_KVM ||
+	     c->backend == KD_BACKEND_UFFD))
 		return -EINVAL;
 	return ops->check_config(c);
 }

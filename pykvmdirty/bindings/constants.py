@@ -44,6 +44,10 @@ MANUAL_PROTECT_ENABLE = int(lib.KD_MANUAL_PROTECT_ENABLE)
 INITIALLY_SET = int(lib.KD_INITIALLY_SET)
 VM_O1_PROTECT = int(lib.KD_VM_O1_PROTECT)
 VM_GUEST_MEMORY = int(lib.KD_VM_GUEST_MEMORY)
+VM_PAGE_VERSIONS = int(lib.KD_VM_PAGE_VERSIONS)
+#: how guest memory is kept: real 4 KiB pages, or one 64-bit version per page
+#: (the content-free model: 0 = a zero page; a write stores a new version)
+PAGE_MODELS = ("contents", "versions")
 
 DIRTY_GFN_F_DIRTY = int(lib.KD_DIRTY_GFN_F_DIRTY)
 DIRTY_GFN_F_RESET = int(lib.KD_DIRTY_GFN_F_RESET)
@@ -63,7 +67,7 @@ if DIRTY_GFN_DTYPE.itemsize != DIRTY_GFN_SIZE:  # an ABI change the dtype must f
 STAT_FIELDS = tuple(
     name for name, _ in ffi.typeof("struct kd_stats").fields if name != "reserved")
 
-# wire format (csrc/wire.c)
+# wire format (csrc/include/kvmdirty/migrate.h)
 WIRE_BATCH_HEADER = int(lib.KD_WIRE_BATCH_HEADER)
 WIRE_PAGE_RECORD = int(lib.KD_WIRE_PAGE_RECORD)
 WIRE_ZERO_RECORD = int(lib.KD_WIRE_ZERO_RECORD)
@@ -71,7 +75,7 @@ WIRE_MAX_PAYLOAD = int(lib.KD_WIRE_MAX_PAYLOAD)
 WIRE_MAX_REGIONS = int(lib.KD_WIRE_MAX_REGIONS)
 WIRE_MEM_SIZE = int(lib.KD_WIRE_MEM_SIZE)  # the record flag that opens a stream
 
-# sender (csrc/sendpath.c): kd_send_pages results and flags
+# sender (csrc/migrate/sendpath.c): kd_send_pages results and flags
 SEND_DONE = int(lib.KD_SEND_DONE)
 SEND_FULL = int(lib.KD_SEND_FULL)
 SEND_TIME_CAP = int(lib.KD_SEND_TIME_CAP)
@@ -80,7 +84,7 @@ SEND_RATE_LIMITED = int(lib.KD_SEND_RATE_LIMITED)
 SEND_WINDOW_NS = int(lib.KD_SEND_WINDOW_NS)
 LAT_BUCKETS = int(lib.KD_LAT_BUCKETS)
 
-# workload generators (csrc/workload.c)
+# workload generators (csrc/migrate/workload.c)
 WORKLOAD_KINDS = {
     "idle": lib.KD_WL_IDLE,
     "uniform": lib.KD_WL_UNIFORM,

@@ -1,4 +1,4 @@
-"""The sender (kd_sender, csrc/sendpath.c): the C scan-and-send loop that
+"""The sender (kd_sender, csrc/migrate/sendpath.c): the C scan-and-send loop that
 reads dirty pages, checks for zero pages, encodes wire batches, applies the
 rate limit and the time cap, and measures sample-to-send latency.
 
@@ -70,6 +70,9 @@ class SendRegion:
         r.sent = u64_ptr(self.sent, True)
         r.vm = self._vm_native
         r.slot = slot
+        #: "contents" or "versions" (the VM's page model: what memory holds)
+        self.page_model = vm.page_model
+        r.flags = lib.KD_SEND_REGION_VERSIONS if vm.page_model == "versions" else 0
         self._clear_arrays: Tuple[np.ndarray, ...] = ()
 
     def set_clear(self, shift, mask):

@@ -35,8 +35,8 @@ from ..errors import KvmDirtyError, check
 from .boundary import as_gfn_array, owner_of, u64_ptr, uint_arg, view
 from .constants import (
     ADDRESS_SPACES, BACKENDS, EXIT_DIRTY_RING_FULL, INITIALLY_SET, MANUAL_PROTECT_ENABLE,
-    MAX_VCPUS, MEM_LOG_DIRTY_PAGES, PAGE_SIZE, REAL_BACKENDS, RING_BACKENDS,
-    STAT_FIELDS, TRACKING, VM_GUEST_MEMORY, VM_O1_PROTECT,
+    MAX_VCPUS, MEM_LOG_DIRTY_PAGES, PAGE_MODELS, PAGE_SIZE, REAL_BACKENDS, RING_BACKENDS,
+    STAT_FIELDS, TRACKING, VM_GUEST_MEMORY, VM_O1_PROTECT, VM_PAGE_VERSIONS,
 )
 from .ring import RingMethods
 
@@ -77,8 +77,10 @@ class VM(RingMethods):
     """A VM with memslots, vCPUs and one dirty-log backend.
 
     backend: "flat" (KVM_GET_DIRTY_LOG), "twolevel" (summary bit per 2 MiB),
-    "bytemap" (QEMU 2010), "ring" (per-vCPU dirty rings), "kvm" (the real
-    kernel) or "uffd" (userfaultfd write-protect on real memory).
+    "hier" (64-ary summaries over 2 MiB chunks, leaves in a lazily backed
+    pool), "bytemap" (QEMU 2010), "ring" (per-vCPU dirty rings), "kvm" (the
+    real kernel) or "uffd" (userfaultfd write-protect on real memory); every
+    name is in BACKENDS.
     dirty_tracking: "write_protect" or "pml" (emulated backends); on "uffd",
     "write_protect" is userfaultfd WP_ASYNC + PAGEMAP_SCAN and the fallbacks
     "uffd_sync" (a fault-handler thread) and "mprotect" (SIGSEGV) compare with it.
@@ -89,7 +91,7 @@ class VM(RingMethods):
 
     def __init__(self, backend="flat", vcpus=1, ring_entries=None,
                  dirty_tracking="write_protect", o1_protect=False, guest_memory=False,
-                 address_spaces=None):
+                 address_spaces=None, page_model="contents"):
         self._native = None
         # running thread pools (Writers, workloads); slot -> live CMemory views
         self._pools: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -113,6 +115,14 @@ class VM(RingMethods):
             if not 1 <= address_spaces <= ADDRESS_SPACES:
                 raise ValueError("address_spaces must be in [1, %d], got %d"
                                  % (ADDRESS_SPACES, address_spaces))
+        if page_model not in PAGE_MODELS:
+            raise ValueError("unknown page_model %r; choose from %s"
+                             % (page_model, ", ".join(PAGE_MODELS)))
+        if page_model == "versions" and (backend in REAL_BACKENDS or not guest_memory):
+            raise ValueError("page_model 'versions' needs guest_memory=True and an emulated "
+                             "backend (the %r backend tracks real pages)" % backend
+                             if backend in REAL_BACKENDS else
+                             "page_model 'versions' needs guest_memory=True")
         if backend in REAL_BACKENDS:
             ok, why = backend_available(backend)
             if not ok:
@@ -124,7 +134,8 @@ class VM(RingMethods):
         cfg.ring_entries = ring_entries
         cfg.tracking = TRACKING[dirty_tracking]
         cfg.flags = ((VM_O1_PROTECT if o1_protect else 0)
-                     | (VM_GUEST_MEMORY if guest_memory else 0))
+                     | (VM_GUEST_MEMORY if guest_memory else 0)
+                     | (VM_PAGE_VERSIONS if page_model == "versions" else 0))
         out = ffi.new("kd_vm **")
         check(lib.kd_vm_create(cfg, out),
               "kd_vm_create(backend=%r, vcpus=%d, ring_entries=%d, dirty_tracking=%r)"
@@ -138,6 +149,8 @@ class VM(RingMethods):
         self.ring_entries = ring_entries
         self.dirty_tracking = dirty_tracking
         self.guest_memory = bool(guest_memory) or backend in REAL_BACKENDS
+        #: "contents" (4 KiB per page) or "versions" (a uint64 per page, 0 = zero page)
+        self.page_model = page_model
         #: CLOCK_MONOTONIC time the log was sampled by the latest collect() to
         #: finish (with several collecting threads: whichever finished last)
         self.last_collect_ns = None
@@ -239,12 +252,17 @@ class VM(RingMethods):
                 for i in range(n)]
 
     def slot_memory(self, slot):
-        """The slot's guest memory as a writable uint8 numpy view (no copy).
-        The view keeps the C VM alive; the slot cannot be deleted while it lives."""
+        """The slot's guest memory as a writable numpy view (no copy): uint8,
+        4 KiB per page, or with page_model "versions" one uint64 version per
+        page (0 = a zero page). The view keeps the C VM alive; the slot cannot
+        be deleted while it lives."""
         slot = uint_arg(slot, "slot", 32)
         with self._lock:
             info = self._memory_info(slot)
-            arr = view(self._native, info.memory, info.npages * PAGE_SIZE, np.uint8)
+            if self.page_model == "versions":
+                arr = view(self._native, info.memory, info.npages, np.uint64)
+            else:
+                arr = view(self._native, info.memory, info.npages * PAGE_SIZE, np.uint8)
             self._slot_views.setdefault(slot, weakref.WeakSet()).add(owner_of(arr))
         return arr
 

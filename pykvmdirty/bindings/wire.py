@@ -1,6 +1,8 @@
-"""The wire destination (kd_wire_dest, csrc/wire.c): feed migration-stream
-bytes, get guest memory and per-page hashes back; and page hashing of any
-buffer. Numpy views of destination memory keep the destination alive."""
+"""The wire destination (kd_wire_dest, csrc/migrate/wire_dest.c): feed
+migration-stream bytes, get guest memory and per-page hashes back (or, with
+the content-free page model, per-page versions); page hashing of any buffer,
+and the comparison of two version arrays. Numpy views of destination memory
+keep the destination alive."""
 import errno
 from typing import Any, List, Tuple
 
@@ -9,7 +11,7 @@ import numpy as np
 from .._native import ffi, lib
 from ..errors import WireError, check
 from .boundary import byte_ptr, u64_ptr, uint_arg, view
-from .constants import PAGE_SIZE
+from .constants import PAGE_MODELS, PAGE_SIZE
 
 DEST_STAT_FIELDS = tuple(
     name for name, _ in ffi.typeof("struct kd_wire_dest_stats").fields if name != "reserved")
@@ -18,10 +20,18 @@ DEST_STAT_FIELDS = tuple(
 class WireDest:
     """kd_wire_dest wrapper: feed bytes, get memory views and hashes."""
 
-    def __init__(self, prefault=0):
+    def __init__(self, prefault=0, page_model="contents"):
+        if page_model not in PAGE_MODELS:
+            raise ValueError("unknown page_model %r; choose from %s"
+                             % (page_model, ", ".join(PAGE_MODELS)))
         out = ffi.new("kd_wire_dest **")
         check(lib.kd_wire_dest_create(out), "kd_wire_dest_create")
         self._h = ffi.gc(out[0], lib.kd_wire_dest_destroy)
+        #: "contents": regions of 4 KiB pages; "versions": a uint64 per page
+        self.page_model = page_model
+        if page_model == "versions":
+            check(lib.kd_wire_dest_set_page_versions(self._h, 1),
+                  "kd_wire_dest_set_page_versions")
         if prefault:
             prefault = uint_arg(prefault, "prefault")
             check(lib.kd_wire_dest_set_prefault(self._h, prefault),
@@ -82,15 +92,22 @@ class WireDest:
         return [(g, s) for g, s, _ in self._regions()]
 
     def memory(self, index):
-        """Region index's memory as a uint8 numpy view (keeps the destination alive)."""
+        """Region index's memory as a numpy view (keeps the destination
+        alive): uint8 bytes, or with page versions a uint64 per page."""
         regions = self._regions()
         if not 0 <= index < len(regions):
             raise IndexError("region index %r out of range (%d regions)" % (index, len(regions)))
         _, size, mem = regions[index]
+        if self.page_model == "versions":
+            return view(self._h, mem, size // PAGE_SIZE, np.uint64)
         return view(self._h, mem, size, np.uint8)
 
     def hashes(self):
-        """([(gpa, size)], uint64 hash of every page in region order)."""
+        """([(gpa, size)], uint64 hash of every page in region order).
+        Contents only: a destination of versions compares its versions."""
+        if self.page_model == "versions":
+            raise ValueError("a destination of page versions has no page contents to hash; "
+                             "compare memory(i) with versions_diff")
         regs = self._regions()
         total = sum(size for _, size, _ in regs) // PAGE_SIZE
         out = np.empty(total, dtype=np.uint64)
@@ -109,3 +126,24 @@ def page_hashes(memory):
     out = np.empty(n, dtype=np.uint64)
     check(lib.kd_page_hashes(byte_ptr(mem), n, u64_ptr(out, True)), "kd_page_hashes")
     return out
+
+
+def versions_diff(a, b, cap=16):
+    """(number of differing entries, the first min(that, cap) indices) of
+    two uint64 version arrays of one length (content-free page model:
+    source slot and destination region). Blocks that neither side ever
+    touched are skipped unread (kd_versions_diff)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.dtype != np.uint64 or b.dtype != np.uint64:
+        raise TypeError("versions_diff compares uint64 arrays, got %s and %s" % (a.dtype, b.dtype))
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("versions_diff needs two 1-D arrays of one length, got %s and %s"
+                         % (a.shape, b.shape))
+    if not (a.flags.c_contiguous and b.flags.c_contiguous):
+        raise ValueError("versions_diff needs contiguous arrays")
+    cap = uint_arg(cap, "cap", 32)
+    first = np.zeros(cap, dtype=np.uint64)
+    n = lib.kd_versions_diff(u64_ptr(a), u64_ptr(b), a.size, u64_ptr(first, True), cap)
+    check(n, "kd_versions_diff")
+    return int(n), [int(x) for x in first[:min(int(n), cap)]]

@@ -23,6 +23,12 @@ from .workloads import WorkloadSpec
 MODES = ("virtual", "realtime")
 ZERO_ACCOUNTING = ("header", "full")
 FILLS = ("version", "random")
+#: how guest pages are kept: "contents" (real 4 KiB pages), "versions" (the
+#: content-free model: a 64-bit version per page, bindings.constants.PAGE_MODELS)
+#: or "auto": versions for a guest over VERSIONS_ABOVE bytes migrated to a
+#: local or null sink on an emulated backend, contents otherwise
+PAGE_CHOICES = ("auto", "contents", "versions")
+VERSIONS_ABOVE = 64 << 30
 POPULATE_VALUE = 1 << 62  # what populate stores: no workload value collides with it
 MAX_SLOTS = 4096
 #: the virtual clock's smallest workload interval (s): below it a run takes
@@ -105,6 +111,11 @@ class MigrationConfig:
       runs alone first to measure its progress without the migration.
     warmup: virtual time, seconds the workload runs before the migration
       starts (its pages fill with data, as a real guest's do).
+    pages: "contents" (every guest page is 4 KiB of real memory), "versions"
+      (content-free: a 64-bit version per page, touched pages only; the
+      sender, the destination and the verification use the versions; same
+      figures) or "auto" (versions above 64 GiB with a local or null sink
+      on an emulated backend).
     workload_start, workload_end: the byte range the workload writes
       (default: the whole guest).
     """
@@ -150,6 +161,7 @@ class MigrationConfig:
     warmup: float = 0
     workload_start: Union[int, str] = 0
     workload_end: Union[int, str, None] = None
+    pages: str = "auto"
     #: normalised by construction: guest size in bytes, the workload as a spec,
     #: the prices as a CostModel
     guest_bytes: int = dataclasses.field(init=False)
@@ -244,6 +256,10 @@ class MigrationConfig:
                              "guest's %d bytes" % (self.workload_start, self.workload_end, guest))
         put("workload_start", lo)
         put("workload_end", hi)
+        _choice(self.pages, "pages", PAGE_CHOICES)
+        if self.pages == "versions" and self.backend in REAL_BACKENDS:
+            raise ValueError("pages 'versions' needs an emulated backend: the %r backend "
+                             "tracks real pages (use pages='contents')" % self.backend)
         put("auto_converge", bool(self.auto_converge))
         put("verify", bool(self.verify))
 
@@ -271,6 +287,19 @@ class MigrationConfig:
         """The sync strategy object (one class per strategy)."""
         return strategy_class(self.strategy)()
 
+    def page_model(self, sink="local"):
+        """"contents" or "versions" for a run to `sink` ("local", "null", or
+        anything else: a remote destination, which receives contents)."""
+        remote = sink not in ("local", "null", None)
+        if self.pages == "versions":
+            if remote:
+                raise ValueError("pages 'versions' migrates to a local or null sink only; a "
+                                 "remote destination receives page contents (pages='contents')")
+            return "versions"
+        if self.pages == "contents" or remote or self.backend in REAL_BACKENDS:
+            return "contents"
+        return "versions" if self.guest_bytes > VERSIONS_ABOVE else "contents"
+
     def vm_ring_entries(self):
         """ring_entries for the VM: the ring backend always has rings; kvm only
         when the ring strategy harvests them."""
@@ -295,5 +324,5 @@ class MigrationConfig:
                     ring_entries=self.ring_entries, dirty_tracking=self.dirty_tracking,
                     step_ns=self.step_ns, loop_thread=self.loop_thread,
                     exit_rate=self.exit_rate, exit_service=self.exit_service,
-                    policy=self.policy, warmup=self.warmup,
+                    policy=self.policy, warmup=self.warmup, pages=self.pages,
                     workload_range=[self.workload_start, self.workload_end])

@@ -10,7 +10,8 @@ starts a workload, and migrates it to a sink:
    bitmap, when to throttle the guest and when to switch over;
 3. stop-and-copy: stop the workload, final sync, send the rest without the
    rate limit, end the stream;
-4. verify the destination page by page (64-bit hashes) against the source.
+4. verify the destination page by page (64-bit hashes, or with the
+   content-free page model the versions) against the source.
 
 Sync strategies (migration/strategies.py): ``global`` (collect every slot at
 the start of a pass, QEMU's migration_bitmap_sync), ``per-slot`` (collect
@@ -55,9 +56,9 @@ from .trace import load as load_trace
 from .guest_exits import guest_alone, guest_report
 
 
-def make_sink(sink):
+def make_sink(sink, page_model="contents"):
     if sink is None or sink == "local":
-        return LocalSink()
+        return LocalSink(page_model)
     if sink == "null":
         return NullSink()
     if isinstance(sink, str) and sink.startswith("tcp://"):
@@ -71,8 +72,9 @@ def make_sink(sink):
     return sink
 
 
-def memory_estimate(cfg, sink="local"):
-    """limits.Estimate of what a migration with this MigrationConfig commits."""
+def memory_estimate(cfg, sink="local", process=True):
+    """limits.Estimate of what a migration with this MigrationConfig commits
+    (process: with what this process already holds, for its peak RSS)."""
     kind = sink if sink in ("local", "null") else ("local" if sink is None else "remote")
     spec = cfg.spec
     return limits.migration_estimate(
@@ -83,13 +85,16 @@ def memory_estimate(cfg, sink="local"):
         batch_bytes=cfg.batch_bytes,
         trace_pages=None if cfg.trace is None else int(cfg.trace.gfns.size),
         hot=(spec.hot_fraction, spec.hot_share), fill=cfg.fill, page_ns=cfg.costs.page_ns,
-        downtime_limit=cfg.downtime_limit, max_passes=cfg.max_passes)
+        downtime_limit=cfg.downtime_limit, max_passes=cfg.max_passes,
+        page_model=cfg.page_model(kind), warmup=cfg.warmup, process=process)
 
 
 def check_memory(cfg, sink="local", max_memory=None, guest_size=None):
     """Refuse (limits.MemoryLimitError), before anything is allocated, a run
     whose estimated memory exceeds max_memory (default: see pykvmdirty.limits)."""
-    est = memory_estimate(cfg, sink)
+    # the limit is a share of the memory still available: what this process
+    # already holds is not asked for again
+    est = memory_estimate(cfg, sink, process=False)
     limits.check(est, limits.resolve_limit(max_memory), "guest_size %s"
                  % (guest_size if guest_size is not None else
                     limits.format_bytes(cfg.guest_bytes),))
@@ -119,15 +124,17 @@ def migrate(config=None, *, sink="local", progress=None, max_memory=None, **opti
         cfg = dataclasses.replace(config, **options) if options else config
     else:
         raise TypeError("config must be a MigrationConfig, got %r" % (config,))
+    page_model = cfg.page_model(sink if isinstance(sink, str) or sink is None else "object")
     check_memory(cfg, sink, max_memory, options.get("guest_size"))
-    sink_obj = make_sink(sink)
+    sink_obj = make_sink(sink, page_model)
     if progress is True:
         progress = ProgressPrinter()
     report = MigrationReport(cfg.as_dict(getattr(sink_obj, "name", type(sink_obj).__name__)))
+    report.config["pages"] = page_model
 
     # ---- the guest ----
     vm = VM(cfg.backend, vcpus=cfg.vcpus, dirty_tracking=cfg.dirty_tracking, guest_memory=True,
-            ring_entries=cfg.vm_ring_entries())
+            ring_entries=cfg.vm_ring_entries(), page_model=page_model)
     ctl = None
     try:
         cfg.sync.prepare(vm)

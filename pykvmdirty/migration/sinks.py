@@ -1,8 +1,9 @@
 """Where the migration stream goes.
 
-A sink receives the sealed batches of the wire format (csrc/wire.c) and, at
-the end, says what the destination holds as one 64-bit hash per page, so the
-controller can verify it page by page against the source.
+A sink receives the sealed batches of the wire format (csrc/migrate/
+wire_encode.c) and, at the end, says what the destination holds as one
+64-bit hash per page (or, with the content-free page model, its version
+arrays), so the controller can verify it page by page against the source.
 
 - :class:`NullSink` counts only (the sender does not even encode);
 - :class:`LocalSink` decodes in-process into destination memory;
@@ -27,11 +28,13 @@ from .tcp_protocol import REPORT_MAGIC  # noqa: F401 (re-exported)
 
 class DestinationResult:
     """What a destination holds: regions [(gpa, size)], hashes per page (in
-    region order) and decoder statistics."""
+    region order) or, content-free, one version array per region
+    (``versions``, hashes None), and decoder statistics."""
 
-    def __init__(self, regions, hashes, stats, ok=True, error=None):
+    def __init__(self, regions, hashes, stats, ok=True, error=None, versions=None):
         self.regions = regions
         self.hashes = hashes
+        self.versions = versions
         self.stats = stats
         self.ok = ok
         self.error = error
@@ -56,12 +59,13 @@ class NullSink:
 
 
 class LocalSink:
-    """In-process destination: batches are decoded into destination memory."""
+    """In-process destination: batches are decoded into destination memory
+    (page_model "versions": into a version per page)."""
     encodes = True
     name = "local"
 
-    def __init__(self):
-        self.dest = WireDest()
+    def __init__(self, page_model="contents"):
+        self.dest = WireDest(page_model=page_model)
 
     def open(self, gpas, sizes):
         pass
@@ -74,6 +78,10 @@ class LocalSink:
 
     def finish(self):
         self.dest.finish(0)
+        if self.dest.page_model == "versions":
+            regions = self.dest.regions()
+            return DestinationResult(regions, None, self.dest.stats(),
+                                     versions=[self.dest.memory(i) for i in range(len(regions))])
         regions, hashes = self.dest.hashes()
         return DestinationResult(regions, hashes, self.dest.stats())
 

@@ -41,6 +41,8 @@ KD_API int kd_writers_join(kd_writers *w, uint64_t *applied);
 #define KD_WIRE_MEM_SIZE 0x04u
 #define KD_WIRE_PAGE 0x08u
 #define KD_WIRE_EOS 0x10u
+#define KD_WIRE_VERSION 0x20u /* content-free model: a page's 64-bit version */
+#define KD_WIRE_VERSION_RECORD 16u
 #define KD_WIRE_BATCH_MAGIC 0x4b444231u /* "KDB1" */
 #define KD_WIRE_BATCH_HEADER 24u
 #define KD_WIRE_ZERO_RECORD 9u
@@ -59,6 +61,15 @@ KD_API int kd_buffer_is_zero(const void *buf, uint64_t len);
 /* Zero check and CRC implementation: 0 scalar, 1 best (AVX2/SSE4.2), -1 query.
  * Returns the level now active (0 or 1) or -EINVAL. */
 KD_API int kd_simd_select(int level);
+/*
+ * Compare two version arrays (KD_VM_PAGE_VERSIONS: source slot and
+ * destination region) of n entries; 4 KiB blocks of entries that neither
+ * side ever touched (not resident in either: both still zero) are skipped
+ * unread. Returns the number of differing entries (>= 0), the first
+ * min(that, cap) indices in first[]; -EINVAL.
+ */
+KD_API int64_t kd_versions_diff(const uint64_t *a, const uint64_t *b, uint64_t n,
+				uint64_t *first, uint32_t cap);
 /* Number of all-zero pages among npages pages at memory, or -EINVAL. */
 KD_API int64_t kd_count_zero_pages(const void *memory, uint64_t npages);
 /* Read len bytes as 64-bit words (a plain streaming read, the bandwidth
@@ -110,7 +121,13 @@ KD_API int kd_wire_dest_finish(kd_wire_dest *d, uint64_t leftover);
 /* Sentence describing the sticky error, or NULL. */
 KD_API const char *kd_wire_dest_error(const kd_wire_dest *d);
 KD_API int kd_wire_dest_stats(const kd_wire_dest *d, struct kd_wire_dest_stats *out);
-/* Region index's address, size and memory; -ENOENT past the last. */
+/* The content-free page model (KD_VM_PAGE_VERSIONS): the destination keeps
+ * one 64-bit version per page (regions mapped at 8 bytes per page) and
+ * applies VERSION and ZERO records; a PAGE record is then -EPROTO, as a
+ * VERSION record is without it. Before the first feed; -EBUSY after. */
+KD_API int kd_wire_dest_set_page_versions(kd_wire_dest *d, int on);
+/* Region index's address, size and memory (with page versions: the
+ * region's version array, size / 4096 entries); -ENOENT past the last. */
 KD_API int kd_wire_dest_region(const kd_wire_dest *d, uint32_t index, uint64_t *gpa,
 			       uint64_t *size, void **memory);
 
@@ -160,7 +177,14 @@ struct kd_send_stats {
 };
 
 /* A range of guest memory to send from. last_version/sent (both or neither)
- * are per-page bookkeeping the caller keeps across passes. With clear_shift
+ * are per-page bookkeeping the caller keeps across passes (last_version is
+ * stored only where it changes: an entry of a page that was zero on every
+ * send is never written, so MAP_NORESERVE arrays cost only what the guest
+ * dirtied). With KD_SEND_REGION_VERSIONS, memory holds one 64-bit version
+ * per page (KD_VM_PAGE_VERSIONS), 0 = zero page: nothing is read or copied
+ * but the version; an encoding sender writes a VERSION record (16 bytes)
+ * and counts, charges and paces the page as the PAGE record (4104 bytes) it
+ * stands for, so the figures of both models agree. With clear_shift
  * (6..31), the chunk of a page is CLEARed (mask = clear_mask, slot-relative,
  * the GET snapshot) before its first page is sent; chunk_cleared_ns[chunk]
  * (0 = not yet) records when. */
@@ -175,7 +199,10 @@ struct kd_send_region {
 	uint32_t clear_shift;
 	const uint64_t *clear_mask;
 	uint64_t *chunk_cleared_ns;
+	uint32_t flags;          /* KD_SEND_REGION_* */
+	uint32_t reserved;       /* must be zero */
 };
+#define KD_SEND_REGION_VERSIONS (1u << 0)
 
 typedef struct kd_sender kd_sender;
 /* -EINVAL: unknown flags, reserved set, a budget below one page record, or a
