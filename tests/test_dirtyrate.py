@@ -269,7 +269,11 @@ def test_qemu_calc_dirty_rate_on_firmware_guest():
                      guest_size=256 * MIB, seed=2)
     m = qd.measure_firmware_guest(cfg, ["page-sampling", "dirty-bitmap"], [1], 512)
     modes = [w["mode"] for w in m["windows"]]
-    assert modes == ["page-sampling", "dirty-bitmap"]
+    if "dirty-bitmap" in m["skipped"]:      # QEMU 7.2 under TCG: SIGSEGV in that mode
+        assert m["accel"] == "tcg" and "exited" in m["skipped"]["dirty-bitmap"]
+        assert modes == ["page-sampling"]
+    else:
+        assert modes == ["page-sampling", "dirty-bitmap"]
     for w in m["windows"]:
         assert w["status"] == "measured" and w["calc_time"] == 1
         assert w["dirty_rate_mib_s"] >= 0 and w["pages_after"] > w["pages_before"]
