@@ -3,8 +3,9 @@
 C core (libkvmdirty, through cffi): memslots, guest writes through a
 write-protection or PML model, and dirty logs with KVM semantics (flat
 KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG, the two-level log proposed in 2010,
-QEMU's 2010 byte map, per-vCPU dirty rings, the real /dev/kvm). Python wires
-them into benchmarks and a live-migration scan-and-send loop.
+the hierarchical log, QEMU's 2010 byte map, per-vCPU dirty rings, the real
+/dev/kvm and userfaultfd write-protection; BACKENDS names them all). Python
+wires them into benchmarks and a live-migration scan-and-send loop.
 """
 from .bindings.constants import (
     BACKENDS, CHUNK_PAGES, DIRTY_GFN_DTYPE, DIRTY_GFN_F_DIRTY, DIRTY_GFN_F_RESET,

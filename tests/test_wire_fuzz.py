@@ -1,4 +1,4 @@
-"""Fuzzing the wire decoder (kd_wire_dest, csrc/wire.c) through the bindings.
+"""Fuzzing the wire decoder (kd_wire_dest, csrc/migrate/wire_dest.c) through the bindings.
 
 Three generators, each bounded (PYKVMDIRTY_FUZZ_EXAMPLES examples per test,
 default 150; CI runs more on the ASan/UBSan build, where any memory error

@@ -1,5 +1,7 @@
 """Dirty-log sync strategies: how a pass learns which pages to send. One
-class per strategy; the controller calls them and never tests a name.
+class per strategy; the controller calls them and never tests a strategy's
+name. Which backends a strategy runs on is the strategy's own check
+(check_backend, at configuration).
 
 - ``global``: collect every slot at the start of a pass (QEMU's
   migration_bitmap_sync);

@@ -4,7 +4,7 @@ One connection carries one migration (``TcpSink`` -> ``Receiver``)::
 
     receiver -> sender   challenge      only if the receiver has a shared secret
     sender   -> receiver response       only then
-    sender   -> receiver the wire stream (csrc/wire.c), batches up to EOS; SHUT_WR
+    sender   -> receiver the wire stream (csrc/migrate/wire_encode.c), batches up to EOS; SHUT_WR
     receiver -> sender   report line, then (if ok) the page hashes
 
     challenge  b"KDAUTH1 " + 32 hex digits (16 random bytes, the nonce) + b"\\n"

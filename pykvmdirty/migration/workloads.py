@@ -1,4 +1,4 @@
-"""Guest workloads: seeded C generators (csrc/workload.c), run either on a
+"""Guest workloads: seeded C generators (csrc/migrate/workload.c), run either on a
 virtual clock (the controller asks for the writes of each elapsed interval)
 or as real C threads acting as vCPUs.
 
