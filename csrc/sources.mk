@@ -23,6 +23,7 @@ KD_SOURCES = \
 	emu/twolevel.c \
 	emu/bytemap.c \
 	emu/dirty_ring.c \
+	emu/ring_backend.c \
 	emu/hier_log.c \
 	emu/hier.c \
 	real/kvm/kvm_ops.c \

@@ -110,7 +110,8 @@ struct kd_pml_entry {
 	uint64_t rel;
 };
 
-/* Per-vCPU dirty ring (KVM dirty_ring.c's state machine, see dirty_ring.c). */
+/* Per-vCPU dirty ring (KVM's virt/kvm/dirty_ring.c; the emulated ring buffer
+ * and its state machine: emu/dirty_ring.h). */
 struct kd_ring {
 	struct kd_dirty_gfn *entries;
 	uint32_t size;        /* entries, power of two */

@@ -8,6 +8,7 @@
 #define KD_EMU_H
 
 #include "core/backend.h"
+#include "emu/dirty_ring.h"
 #include "emu/hier_log.h"
 
 /* emu/common.c: guest memory with KD_VM_GUEST_MEMORY, else none. */
@@ -51,10 +52,6 @@ static inline void kd_twolevel_mark_summary(struct kd_slot *s, uint64_t rel)
 	if (!(__atomic_load_n(&s->summary[chunk >> 6], __ATOMIC_SEQ_CST) & bit))
 		__atomic_fetch_or(&s->summary[chunk >> 6], bit, __ATOMIC_SEQ_CST);
 }
-
-/* emu/dirty_ring.c: the per-vCPU ring's state machine. */
-bool kd_ring_soft_full(const struct kd_ring *r);
-void kd_ring_push(struct kd_ring *r, uint32_t slot, uint64_t offset);
 
 /*
  * Mark a page dirty in the slot's kernel log after a fault (or PML drain).

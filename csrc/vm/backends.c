@@ -9,7 +9,7 @@
 extern const struct kd_backend_ops kd_flat_ops;     /* emu/flat.c */
 extern const struct kd_backend_ops kd_twolevel_ops; /* emu/twolevel.c */
 extern const struct kd_backend_ops kd_bytemap_ops;  /* emu/bytemap.c */
-extern const struct kd_backend_ops kd_ring_ops;     /* emu/dirty_ring.c */
+extern const struct kd_backend_ops kd_ring_ops;     /* emu/ring_backend.c */
 extern const struct kd_backend_ops kd_kvm_ops;      /* real/kvm/kvm_ops.c */
 extern const struct kd_backend_ops kd_uffd_ops;     /* real/uffd/uffd_ops.c */
 extern const struct kd_backend_ops kd_hier_ops;     /* emu/hier.c */

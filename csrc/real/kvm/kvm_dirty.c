@@ -5,6 +5,9 @@
  */
 #define _GNU_SOURCE
 #include "kvm_internal.h"
+/* named from this folder: the module also builds alone, with only its own
+ * folder and the public headers on the include path (tests/c/test_kvm_backend.c) */
+#include "../../core/ring_fetch.h"
 
 #if KD_KVM_NATIVE
 
@@ -40,23 +43,9 @@ int kd_kvm_ring_harvest(struct kd_kvm *k, uint32_t vcpu, struct kd_dirty_gfn *ou
 	if (!k || !count || (!out && cap) || !k->ring_entries || vcpu >= k->nvcpus)
 		return -EINVAL;
 	struct vcpu *v = &k->v[vcpu];
-	uint64_t c = 0;
 	pthread_mutex_lock(&v->ring_lock);
-	while (c < cap) {
-		struct kd_dirty_gfn *e = &v->ring[v->fetch & (k->ring_entries - 1)];
-		/* Acquire pairs with the kernel's flags store after slot/offset. */
-		if (__atomic_load_n(&e->flags, __ATOMIC_ACQUIRE) != KD_DIRTY_GFN_F_DIRTY)
-			break;
-		out[c].flags = KD_DIRTY_GFN_F_DIRTY;
-		out[c].slot = e->slot;
-		out[c].offset = e->offset;
-		/* Release: our reads of the entry happen before the kernel reuses it. */
-		__atomic_store_n(&e->flags, KD_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
-		v->fetch++;
-		c++;
-	}
+	*count = kd_ring_fetch_entries(v->ring, k->ring_entries, &v->fetch, out, cap);
 	pthread_mutex_unlock(&v->ring_lock);
-	*count = c;
 	return 0;
 }
 
