@@ -6,7 +6,7 @@ virtual clock, in-process destination, verified page by page.
 """
 import sys
 
-from ..migration.config import EXIT_SERVICE_S, MODES, ZERO_ACCOUNTING
+from ..migration.config import EXIT_SERVICE_S, MODES, PAGE_CHOICES, ZERO_ACCOUNTING
 from ..migration.strategies import STRATEGIES
 from ..migration.errors import MigrationError
 from ..migration.loop_placement import LOOP_THREADS
@@ -81,6 +81,11 @@ def register(sub):
     p.add_argument("--fill", default="version", choices=["version", "random"],
                    help="what populated pages hold: a version number, or random bytes "
                    "(default %(default)s)")
+    p.add_argument("--pages", default="auto", choices=list(PAGE_CHOICES),
+                   help="how guest pages are kept: contents (4 KiB of memory each), versions "
+                   "(a 64-bit version per page: same figures, memory only for the pages "
+                   "written; local or null sink) or auto (versions above 64 GiB with a "
+                   "local or null sink); default %(default)s")
     p.add_argument("--sink", default="local",
                    help="local (in-process destination), null, or tcp://HOST:PORT "
                    "(default %(default)s)")
@@ -165,6 +170,7 @@ def run(args):
             downtime_limit=args.downtime_limit, max_wait=args.max_wait,
             max_passes=args.max_passes, auto_converge=args.auto_converge, policy=args.policy,
             zero_pages=args.zero_pages, populate=args.populate, fill=args.fill,
+            pages=args.pages,
             sink=sink, seed=args.seed, step=args.step, cost_model=args.cost_model,
             **({} if both else dict(loop_thread=args.loop_thread)), exit_rate=args.exit_rate,
             exit_service=args.exit_service,

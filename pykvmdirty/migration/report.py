@@ -133,7 +133,9 @@ class MigrationReport:
                      "verified: %s%s" % (
                          self.npasses, self.total_ns / 1e9, self.downtime_ns / 1e6,
                          self.bytes / MiB, self.total("redundant"),
-                         {True: "yes", False: "NO", None: "n/a (null sink)"}[self.verified],
+                         {True: "yes", False: "NO", None: "n/a (null sink)"}[self.verified]
+                         + (" (page versions)" if self.config.get("pages") == "versions"
+                            and self.verified is not None else ""),
                          ", auto-converge throttle %d%%" % self.final_throttle_pct
                          if self.auto_converge_triggers else ""))
         if self.guest and self.guest.get("requested_writes"):
