@@ -31,11 +31,25 @@ def register(sub):
     p.add_argument("--grid", default=None, help="the grid to run: heldout (default), "
                    "heldout-bitmap / heldout-ring (its cells without / with the dirty ring), "
                    "smoke (two quick cells)")
-    p.add_argument("--workload", choices=["ab", "uniform", "hotspot", "idle"],
-                   help="run one cell with this workload (default: the grid)")
-    p.add_argument("--guest-size", type=size_arg("--guest-size"), default="1GiB",
+    p.add_argument("--workload", metavar="NAME",
+                   help="run one cell with this workload: ab, uniform, hotspot, idle (default: "
+                   "the grid); with --guest linux a Linux workload (idle, vm-<method>-<size>, "
+                   "pagecache, sort, gzip; default vm-flip-16M) over the Linux grid")
+    p.add_argument("--guest", choices=["firmware", "linux"], default="firmware",
+                   help="the migrated guest: the project's firmware (default), or a real Linux "
+                   "kernel with an initramfs built here (TCG)")
+    p.add_argument("--kernel", metavar="PATH", default="",
+                   help="--guest linux: the kernel (default: the newest /boot/vmlinuz-*)")
+    p.add_argument("--model", metavar="FILE",
+                   help="--guest linux: the workload model (a trace from an earlier run); "
+                   "default: measure it now and save it next to --json")
+    p.add_argument("--windows", type=positive_int, default=20,
+                   help="--guest linux: windows of 200 ms the model measures (default 20)")
+    p.add_argument("--warmup", type=finite_float, default=None,
+                   help="seconds the guest runs before a migration (default 1; Linux 3)")
+    p.add_argument("--guest-size", type=size_arg("--guest-size"), default=None,
                    metavar="SIZE", help="guest memory, a whole number of MiB (QEMU's -m): a "
-                   "size (%s); default 1GiB" % SIZE_HELP)
+                   "size (%s); default 1GiB (Linux: 256MiB)" % SIZE_HELP)
     p.add_argument("--start", type=size_arg("--start"), default="1MiB", metavar="SIZE",
                    help="workload range start (default 1MiB)")
     p.add_argument("--end", type=size_arg("--end"), default="100MiB", metavar="SIZE",
@@ -236,8 +250,13 @@ def plot(cells, path):
 def _cells(args):
     from ..qemu.compare import DEFAULT_GRID, GRIDS, grid_configs
     from ..qemu.config import QemuConfig
-    base = dict(guest_size=args.guest_size, start=args.start, end=args.end,
+    base = dict(guest_size=args.guest_size or (1 << 30), start=args.start, end=args.end,
                 accel=args.accel, timeout=args.timeout)
+    if args.warmup is not None:
+        base["warmup"] = args.warmup
+    if args.workload and args.workload not in ("ab", "uniform", "hotspot", "idle"):
+        raise ValueError("--workload must be one of ab, uniform, hotspot, idle (or, with "
+                         "--guest linux, a Linux workload), got %r" % args.workload)
     if args.workload:
         if args.grid:
             raise ValueError("--grid and --workload: give one (a grid, or one cell)")
@@ -312,6 +331,9 @@ def run(args):
     from ..qemu.compare import (GridStore, ring_vs_bitmap, run_cell, skip_cell,
                                 skip_reason)
     from ..qemu.errors import QemuError
+    if args.guest == "linux":
+        from ..qemu.linux.cli import run as run_linux
+        return run_linux(args)
     # ValueError/TypeError: one line and status 2 from cli.main, with the
     # options named as typed (guest_size -> --guest-size)
     cells, calibrations, files, to_calibrate, kvm = _prepare(args)

@@ -36,7 +36,11 @@ qemu/linux/model.py):
 - ``"repeat": {"from": F, "period_ns": T}``: after the last interval the
   intervals F..k-1 are replayed again, shifted by T ns each time, for as
   long as the run lasts (a workload's steady state, measured for a while,
-  stands for the rest of it); P <= F < k and T > t_ns[k-1] - t_ns[F].
+  stands for the rest of it); P <= F < k and T > t_ns[k-1] - t_ns[F];
+- ``"throttle": "slows"``: auto-converge's CPU throttle slows the replay
+  (at p % the trace's time runs at 1 - p/100 of the clock's), as it slows
+  the measured guest; without it a trace replays what was recorded,
+  unthrottled.
 """
 import io
 import json
@@ -148,6 +152,8 @@ def validate(tr, where):
     prefill = tr.meta.get("prefill", 0)
     if isinstance(prefill, bool) or not isinstance(prefill, int) or not 0 <= prefill <= k:
         bad("meta prefill must be an integer in [0, %d] (intervals), got %r" % (k, prefill))
+    if tr.meta.get("throttle", "none") not in ("none", "slows"):
+        bad("meta throttle must be \"none\" or \"slows\", got %r" % (tr.meta["throttle"],))
     rep = tr.meta.get("repeat")
     if rep is not None:
         f = rep.get("from") if isinstance(rep, dict) else None
@@ -334,6 +340,8 @@ class TraceWorkload:
         rep = trace.meta.get("repeat")
         self._repeat = (int(rep["from"]), int(rep["period_ns"])) if rep else None
         self.prefilled = 0
+        self._slows = trace.meta.get("throttle") == "slows"
+        self._clock = None      # the trace's own time when the throttle slows it
         prefill = int(trace.meta.get("prefill", 0))
         if prefill:             # the guest's memory before the migration starts
             self.prefilled = self._write(0, prefill, 0)
@@ -346,6 +354,12 @@ class TraceWorkload:
         the vCPUs, never the number of intervals (empty ones cost nothing)."""
         tr = self.trace
         done = 0
+        if self._slows:
+            # the throttle the loop set on the writer (VirtualWorkload.set_throttle)
+            pct = getattr(getattr(self.writer, "__self__", None), "_throttle", 0) or 0
+            self._clock = (t0 if self._clock is None else self._clock) + \
+                (t1 - t0) * (100 - pct) / 100
+            t1 = int(self._clock)
         while True:
             due = t1 - self._base
             end = int(np.searchsorted(tr.t_ns, np.uint64(due), side="right")) if due >= 0 else 0

@@ -32,6 +32,8 @@ The model is a trace file (migration/trace.py, format version 1) that
   random (seeded), as a writer spread over the window would;
 - ``"repeat"``: the windows replay again after the last one, for as long
   as the migration runs (the workload's steady state stands for the rest);
+- ``"throttle": "slows"``: auto-converge slows the replay as it slows the
+  guest (a throttled vCPU does the same writes, later);
 - the measurement itself: per-window pages, the working-set curve (pages
   in the union of 1, 2, 4, ... consecutive windows), the dirty rate, the
   pages changed to zero, load average, kernel, date.
@@ -94,6 +96,7 @@ def build_trace(npages, start_nonzero, sets, durations, meta, seed=0):
     offsets[1:] = np.cumsum([c.size for c in chunks])
     gfns = np.concatenate(chunks)
     meta = dict(meta, prefill=1, repeat={"from": 1, "period_ns": int(round(t0 * NS))},
+                throttle="slows",
                 hot_pages=int(hot.sum()), hot_min_windows=hot_min)
     return Trace(npages, np.array(t_list, dtype=np.uint64), offsets, gfns,
                  np.zeros(gfns.size, dtype=np.uint16), meta)
