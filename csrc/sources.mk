@@ -2,8 +2,8 @@
 # pykvmdirty/_build.py (the cffi extension and the shared library are built
 # from exactly these files). Layers, each including only those below it:
 #   core/     data structures, locks, clock, counters, slot table, bitmaps
-#   emu/      the emulated backends (flat, two-level, byte map, ring) and
-#             their write-protect / PML write path
+#   emu/      the emulated backends (flat, two-level, byte map, ring, hier),
+#             their logs and the write-protect / PML write path
 #   real/     the real-kernel backends: kvm (/dev/kvm) and uffd
 #   vm/       the VM API (kvmdirty.h): argument checks, then vm->ops
 #   migrate/  send path, wire format, workloads; uses the public API only

@@ -1,6 +1,6 @@
 /*
- * emu/emu.h - what the emulated backends (flat, two-level, byte map, ring)
- * share: their config checks, the write-protect / PML write path, the
+ * emu/emu.h - what the emulated backends (flat, two-level, byte map, ring,
+ * hier) share: their config checks, the write-protect / PML write path, the
  * logs' operations, and the defaults of their ops tables. Emulated code
  * includes the core and this header, never a real backend.
  */
@@ -13,7 +13,7 @@
 
 /* emu/common.c: guest memory with KD_VM_GUEST_MEMORY, else none. */
 int kd_emu_slot_memory(kd_vm *vm, struct kd_slot *s);
-/* Config checks of a bitmap backend (flat, two-level, byte map). */
+/* Config checks of a bitmap backend (flat, two-level, byte map, hier). */
 int kd_emu_check_config(const struct kd_vm_config *cfg);
 
 /* emu/wp_write.c: the guest side (write protection or PML). */

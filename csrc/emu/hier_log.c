@@ -1,5 +1,5 @@
 /*
- * hier_log.c - the hierarchical dirty log (geometry and contract in
+ * emu/hier_log.c - the hierarchical dirty log (geometry and contract in
  * hier_log.h): a collect costs what is dirty and the tree's height, not the
  * slot's size, and the leaves of the groups dirtied since the last collect
  * sit in the first few pages of a compact pool instead of being scattered
@@ -20,7 +20,7 @@
  * groups): a bound on memory, not a leak.
  *
  * Protection. A page is writable exactly when its leaf bit is set, as in the
- * other bitmap logs (internal.h): the writer's fetch_or that finds the bit
+ * other bitmap logs (core/internal.h): the writer's fetch_or that finds the bit
  * clear is the fault, and a collector that takes a bit re-protects its page.
  * A write to a writable page is one index load and one leaf load (no
  * memory) or RMW (with guest memory): no lock, no summary access.

@@ -113,7 +113,7 @@ static inline uint64_t *kd_hier_leaf(const struct kd_hier *h, uint32_t block, ui
  * A write of page rel under write protection: returns true if it faulted
  * (the page was protected and is now writable and dirty). ordered: the
  * caller stored guest memory before and needs that store ordered before the
- * log bit (an RMW even on the writable fast path, as write.c explains).
+ * log bit (an RMW even on the writable fast path, as emu/wp_write.c explains).
  */
 static inline bool kd_hier_write(struct kd_hier *h, uint64_t rel, bool ordered)
 {

@@ -5,8 +5,10 @@
  *
  * Build and run from the repository root:
  *   cc -O2 -g -std=gnu11 -pthread -Wall -Wextra -Icsrc/include -Icsrc/real/kvm \
- *       tests/c/test_kvm_backend.c csrc/real/kvm/kvm_backend.c csrc/real/kvm/kvm_guest.c \
+ *       tests/c/test_kvm_backend.c $(ls csrc/real/kvm/kvm_[a-z]*.c | grep -v _ops.c) \
  *       -o /tmp/test_kvm_backend && /tmp/test_kvm_backend [--no-bench]
+ * (every file of the module but its ops table, which needs the VM core; as
+ * tests/test_c_library.py builds it)
  *
  * Covers: classic GET on a 1 GiB + 3 page slot and a slot above 64 GiB with
  * the dirty_log_test invariants on guest memory; manual protect + CLEAR of

@@ -5,9 +5,12 @@
  * never asserted.
  *
  * Build and run from the repository root:
- *   gcc -O2 -g -std=gnu11 -pthread -Wall -Wextra -Icsrc/real/uffd \
- *       tests/c/test_uffd_backend.c csrc/real/uffd/uffd_backend.c -o /tmp/test_uffd_backend \
+ *   gcc -O2 -g -std=gnu11 -pthread -Wall -Wextra -Icsrc/include -Icsrc/real/uffd \
+ *       tests/c/test_uffd_backend.c $(ls csrc/real/uffd/uffd_[a-z]*.c | grep -v _ops.c) \
+ *       -o /tmp/test_uffd_backend \
  *     && /tmp/test_uffd_backend [async] [sync] [sync-prefault] [mprotect]
+ * (every file of the module but its ops table, which needs the VM core; as
+ * tests/test_c_library.py builds it)
  *
  * Per mode: error cases; a 64 MiB range stored into at random pages by two
  * threads while the main thread collects in a loop, "sending" (copying) every

@@ -4,7 +4,7 @@
  * slot table, and the functions each file offers the others. Internal.
  *
  * The one invariant every mode keeps (the same as the emulated write
- * protection in internal.h):
+ * protection in core/internal.h):
  *
  *   a tracked page is writable only if (a) its write since the last collect
  *   is recorded, or (b) the thread that made it writable is about to record
