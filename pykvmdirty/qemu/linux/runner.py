@@ -51,10 +51,14 @@ class LinuxMigration(QemuMigration):
     async def _wait_progress(self, vm, timeout):
         if vm.accel == "tcg":
             timeout = max(timeout, TCG_BOOT_TIMEOUT)
+        return await self._heartbeat(vm, timeout)
+
+    async def _heartbeat(self, vm, timeout):
         try:
             return await super()._wait_progress(vm, timeout)
-        except GuestStalled as e:
-            raise GuestStalled("%s (console: %s)" % (e, vm.console.tail() or "nothing")) from e
+        except GuestStalled:
+            raise GuestStalled("the Linux guest's heartbeat did not move in %.0f s (console: %s)"
+                               % (timeout, vm.console.tail() or "nothing")) from None
 
     async def _verify(self, src, dst):
         cfg = self.config
@@ -89,7 +93,7 @@ class LinuxMigration(QemuMigration):
                            % bad.size)
         await dst.cmd("cont")
         try:
-            st = await self._wait_progress(dst, 10.0)
+            st = await self._heartbeat(dst, 10.0)
         except GuestStalled as e:
             raise VerificationError("the destination's guest does not run on: %s" % e) from e
         # the first complete tick the destination printed
