@@ -276,3 +276,34 @@ def test_model_trace_spreads_windows_and_keeps_hot_pages_in_every_sub_interval()
     cold = [g for i in range(1, tr.intervals) for g in tr.interval(i)[1].tolist() if g >= 100]
     assert sorted(cold) == list(range(100, 110))       # each cold page once
     assert working_set(sets, 0.1)[:2] == [[0.1, 11.0], [0.2, 12.0]]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--workload", "nope"], "unknown Linux guest workload 'nope'"),
+    ([], "--guest linux needs one --calibration FILE"),
+    (["--interface", "ring"], "--interface ring needs KVM"),
+    (["--calibration", "CAL", "--kernel", "/nonexistent"], "--kernel /nonexistent: no such file"),
+    (["--calibration", "CAL", "--model", "/etc/hostname"], "not a pykvmdirty trace"),
+    (["--calibration", "CAL", "--grid", "heldout"], "--grid with --guest linux"),
+])
+def test_linux_cli_bad_input_is_one_line(argv, match, tmp_path, capsys):
+    """Each refused before any QEMU starts, one line, status 2."""
+    from pykvmdirty.cli import main
+    from pykvmdirty.qemu import calibration
+    cal = tmp_path / "cal.json"
+    c = calibration.from_file_dict(_tcg_calibration())
+    c.save(str(cal))
+    argv = [str(cal) if a == "CAL" else a for a in argv]
+    if initramfs.missing() and "--kernel" not in argv and "--calibration" in argv:
+        pytest.skip(initramfs.missing())
+    rc = main(["qemu", "--guest", "linux", "--json", str(tmp_path / "x.json")] + argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "Traceback" not in err
+    assert match in err
+
+
+def _tcg_calibration():
+    import json
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(here, "docs", "qemu_calibration_tcg.json")) as f:
+        return json.load(f)
