@@ -7,7 +7,8 @@ extensions: ``migration/sinks.py``, ``csrc/core/bitmap.c``,
 - with a directory (``bindings/sender.py``): a repository file whose path
   ends with it (``pykvmdirty/bindings/sender.py``);
 - a bare name (``limits.py``, ``hier_log.c``): a file of that name anywhere
-  in the repository.
+  in the repository (one starting with "_", ``_ops.c``, is a suffix: the
+  end of some file's name).
 
 Names of other projects' files (Linux's ``virt/kvm/kvm_main.c``, QEMU's
 ``migration/ram.c``) are not ours: a reference counts only when its first
@@ -60,6 +61,8 @@ def exists(ref, where):
     ref = ref.lstrip("./")
     if "/" in ref:
         return ref in FILES or any(p.endswith("/" + ref) for p in FILES)
+    if ref.startswith("_"):  # a suffix ("_ops.c"): the end of some file's name
+        return any(b.endswith(ref) for b in BASENAMES)
     return ref in BASENAMES
 
 
