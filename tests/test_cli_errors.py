@@ -101,7 +101,7 @@ def test_bad_values_are_one_line_naming_the_option(args, words):
 
 def test_a_machine_sized_guest_is_refused_by_default():
     size = "%dGiB" % (4 * limits.available_memory() // (1 << 30) + 4)
-    one_line_error(cli("migrate", "--guest-size", size, "--quiet"), 2,
+    one_line_error(cli("migrate", "--guest-size", size, "--pages", "contents", "--quiet"), 2,
                    "--guest-size %s needs an estimated" % size, "available")
 
 
