@@ -183,9 +183,10 @@ def test_linux_migration_completes_and_the_guest_runs_on():
     heartbeat continues the source's; the RAM comparison is reported (pages
     QEMU 7.2 under TCG lost are counted, not hidden)."""
     from pykvmdirty.qemu.config import QemuConfig
-    from pykvmdirty.qemu.runner import run_migration
-    r = run_migration(QemuConfig(guest="linux", workload="vm-flip-16M", guest_size=256 * MIB,
-                                 accel="tcg", bandwidth=1 << 30, warmup=2.0, timeout=60))
+    from pykvmdirty.qemu.linux.runner import run_linux_migration
+    r = run_linux_migration(QemuConfig(guest="linux", workload="vm-flip-16M", guest_size=256 * MIB,
+                                       accel="tcg", bandwidth=1 << 30, warmup=2.0,
+                                       timeout=60))
     assert r.status == "completed"
     v = r.verification
     assert v["destination_runs"] and 1 <= v["destination_first_tick"] - v["source_last_tick"] <= 2

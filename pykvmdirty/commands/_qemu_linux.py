@@ -19,17 +19,18 @@ import sys
 import time
 from typing import Any, Dict, Tuple
 
-from ...migration.trace import load as load_trace
-from ...units import GiB, MiB
-from ..calibration import file_hash
-from ..calibration import load as load_calibration
-from ..compare import GridStore, now, run_record, summarise
-from ..config import QemuConfig
-from ..errors import QemuError
-from ..runner import run_migration
-from . import model as wl_model
-from . import predict as lp
-from .workloads import check as check_workload
+from ..migration.trace import load as load_trace
+from ..qemu.calibration import file_hash
+from ..qemu.calibration import load as load_calibration
+from ..qemu.compare import GridStore, now, run_record, summarise
+from ..qemu.config import QemuConfig
+from ..qemu.errors import QemuError
+from ..qemu.linux import model as wl_model
+from ..qemu.linux import predict as lp
+from ..qemu.linux.runner import run_linux_migration as run_migration
+from ..qemu.linux.workloads import check as check_workload
+from ..units import GiB, MiB
+from ._args import check_output_paths
 
 DEFAULT_WORKLOAD = "vm-flip-16M"
 DEFAULT_SIZE = 256 * MiB
@@ -54,8 +55,7 @@ def _log(msg):
 
 def prepare(args):
     """Every check before a QEMU runs: (base config, cells, base calibration)."""
-    from ...commands._args import check_output_paths
-    from .initramfs import LinuxGuestError, find_kernel
+    from ..qemu.linux.initramfs import LinuxGuestError, find_kernel
     workload = args.workload or DEFAULT_WORKLOAD
     check_workload(workload)
     if args.interface == "ring":
@@ -107,8 +107,8 @@ def prepare(args):
     return cfg, cells, base, trace
 
 
-def run(args):
-    from ...commands.qemu import goal_summary, plot, table_lines
+def run(args, table_lines, goal_summary, plot):
+    """The Linux flow; the report's helpers come from commands/qemu.py."""
     cfg, cells, base, trace = prepare(args)
     stem = _stem(args.json)
     try:

@@ -332,8 +332,8 @@ def run(args):
                                 skip_reason)
     from ..qemu.errors import QemuError
     if args.guest == "linux":
-        from ..qemu.linux.cli import run as run_linux
-        return run_linux(args)
+        from ._qemu_linux import run as run_linux
+        return run_linux(args, table_lines, goal_summary, plot)
     # ValueError/TypeError: one line and status 2 from cli.main, with the
     # options named as typed (guest_size -> --guest-size)
     cells, calibrations, files, to_calibrate, kvm = _prepare(args)

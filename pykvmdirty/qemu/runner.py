@@ -395,7 +395,7 @@ def run_migration(config: Optional[QemuConfig] = None, on_sample=None, **kw) -> 
         config = QemuConfig(**kw)
     elif kw:
         raise TypeError("pass either a QemuConfig or keyword arguments, not both")
-    if config.guest == "linux":
-        from .linux.runner import LinuxMigration
-        return LinuxMigration(config, on_sample).run()
+    if config.guest != "firmware":
+        raise ValueError("run_migration runs the firmware guest; the Linux guest runs with "
+                         "pykvmdirty.qemu.linux.runner.run_linux_migration")
     return QemuMigration(config, on_sample).run()

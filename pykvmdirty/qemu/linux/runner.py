@@ -1,4 +1,5 @@
-"""A real QEMU 7.2 migration of the Linux guest (``QemuConfig(guest="linux")``).
+"""A real QEMU 7.2 migration of the Linux guest (``QemuConfig(guest="linux")``,
+:func:`run_linux_migration`).
 
 The runner's machinery (qemu/runner.py: accelerator choice, warm-up,
 capabilities and parameters, ``migrate``, ``query-migrate`` every 100 ms,
@@ -112,3 +113,10 @@ class LinuxMigration(QemuMigration):
         out["destination_runs"] = True
         return out
 
+
+def run_linux_migration(config, on_sample=None):
+    """Run one real QEMU migration of the Linux guest (a QemuConfig with guest "linux")."""
+    if config.guest != "linux":
+        raise ValueError("run_linux_migration runs the Linux guest (guest='linux'), got %r"
+                         % config.guest)
+    return LinuxMigration(config, on_sample).run()
