@@ -72,8 +72,34 @@ def test_a_batch_is_at_most_batch_pages():
     slots = [Slot(0, pd.BATCH * 2 + 10)]
     p = pd.Pending(slots)
     p.fill(0)
+    p.consume(0, gfns(0), 1)                 # off the word boundary: no run
     i, g = p.next_batch(lambda i: None)
-    assert g.size == pd.BATCH and int(g[-1]) == pd.BATCH - 1
+    assert isinstance(g, np.ndarray)
+    assert g.size == pd.BATCH and int(g[0]) == 1 and int(g[-1]) == pd.BATCH
     p.consume(i, g, 10)
     i, g = p.next_batch(lambda i: None)
-    assert int(g[0]) == 10 and g.size == pd.BATCH
+    assert int(g[0]) == 11 and g.size == pd.BATCH
+
+
+def test_runs_of_pending_pages_go_out_as_ranges_and_lose_nothing():
+    slots = [Slot(1 << 20, pd.BATCH * 3 + 10)]
+    p = pd.Pending(slots)
+    p.fill(0)
+    i, r = p.next_batch(lambda i: None)
+    # whole words only: the last word holds 10 pages, not 64
+    assert isinstance(r, pd.PageRun) and (r.first, r.stop) == (0, 3 * pd.BATCH)
+    assert r.size == 3 * pd.BATCH
+    p.consume(i, r, 1000)                    # the sender stopped after 1000 pages
+    assert p.page == 1000 and p.count == 3 * pd.BATCH + 10 - 1000
+    p.add(0, gfns((1 << 20) + 5), 1)         # behind the cursor: sent next round
+    i, g = p.next_batch(lambda i: None)      # 1000 is not a word boundary: a list
+    assert isinstance(g, np.ndarray) and int(g[0]) == (1 << 20) + 1000
+    p.consume(i, g, g.size)
+    left = p.take_all(0) - np.uint64(1 << 20)
+    assert int(left[0]) == 5 and p.count == 0
+    # a hole in the first BATCH pages: no run
+    q = pd.Pending(slots)
+    q.fill(0)
+    pd._clear_range(q.words[0], 700, 701)
+    i, g = q.next_batch(lambda i: None)
+    assert isinstance(g, np.ndarray) and 700 not in set(g.tolist())

@@ -208,9 +208,10 @@ class Sender:
                 raise KvmDirtyError(errno.E2BIG, "%s does not fit an empty batch buffer of %d bytes"
                                     % (what, 0 if self.buffer is None else self.buffer.size))
 
-    def rewind(self):
-        """Start the next send_pages work at its first page."""
-        self._pos[0] = 0
+    def rewind(self, pos=0):
+        """Start the next send_pages work at entry pos (its first page by
+        default; with gfns None, the slot-relative page to start from)."""
+        self._pos[0] = uint_arg(pos, "pos")
 
     def send_pages(self, region, gfns, n, sample_ns, deadline_ns=0):
         """kd_send_pages of gfns[:n] (uint64 array; None: the region's pages

@@ -34,7 +34,7 @@ from ..bindings.wire import page_hashes, versions_diff
 from .config import NS, POPULATE_VALUE
 from .errors import MigrationError
 from .loop_placement import LoopPlacement
-from .pending import Pending
+from .pending import PageRun, Pending
 from .policy import policy_class
 from .report import PassMetrics
 from .trace import TraceWorkload
@@ -361,10 +361,13 @@ class Controller:
             sl = self.slots[i]
             t0 = self.clock()
             stop = None
-            s.rewind()
+            # a run of pending pages goes as a range: no gfn list to read
+            run = isinstance(gfns, PageRun)
+            s.rewind(gfns.first if run else 0)
+            todo, end = (None, gfns.stop) if run else (gfns, gfns.size)
             while True:
                 deadline = self.deadline if (self.virtual and not final) else 0
-                rc = s.send_pages(sl, gfns, gfns.size, self.pending.sample_ns[i], deadline)
+                rc = s.send_pages(sl, todo, end, self.pending.sample_ns[i], deadline)
                 if rc == SEND_DONE:
                     break
                 if rc == SEND_FULL:
@@ -391,7 +394,7 @@ class Controller:
                 elif not final:
                     self.maybe_reap_realtime()
                 self.report_progress(pm)
-            self.pending.consume(i, gfns, s.position)
+            self.pending.consume(i, gfns, s.position - (gfns.first if run else 0))
             pm.send_ns += self.clock() - t0
             if self.virtual and not final:
                 self.run_workload()

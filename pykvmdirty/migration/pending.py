@@ -16,7 +16,10 @@ Invariants:
   the last one, so a page set again by a sync while it waits behind the cursor
   is sent on the next round, never lost;
 - a slot marked ``stale`` (per-slot polling) is collected by the loop when the
-  cursor enters it, before any of its pages is handed out.
+  cursor enters it, before any of its pages is handed out;
+- a run of at least BATCH pending pages starting on a word boundary (the bulk
+  pass: the bitmap is all ones) is handed out as a PageRun, a range the sender
+  walks without a gfn list; it obeys the same rules.
 """
 import numpy as np
 
@@ -25,7 +28,25 @@ from ..bindings.scan import bitmap_to_gfns
 #: pages handed out per batch at most (the sender stops earlier at a rate
 #: limit or the time cap; the rest stays set)
 BATCH = 1 << 16
+#: pages handed out as one PageRun at most
+RUN_PAGES = 1 << 22
 _WINDOW_WORDS = 1 << 12   # bitmap words looked at per step of a batch search
+
+
+class PageRun:
+    """Slot-relative pages [first, stop) of one slot, every one pending."""
+    __slots__ = ("first", "stop")
+
+    def __init__(self, first, stop):
+        self.first = first
+        self.stop = stop
+
+    @property
+    def size(self):
+        return self.stop - self.first
+
+    def __repr__(self):
+        return "PageRun(%d, %d)" % (self.first, self.stop)
 
 
 _ONES = 0xFFFFFFFFFFFFFFFF
@@ -124,6 +145,9 @@ class Pending:
                 self.stale[i] = False
                 collect_stale(i)
             if self.count:
+                run = self._run(i, self.page)
+                if run is not None:
+                    return i, run
                 gfns = self._take(i, self.page, sl.npages, sl.base_gfn)
                 if gfns.size:
                     return i, gfns
@@ -131,6 +155,19 @@ class Pending:
                 return None
             self._next_slot()
         return None
+
+    def _run(self, i, lo):
+        """A PageRun from page lo if at least BATCH pages from it are pending
+        (lo on a word boundary), else None."""
+        if lo & 63:
+            return None
+        w = self.words[i]
+        seg = w[lo >> 6:(lo >> 6) + RUN_PAGES // 64]
+        if seg.size < BATCH // 64 or not bool(np.all(seg[:BATCH // 64] == np.uint64(_ONES))):
+            return None
+        full = seg == np.uint64(_ONES)
+        words = seg.size if bool(full.all()) else int(np.argmin(full))
+        return PageRun(lo, lo + 64 * words)
 
     def _take(self, i, lo, npages, base):
         w = self.words[i]
@@ -159,8 +196,11 @@ class Pending:
         if k <= 0:
             return
         sl = self.slots[i]
-        last = int(gfns[k - 1]) - sl.base_gfn
-        _clear_range(self.words[i], int(gfns[0]) - sl.base_gfn, last + 1)
+        if isinstance(gfns, PageRun):
+            first, last = gfns.first, gfns.first + k - 1
+        else:
+            first, last = int(gfns[0]) - sl.base_gfn, int(gfns[k - 1]) - sl.base_gfn
+        _clear_range(self.words[i], first, last + 1)
         self.count -= k
         self.page = last + 1
         if self.page >= sl.npages:
