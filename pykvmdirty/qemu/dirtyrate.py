@@ -29,6 +29,7 @@ from ..migration import dirtyrate as emu
 from .config import DIRTY_RING_SIZE, QemuConfig
 from .errors import GuestStalled, QemuError, QemuExited
 from .layout import PAGE
+from .runner import wait_progress
 
 MODES = emu.METHODS
 #: QEMU 7.2's calc-time range (whole seconds)
@@ -120,23 +121,6 @@ async def calc_dirty_rate(qemu, mode="page-sampling", calc_time=1, sample_pages=
 
 # -- the firmware guest ---------------------------------------------------------------------
 
-async def _wait_running(vm, timeout):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    first = None
-    while loop.time() < deadline:
-        st = await vm.status()
-        if st.state == "bad-params":
-            raise QemuError("the test guest rejected its parameters")
-        if st.state == "running":
-            if first is None:
-                first = st
-            elif (st.passes, st.pages) != (first.passes, first.pages):
-                return st
-        await asyncio.sleep(0.05)
-    raise GuestStalled("the guest made no progress in %.1f s" % timeout)
-
-
 async def wait_steady(vm, rate, timeout=10.0, step=0.25):
     """Wait until the firmware guest writes at >= 80% of `rate` pages/s over
     `step` s (under KVM here it first crawls for ~2 s while its memory is
@@ -223,7 +207,7 @@ async def _run_guest(cfg, image, accel, ring, modes, calc_times, sample_pages, b
                      dirty_ring=DIRTY_RING_SIZE if ring else 0)
     try:
         await vm.start()
-        await _wait_running(vm, boot_timeout if accel == "kvm" else max(boot_timeout, 10.0))
+        await wait_progress(vm, boot_timeout if accel == "kvm" else max(boot_timeout, 10.0))
         await wait_steady(vm, cfg.rate)
         return await measure_windows(vm, modes, calc_times, sample_pages)
     finally:

@@ -184,25 +184,7 @@ class QemuMigration:
 
     async def _wait_progress(self, vm, timeout):
         """Return once the guest is running and its counter has moved."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        first = last = None
-        while loop.time() < deadline:
-            st = await vm.status()
-            last = st
-            if st.state == "bad-params":
-                raise QemuError("the test guest rejected its parameters (or has no PIT to "
-                                "measure its TSC)")
-            if st.state == "running":
-                if first is None:
-                    first = st
-                elif (st.passes, st.pages) != (first.passes, first.pages):
-                    return st
-            await asyncio.sleep(0.05)
-        where = ("its status block was never written (stuck before 64-bit mode)"
-                 if last is None or not last.valid else
-                 "its status is %s, counter %d" % (last.state, last.passes))
-        raise GuestStalled("the guest made no progress in %.1f s: %s" % (timeout, where))
+        return await wait_progress(vm, timeout)
 
     async def _configure(self, src, dst):
         cfg = self.config
@@ -399,3 +381,27 @@ def run_migration(config: Optional[QemuConfig] = None, on_sample=None, **kw) -> 
         raise ValueError("run_migration runs the firmware guest; the Linux guest runs with "
                          "pykvmdirty.qemu.linux.runner.run_linux_migration")
     return QemuMigration(config, on_sample).run()
+
+
+async def wait_progress(vm, timeout):
+    """Return the firmware guest's status once it is running and its counter
+    has moved; GuestStalled (saying where it stopped) after timeout s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    first = last = None
+    while loop.time() < deadline:
+        st = await vm.status()
+        last = st
+        if st.state == "bad-params":
+            raise QemuError("the test guest rejected its parameters (or has no PIT to "
+                            "measure its TSC)")
+        if st.state == "running":
+            if first is None:
+                first = st
+            elif (st.passes, st.pages) != (first.passes, first.pages):
+                return st
+        await asyncio.sleep(0.05)
+    where = ("its status block was never written (stuck before 64-bit mode)"
+             if last is None or not last.valid else
+             "its status is %s, counter %d" % (last.state, last.passes))
+    raise GuestStalled("the guest made no progress in %.1f s: %s" % (timeout, where))
