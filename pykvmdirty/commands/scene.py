@@ -22,7 +22,7 @@ from ..migration.errors import MigrationError
 from ..migration.run import memory_estimate, migrate
 from ..migration.strategies import STRATEGIES, strategy_class
 from ..units import format_bytes, parse_size
-from ._args import add_max_memory, check_output_paths, write_output
+from ._args import add_max_memory, check_output_paths, finite_float, positive_int, write_output
 
 NS = 1e9
 
@@ -33,24 +33,26 @@ def register(sub):
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
     p.add_argument("--guest-size", default="512GiB", metavar="SIZE",
                    help="guest size (default 512GiB; e.g. 12TiB, 24TiB)")
-    p.add_argument("--slots", type=int, default=8, help="memslots (default 8)")
+    p.add_argument("--slots", type=positive_int, default=8, help="memslots (default 8)")
     p.add_argument("--backends", default=",".join(b for b in EMULATED_BACKENDS),
                    help="comma-separated emulated backends (default: all)")
     p.add_argument("--strategies", default="global,per-slot,chunked-clear,ring",
                    help="comma-separated sync strategies; each runs on the backends it "
                    "suits (default: all)")
-    p.add_argument("--rate", type=float, default=200000,
+    p.add_argument("--rate", type=finite_float, default=200000,
                    help="hotspot writes, pages/s (default 200000)")
-    p.add_argument("--hot-fraction", type=float, default=0.05,
+    p.add_argument("--hot-fraction", type=finite_float, default=0.05,
                    help="each vCPU's hot set, share of the guest (default 0.05)")
-    p.add_argument("--hot-share", type=float, default=0.9,
+    p.add_argument("--hot-share", type=finite_float, default=0.9,
                    help="share of the writes to the hot sets (default 0.9)")
     p.add_argument("--bandwidth", default="10GiB", metavar="RATE",
                    help="rate limit and link speed (default 10GiB per second)")
-    p.add_argument("--populate", type=float, default=0.0,
+    p.add_argument("--populate", type=finite_float, default=0.0,
                    help="share of pages written before the migration (default 0)")
     p.add_argument("--pages", default="versions", choices=["versions", "contents", "auto"],
                    help="how guest pages are kept (default versions: see migrate --pages)")
+    p.add_argument("--per-pass", action="store_true",
+                   help="under each run, a line per pass: collect+scan against send")
     p.add_argument("--json", metavar="FILE", help="write every run's figures as JSON")
     add_max_memory(p, "each run")
     p.set_defaults(func=run)
@@ -165,6 +167,11 @@ def run(args):
             format_bytes(res["peak_rss"]), format_bytes(res["estimate"]),
             res["estimate_ratio"], res["guest_s_per_wall_s"],
             "" if res["verified"] else "  NOT VERIFIED"))
+        if args.per_pass:
+            for k, p in enumerate(res["per_pass"]):
+                print("    pass %-3d %-13s dirty %10d  sent %10d  collect+scan %9.2f ms  "
+                      "send %10.1f ms" % (k + 1, p["kind"], p["dirty"], p["sent"],
+                                          p["collect_scan_ms"], p["send_ms"]))
     print("(log s: collecting + scanning the dirty log over the whole migration; send s: "
           "sending pages; peak: this process's peak resident memory during the run)")
     if args.json:
