@@ -14,10 +14,13 @@ Callers may pass their own (``--max-memory``).
 What the estimates count (bytes; the C core's allocations are in
 csrc/vm/memslot.c, csrc/core/bitmap.c, csrc/migrate/wire_dest.c):
 
-- logs: populated at slot creation (kd_pages_alloc(..., populate=true)): one
-  bit per page for the dirty bitmap, plus per backend the write-protection
-  bitmap (PML tracking), the two-level summary, the byte map (a byte per page)
-  and its scratch bitmap, the ring's entries (16 bytes each) and pending maps;
+- logs (slot_log, the one model of them, checked against kd_log_memory by
+  tests/test_log_memory.py): populated at slot creation
+  (kd_pages_alloc(..., populate=true)): one bit per page for the dirty
+  bitmap, plus per backend the write-protection bitmap (PML tracking), the
+  two-level summary, the byte map (a byte per page) and its scratch bitmap,
+  the pending maps and scan targets, hier's lazily backed arrays, KVM's own
+  two bitmaps, and the vCPUs' rings (16 bytes an entry);
 - guest memory: mapped MAP_NORESERVE, committed only where written: the
   populated fraction plus what the workload writes; every page the sender or
   a hash reads costs one page-table entry (8 bytes) even when never written;
@@ -29,6 +32,7 @@ csrc/vm/memslot.c, csrc/core/bitmap.c, csrc/migrate/wire_dest.c):
 """
 import math
 import os
+from typing import NamedTuple
 
 from .bindings.constants import CHUNK_PAGES, DIRTY_GFN_SIZE, PAGE_SIZE
 from .units import GiB, KiB, MiB, TiB, format_bytes, parse_size  # noqa: F401  (format_bytes: limits.format_bytes)
@@ -45,6 +49,8 @@ HIER_INDEX_PER_GROUP = 4      # hier: a 4-byte block index per 4096-page group
 HIER_GROUP_PAGES = 4096
 HIER_BLOCK_BYTES = 512
 HIER_RETIRE_SLACK = 1024      # clean blocks kept beyond 2x the working set (hier_log.h)
+HIER_RETIRE_BATCH = 256       # blocks unlinked per writer sync: pool room beyond a block per group
+HIER_SCRATCH_WORDS = 64 + 64 * 64 + 128   # a collect's scratch (hier_log.h)
 HUGE_BYTES = 2 * 1024 * 1024
 DEFAULT_FRACTION = 0.8        # of the available memory, when no limit is given
 
@@ -177,28 +183,92 @@ def _pages(nbytes):
     return -(-nbytes // PAGE_SIZE) * PAGE_SIZE
 
 
+class SlotLog(NamedTuple):
+    """A slot's dirty log, bytes: ``reserved`` and ``resident`` are what
+    kd_log_memory (VM.log_memory) reports for it right after its log is
+    enabled (the process's arrays: address space, and the pages populated
+    then); ``kernel`` is what the kernel holds besides (KVM's bitmaps), which
+    kd_log_memory cannot see."""
+    reserved: int
+    resident: int
+    kernel: int = 0
+
+
+def _lazy(nbytes):
+    """(reserved, resident) of an array reserved MAP_NORESERVE, committed
+    where written (kd_pages_alloc(..., populate=false), hier's lazy_map)."""
+    return _pages(nbytes), 0
+
+
+def slot_log(backend, npages, tracking="write_protect", initially_set=False):
+    """SlotLog of one slot of npages pages: the arrays the backend's
+    log_alloc makes (csrc/emu/*.c, csrc/real/*/*_ops.c, csrc/core/pending.c),
+    each a whole number of pages; populated ones (kd_bitmap_alloc,
+    kd_pages_alloc(..., true)) are resident from the start. The one model of
+    log memory: tests/test_log_memory.py checks it against kd_log_memory."""
+    words = -(-npages // 64)
+    bm = _pages(words * 8)
+    arrays = []  # (reserved, resident)
+    if backend in ("kvm", "uffd", "ring"):
+        # pending map + its summary (a bit per 64 words, csrc/core/pending.c)
+        arrays += [(bm, bm), (_pages(-(-words // 4096) * 8),) * 2]
+        # kvm, uffd: the GET / scan target; ring: the protection state
+        arrays.append((bm, bm))
+    elif backend == "hier":
+        chunks = -(-npages // CHUNK_PAGES)
+        groups = -(-npages // HIER_GROUP_PAGES)
+        # every array lazily backed; INITIALLY_SET writes the summary
+        # levels, the block index and a block per group at once (in 4 KiB
+        # pages: a pool of 2 MiB and more may take huge pages where THP allow)
+        full = _pages if initially_set else (lambda nbytes: 0)
+        n = chunks
+        while True:  # the summary levels: a bit per node of the level below
+            n = -(-n // 64)
+            arrays.append((_pages(n * 8), full(n * 8)))
+            if n <= 1:
+                break
+        arrays += [(_pages(groups * HIER_INDEX_PER_GROUP),                     # block index
+                    full(groups * HIER_INDEX_PER_GROUP)),
+                   (_pages((groups + HIER_RETIRE_BATCH) * HIER_BLOCK_BYTES),   # leaf pool
+                    full(groups * HIER_BLOCK_BYTES)),
+                   _lazy(groups * HIER_INDEX_PER_GROUP),                       # clean list
+                   _lazy(HIER_SCRATCH_WORDS * 8)]                              # collect scratch
+        if tracking != "write_protect":  # D bits: a full bitmap only when all set
+            arrays.append((bm, bm) if initially_set else _lazy(words * 8))
+    else:  # flat, twolevel, bytemap: the kernel's bitmap, the D bits apart from it
+        arrays.append((bm, bm))
+        if tracking != "write_protect":
+            arrays.append((bm, bm))
+        if backend == "twolevel":
+            chunks = -(-npages // CHUNK_PAGES)
+            summary = _pages(-(-chunks // 64) * 8)   # a bit per chunk
+            arrays.append((summary, summary))
+        elif backend == "bytemap":
+            arrays += [(_pages(npages),) * 2, (bm, bm)]   # byte map + GET scratch
+    # KVM's own: the live bitmap and the GET buffer (kvm_alloc_dirty_bitmap)
+    kernel = 2 * bm if backend == "kvm" else 0
+    return SlotLog(sum(r for r, _ in arrays), sum(c for _, c in arrays), kernel)
+
+
+def ring_memory(backend, vcpus=1, ring_entries=4096):
+    """Bytes of the per-vCPU dirty rings (16-byte entries, whole pages): the
+    ring backend's (populated at VM creation) or KVM's (mapped from the kernel)."""
+    if backend not in ("ring", "kvm") or not ring_entries:
+        return 0
+    return vcpus * _pages(ring_entries * DIRTY_GFN_SIZE)
+
+
 def log_memory(backend, slot_pages, vcpus=1, ring_entries=4096, tracking="write_protect"):
     """Bytes of log memory the C core (and, for kvm, the kernel) allocates
-    for slots of slot_pages pages each."""
+    for slots of slot_pages pages each, at full population: every array's
+    reserved size (a lazily backed log, hier, commits it only where pages
+    get dirty), the kernel's bitmaps and the vCPUs' rings (slot_log,
+    ring_memory)."""
     total = 0
-    separate_protection = tracking != "write_protect"
     for n in slot_pages:
-        bm = _bitmap(n)
-        if backend in ("kvm", "uffd"):
-            total += 2 * bm + _bitmap(-(-n // 64) // 64 + 1)   # pending + scan target
-            if backend == "kvm":
-                total += 2 * bm                                 # the kernel's two bitmaps
-        elif backend == "ring":
-            total += 2 * bm + _bitmap(-(-n // 64) // 64 + 1)   # protection + pending
-        else:
-            total += bm + (bm if separate_protection else 0)
-            if backend == "twolevel":
-                total += _bitmap(-(-n // CHUNK_PAGES))
-            if backend == "bytemap":
-                total += _pages(n) + bm                         # byte map + scratch
-    if backend in ("ring", "kvm") and ring_entries:
-        total += vcpus * _pages(ring_entries * DIRTY_GFN_SIZE)
-    return total
+        log = slot_log(backend, n, tracking)
+        total += log.reserved + log.kernel
+    return total + ring_memory(backend, vcpus, ring_entries)
 
 
 def kvm_slot_metadata(slot_pages):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import pykvmdirty as kd
+from pykvmdirty import limits
 from pykvmdirty.analysis import compare as cmp
 from pykvmdirty.cli import main
 from pykvmdirty.costmodel import CostModel
@@ -82,7 +83,10 @@ def test_ring_spreads_over_vcpus_when_dirty_exceeds_one_ring():
     n = cmp.RING_ENTRIES  # more than one ring's soft limit
     c = cmp.run_cell(0.25, n, "ring", repeats=1)
     assert c["status"] == "ok" and c["found"] == n
-    assert c["vcpus"] == 2 and c["log_bytes"] == 2 * cmp.RING_ENTRIES * 16
+    assert c["vcpus"] == 2
+    # the two vCPUs' rings and the slot's protection bitmap and pending map
+    assert c["log_bytes"] == limits.log_memory("ring", [1 << 16], 2, cmp.RING_ENTRIES)
+    assert c["log_bytes"] > 2 * cmp.RING_ENTRIES * 16
 
 
 def test_many_slot_layout():
@@ -95,12 +99,19 @@ def test_many_slot_layout():
 
 
 def test_log_bytes():
+    """The one model of log memory (limits.log_memory, checked against C's
+    kd_log_memory in test_log_memory.py), at 512 GiB in one slot."""
     one = cmp.slot_layout(512 << 18, "one", 1)
-    assert cmp.log_bytes("flat", one) == 16 << 20
-    assert cmp.log_bytes("twolevel", one) == (16 << 20) + (32 << 10)
-    assert cmp.log_bytes("bytemap", one) == (16 << 20) + (512 << 18)
-    assert cmp.log_bytes("kvm", one) == 32 << 20
-    assert cmp.log_bytes("ring", one, vcpus=2) == 2 * 65536 * 16
+    bm, pending_summary = 16 << 20, 4 << 10   # a bit per page; a bit per 64 words
+    assert cmp.log_bytes("flat", one) == bm
+    assert cmp.log_bytes("twolevel", one) == bm + (32 << 10)
+    assert cmp.log_bytes("bytemap", one) == bm + (512 << 18) + bm   # + byte map, GET scratch
+    # the kernel's live bitmap and GET buffer, the user side's GET target and pending map
+    assert cmp.log_bytes("kvm", one) == 2 * bm + 2 * bm + pending_summary
+    assert cmp.log_bytes("uffd", one) == 2 * bm + pending_summary
+    # two vCPUs' rings, the slot's protection bitmap and pending map
+    assert cmp.log_bytes("ring", one, vcpus=2) == 2 * 65536 * 16 + 2 * bm + pending_summary
+    assert bm < cmp.log_bytes("hier", one) < 1.03 * bm   # reserved whole, committed as dirtied
 
 
 def test_deterministic_is_repeatable_and_has_no_clock():

@@ -115,3 +115,4 @@ def test_hier_geometry_matches_the_c_header():
     assert limits.HIER_GROUP_PAGES == define("KD_HIER_GROUP_CHUNKS") * kd.CHUNK_PAGES
     assert limits.HIER_BLOCK_BYTES == limits.HIER_GROUP_PAGES // 8
     assert limits.HIER_RETIRE_SLACK == define("KD_HIER_RETIRE_SLACK")
+    assert limits.HIER_RETIRE_BATCH == define("KD_HIER_RETIRE_BATCH")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import pykvmdirty as kd
+from pykvmdirty import limits
 from pykvmdirty.errors import KvmDirtyError
 
 GIB = 1 << 30
@@ -100,3 +101,63 @@ def test_kvm_counts_only_what_user_space_holds():
         # user side: the GET scratch bitmap and the pending map (the kernel's
         # bitmaps are not counted)
         assert GIB_PAGES // 8 <= mem.reserved <= 3 * (GIB_PAGES // 8)
+
+
+# ---------------------------------------------------------------------------
+# limits.slot_log, the one model of log memory (every estimate uses it),
+# against what C reports for a slot it made
+
+TRACKINGS = {"kvm": ["write_protect"], "uffd": ["write_protect", "uffd_sync", "mprotect"]}
+SIZES = [1, 63, 64, 65, 4097, 1 << 18, (1 << 18) + 31, (1 << 21) + 7, 3 << 20]
+
+
+def _available(backend):
+    ok, why = kd.backend_available(backend)
+    if not ok:
+        pytest.skip("%s backend unavailable here: %s" % (backend, why))
+
+
+@pytest.mark.parametrize("backend", EMULATED + ["kvm", "uffd"])
+def test_the_log_memory_model_is_what_c_allocates(backend):
+    """Reserved and resident, right after the log is enabled, for every
+    tracking mode, INITIALLY_SET where the backend has it, and slot sizes
+    that are and are not multiples of 64 pages (or of a chunk, a group)."""
+    if backend in ("kvm", "uffd"):
+        _available(backend)
+    initially = [False] if backend in ("ring", "uffd") else [False, True]
+    for tracking in TRACKINGS.get(backend, ["write_protect", "pml"]):
+        for init in initially:
+            with kd.VM(backend, dirty_tracking=tracking) as vm:
+                if init:
+                    vm.enable_manual_protect(initially_set=True)
+                for i, npages in enumerate(SIZES):
+                    vm.set_user_memory_region(i, sum(SIZES[:i]) << 12, npages << 12, LOG)
+                for i, npages in enumerate(SIZES):
+                    model = limits.slot_log(backend, npages, tracking, init)
+                    what = (backend, tracking, init, npages)
+                    assert vm.log_memory(i) == kd.LogMemory(model.reserved, model.resident), what
+                    assert model.kernel == (2 * -(-npages // 32768) * 4096
+                                            if backend == "kvm" else 0), what
+
+
+@pytest.mark.parametrize("backend,vcpus,entries", [
+    ("ring", 1, 1024), ("ring", 3, 4096), ("ring", 2, 65536), ("kvm", 2, 4096), ("kvm", 1, 512)])
+def test_the_ring_memory_model_is_the_rings_c_makes(backend, vcpus, entries):
+    if backend == "kvm":
+        _available(backend)
+    with kd.VM(backend, vcpus=vcpus, ring_entries=entries) as vm:
+        vm.set_user_memory_region(0, 0, 65 << 12, LOG)
+        rings = sum(-(-vm.ring(v).nbytes // 4096) * 4096 for v in range(vcpus))
+        assert limits.ring_memory(backend, vcpus, entries) == rings
+        mem = vm.log_memory(0)
+        log = limits.slot_log(backend, 65)
+        assert (mem.reserved, mem.resident) == (log.reserved, log.resident)
+        # the estimates' figure: the slots' logs, the kernel's, the rings
+        assert limits.log_memory(backend, [65], vcpus, entries) == \
+            log.reserved + log.kernel + rings
+
+
+def test_log_memory_without_rings():
+    assert limits.ring_memory("flat", 4, 4096) == 0
+    assert limits.ring_memory("kvm", 4, 0) == 0
+    assert limits.log_memory("flat", [64, 65]) == 2 * 4096

@@ -1,35 +1,22 @@
 """What a cell's dirty log holds and what a cell commits, checked against the
 memory limit before the grid runs (pykvmdirty.limits)."""
 from ... import limits
-from ...bindings.constants import CHUNK_PAGES, DIRTY_GFN_SIZE
 from .scenario import RING_ENTRIES, gib_to_pages, ring_vcpus, slot_layout
 
 
-def log_bytes(backend, slots, vcpus=1, ring_entries=RING_ENTRIES):
-    """Bytes of dirty-log memory a backend keeps for these slots.
+def ring_entries_of(backend):
+    """Ring entries per vCPU of a cell's VM: only the ring backend's has rings."""
+    return RING_ENTRIES if backend == "ring" else 0
 
-    flat/uffd/baselines: 1 bit per page (64-bit words per slot); two-level:
-    plus 1 summary bit per 2 MiB chunk; byte map: the kernel bitmap plus a
-    byte per page; ring: 16-byte entries per vCPU (no bitmap); kvm: KVM
-    allocates two bitmaps per slot (the live one and the GET buffer).
-    """
-    words = sum(-(-n // 64) for _, _, n in slots)
-    bitmap = 8 * words
-    if backend == "twolevel":
-        summary_bits = [-(-n // CHUNK_PAGES) for _, _, n in slots]
-        return bitmap + 8 * sum(-(-bits // 64) for bits in summary_bits)
-    if backend == "bytemap":
-        return bitmap + sum(n for _, _, n in slots)
-    if backend == "hier":  # full population: pool + block index + levels
-        groups = sum(-(-n // limits.HIER_GROUP_PAGES) for _, _, n in slots)
-        chunks = (-(-n // CHUNK_PAGES) for _, _, n in slots)
-        return ((limits.HIER_BLOCK_BYTES + limits.HIER_INDEX_PER_GROUP) * groups
-                + 8 * sum(-(-c // 64) for c in chunks))
-    if backend == "ring":
-        return vcpus * ring_entries * DIRTY_GFN_SIZE
-    if backend == "kvm":
-        return 2 * bitmap
-    return bitmap
+
+def log_bytes(backend, slots, vcpus=1, ring_entries=None):
+    """Bytes of dirty-log memory a backend keeps for these slots at full
+    population (limits.log_memory, the one model of it: every array of the
+    log, the kernel's bitmaps on kvm, the vCPUs' rings on ring).
+    ring_entries: per vCPU; default the cell's (ring_entries_of)."""
+    if ring_entries is None:
+        ring_entries = ring_entries_of(backend)
+    return limits.log_memory(backend, [n for _, _, n in slots], vcpus, ring_entries)
 
 
 def cell_estimate(c):
@@ -38,7 +25,7 @@ def cell_estimate(c):
     slots = slot_layout(npages, c["layout"], c["slot_gib"])
     vcpus = ring_vcpus(c["dirty"]) if c["backend"] == "ring" else 1
     return limits.compare_cell_estimate(npages, [n for _, _, n in slots], c["backend"],
-                                        c["dirty"], vcpus, RING_ENTRIES)
+                                        c["dirty"], vcpus, ring_entries_of(c["backend"]))
 
 
 def memory_estimate(scenario):

@@ -61,8 +61,9 @@ def format_table(result):
              "faults);",
              "log mem: dirty-log memory resident after the cell's collects (mincore: a "
              "lazily backed log commits what got dirty; JSON log_bytes is the full-population "
-             "size); kvm: the kernel's two bitmaps; read / flatnonzero: baselines on the same "
-             "bitmap (C read-only scan / numpy);",
+             "size; ring: with the vCPUs' rings); kvm: the full size, the kernel's two bitmaps "
+             "with the user side's; read / flatnonzero: baselines on the same bitmap (C "
+             "read-only scan / numpy);",
              "write ns/p: guest re-dirty of the pages after a collect, per page (the first "
              "write after re-protection: emulated fault, or a real uffd / KVM fault)."]
     lines.extend(foot)

@@ -9,9 +9,10 @@ from ...bindings.constants import BACKENDS, MEM_LOG_DIRTY_PAGES, PAGE_SHIFT
 from ...bindings.scan import bitmap_to_gfns
 from ...bindings.vm import VM, backend_available
 from ...costmodel import CostModel
-from .memory import log_bytes, memory_refusals
+from ... import limits
+from .memory import log_bytes, memory_refusals, ring_entries_of
 from .ratios import add_ratios, goals
-from .scenario import (ALL_BACKENDS, BASELINES, DEFAULT_REPEATS, RING_ENTRIES, dirty_pages,
+from .scenario import (ALL_BACKENDS, BASELINES, DEFAULT_REPEATS, dirty_pages,
                        gib_to_pages, pages_to_bitmap, ring_vcpus, scenario_dict, slot_layout)
 
 
@@ -40,7 +41,7 @@ def _run_backend(cell, pages, slots, model):
     vcpus = ring_vcpus(cell["dirty"]) if backend == "ring" else 1
     cell["vcpus"] = vcpus
     cell["log_bytes"] = log_bytes(backend, slots, vcpus)
-    kw = {"ring_entries": RING_ENTRIES} if backend == "ring" else {}
+    kw = {"ring_entries": ring_entries_of(backend)} if backend == "ring" else {}
     with VM(backend, vcpus=vcpus, **kw) as vm:
         for sid, first, n in slots:
             vm.set_user_memory_region(sid, first << PAGE_SHIFT, n << PAGE_SHIFT,
@@ -69,7 +70,11 @@ def _run_backend(cell, pages, slots, model):
                 times.append(time.perf_counter_ns() - t0)
             stats = vm.stats
         if backend != "kvm":  # the kernel's bitmaps are not visible here
-            cell["log_resident_bytes"] = sum(vm.log_memory(sid).resident for sid in ids)
+            # the slots' logs as mincore sees them, and the vCPUs' rings
+            # (populated when the VM is made)
+            cell["log_resident_bytes"] = (
+                sum(vm.log_memory(sid).resident for sid in ids)
+                + limits.ring_memory(backend, vcpus, ring_entries_of(backend)))
     assert found is not None  # repeats >= 1
     if not np.array_equal(found, pages):
         cell["status"] = "error"
