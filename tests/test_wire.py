@@ -289,3 +289,89 @@ def test_destination_with_prefault_thread_applies_the_same(prefault):
     # only before the stream starts; a size that is not whole pages is EINVAL
     assert lib.kd_wire_dest_set_prefault(d._h, PAGE) == -16
     assert lib.kd_wire_dest_set_prefault(WireDest()._h, 100) == -22
+
+
+# ---------------------------------------------------------------------------
+# kd_wire_dest_peek_mem_size: the claim read by the decoder before it maps
+
+def _regions(*pairs, total=None, count=None):
+    body = b"".join(_be64(g) + _be64(s) for g, s in pairs)
+    total = sum(s for _, s in pairs) if total is None else total
+    count = len(pairs) if count is None else count
+    return _be64(total | 0x04) + count.to_bytes(4, "big") + body
+
+
+def test_peek_reads_the_claim_without_mapping_it():
+    d = WireDest()
+    first = _batch([_regions((8 * PAGE, 2 * PAGE), (0, 4 * PAGE))], 0)
+    assert d.peek_mem_size(first) == (6 * PAGE, 2)
+    assert d.regions() == [] and d.stats()["batches"] == 0   # nothing mapped or applied
+    assert d.peek_mem_size(first) == (6 * PAGE, 2)           # peeking again: the same
+    d.feed(first)
+    assert d.regions() == [(0, 4 * PAGE), (8 * PAGE, 2 * PAGE)]
+    eos = _batch([_be64(0x10)], 1)
+    assert d.peek_mem_size(eos) is None                      # claimed already
+    d.feed(eos)
+    assert d.eos and d.peek_mem_size(eos) is None
+
+
+def test_peek_of_a_batch_without_a_claim():
+    d = WireDest()
+    assert d.peek_mem_size(_batch([], 0)) is None            # an empty batch
+    d.feed(_batch([], 0))
+    assert d.peek_mem_size(_batch([_mem_size(0, PAGE)], 1)) == (PAGE, 1)
+    # another record first: no claim; feed judges it
+    d = WireDest()
+    page_first = _batch([_be64(0x02) + b"\0"], 0)
+    assert d.peek_mem_size(page_first) is None
+    with pytest.raises(SinkError, match="before the MEM_SIZE"):
+        d.feed(page_first)
+    assert WireDest().peek_mem_size(_batch([_be64(0x10)], 0)) is None   # EOS first
+
+
+def _corrupt(batch, at, value):
+    b = bytearray(batch)
+    b[at] = value
+    return bytes(b)
+
+
+GOOD = _batch([_mem_size(0, 4 * PAGE)], 0)
+
+
+@pytest.mark.parametrize("batch,message", [
+    (_corrupt(GOOD, 0, 0), "bad magic"),
+    (_batch([_mem_size(0, 4 * PAGE)], 1), "sequence number 1, expected 0"),
+    (_corrupt(GOOD, len(GOOD) - 1, 1), "checksum mismatch"),
+    (_batch([_be64(4 * PAGE | 0x04) + b"\0\0"], 0), "MEM_SIZE record cut short"),
+    (_batch([_regions((0, 4 * PAGE), count=0)], 0), "bad region count 0"),
+    (_batch([_regions((0, 4 * PAGE), count=2)], 0), "bad region count 2"),
+    (_batch([_regions((0, 4 * PAGE), count=1 << 31)], 0), "bad region count"),
+    (_batch([_regions((100, 4 * PAGE))], 0), "region 0 not page aligned"),
+    (_batch([_regions((0, 0))], 0), "region 0 not page aligned"),
+    (_batch([_regions((0, 4 * PAGE), (2 * PAGE, 4 * PAGE))], 0), "regions overlap"),
+    (_batch([_regions((0, 4 * PAGE), total=8 * PAGE)], 0), "total 32768 != sum of regions 16384"),
+], ids=["magic", "sequence", "crc", "short-record", "count-0", "count-past-payload",
+        "count-huge", "unaligned", "empty-region", "overlap", "sum"])
+def test_peek_refuses_what_feed_refuses_with_the_same_error(batch, message):
+    fed = WireDest()
+    with pytest.raises(SinkError, match=message) as by_feed:
+        fed.feed(batch)
+    peeked = WireDest()
+    with pytest.raises(SinkError, match=message) as by_peek:
+        peeked.peek_mem_size(batch)
+    assert str(by_peek.value) == str(by_feed.value)
+    assert peeked.regions() == []
+    with pytest.raises(SinkError) as again:   # the error is the stream's: sticky
+        peeked.feed(GOOD)
+    assert str(again.value) == str(by_feed.value)
+
+
+def test_peek_needs_a_whole_batch():
+    d = WireDest()
+    for cut in (0, 10, len(GOOD) - 1):
+        with pytest.raises(SinkError, match="needs a whole batch, got %d bytes" % cut):
+            d.peek_mem_size(GOOD[:cut])
+    assert d.error() is None and d.peek_mem_size(GOOD) == (4 * PAGE, 1)   # not sticky
+    rc = lib.kd_wire_dest_peek_mem_size(ffi.NULL, GOOD, len(GOOD), ffi.new("uint64_t *"),
+                                        ffi.new("uint32_t *"))
+    assert rc == -22

@@ -139,9 +139,18 @@ static int cmp_region(const void *a, const void *b)
 	return x->gpa < y->gpa ? -1 : x->gpa > y->gpa;
 }
 
-static int apply_mem_size(kd_wire_dest *d, const uint8_t *p, uint64_t left, uint64_t total,
-			  uint64_t *used)
+/*
+ * The MEM_SIZE record's region list at p (left bytes) for a claimed total:
+ * the region count, each region page aligned, non-empty and not wrapping,
+ * no overlap, their sizes summing to the total. On success *out holds the
+ * regions sorted by address (calloc'd, the caller's) and *count their number.
+ * kd_wire_dest_feed (apply_mem_size) and kd_wire_dest_peek_mem_size both
+ * judge the record here, so a claim peeked is the claim applied.
+ */
+static int parse_mem_size(kd_wire_dest *d, const uint8_t *p, uint64_t left, uint64_t total,
+			  struct kd_dest_region **out, uint32_t *count)
 {
+	struct kd_dest_region *r;
 	uint32_t n;
 	uint64_t sum = 0;
 
@@ -152,33 +161,43 @@ static int apply_mem_size(kd_wire_dest *d, const uint8_t *p, uint64_t left, uint
 	n = get_be32(p);
 	if (n == 0 || n > KD_WIRE_MAX_REGIONS || left < 4 + 16ull * n)
 		return fail(d, -EPROTO, "MEM_SIZE record with a bad region count %u", n);
-	d->r = calloc(n, sizeof(*d->r));
-	if (!d->r)
+	r = calloc(n, sizeof(*r));
+	if (!r)
 		return fail(d, -ENOMEM, "out of memory for %u regions", n);
 	for (uint32_t i = 0; i < n; i++) {
-		d->r[i].gpa = get_be64(p + 4 + 16 * i);
-		d->r[i].size = get_be64(p + 12 + 16 * i);
-		if ((d->r[i].gpa | d->r[i].size) & (PAGE - 1) || !d->r[i].size ||
-		    d->r[i].gpa + d->r[i].size < d->r[i].gpa) {
-			free(d->r);
-			d->r = NULL;
+		r[i].gpa = get_be64(p + 4 + 16 * i);
+		r[i].size = get_be64(p + 12 + 16 * i);
+		if ((r[i].gpa | r[i].size) & (PAGE - 1) || !r[i].size ||
+		    r[i].gpa + r[i].size < r[i].gpa) {
+			free(r);
 			return fail(d, -EPROTO, "MEM_SIZE region %u not page aligned", i);
 		}
-		sum += d->r[i].size;
+		sum += r[i].size;
 	}
-	qsort(d->r, n, sizeof(*d->r), cmp_region);
+	qsort(r, n, sizeof(*r), cmp_region);
 	for (uint32_t i = 1; i < n; i++)
-		if (d->r[i - 1].gpa + d->r[i - 1].size > d->r[i].gpa) {
-			free(d->r);
-			d->r = NULL;
+		if (r[i - 1].gpa + r[i - 1].size > r[i].gpa) {
+			free(r);
 			return fail(d, -EPROTO, "MEM_SIZE regions overlap");
 		}
 	if (sum != total) {
-		free(d->r);
-		d->r = NULL;
+		free(r);
 		return fail(d, -EPROTO, "MEM_SIZE total %llu != sum of regions %llu",
 			    (unsigned long long)total, (unsigned long long)sum);
 	}
+	*out = r;
+	*count = n;
+	return 0;
+}
+
+static int apply_mem_size(kd_wire_dest *d, const uint8_t *p, uint64_t left, uint64_t total,
+			  uint64_t *used)
+{
+	uint32_t n;
+	int r = parse_mem_size(d, p, left, total, &d->r, &n);
+
+	if (r)
+		return r;
 	for (uint32_t i = 0; i < n; i++) {
 		void *m = mmap(NULL, map_bytes(d, &d->r[i]), PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -336,6 +355,36 @@ static int apply_payload(kd_wire_dest *d, const uint8_t *p, uint64_t len, uint32
 	return 0;
 }
 
+/*
+ * The batch header at h (avail bytes from h on): magic, payload length,
+ * sequence, then, once the whole batch is there, its CRC32C. 0: a whole
+ * batch, *plen its payload; 1: incomplete (wait for more); else the
+ * sticky error.
+ */
+static int check_batch(kd_wire_dest *d, const uint8_t *h, uint64_t avail, uint32_t *plen)
+{
+	uint64_t seq = get_be64(h + 8);
+	uint32_t crc;
+
+	*plen = get_be32(h + 4);
+	if (get_be32(h) != KD_WIRE_BATCH_MAGIC)
+		return fail(d, -EBADMSG, "bad magic %#x (not a batch header)", get_be32(h));
+	if (*plen > KD_WIRE_MAX_PAYLOAD)
+		return fail(d, -EBADMSG, "payload length %u exceeds %u", *plen,
+			    KD_WIRE_MAX_PAYLOAD);
+	if (seq != d->st.batches)
+		return fail(d, -EBADMSG, "sequence number %llu, expected %llu",
+			    (unsigned long long)seq, (unsigned long long)d->st.batches);
+	if (avail - KD_WIRE_BATCH_HEADER < *plen)
+		return 1;
+	crc = kd_crc32c(0, h, 20);
+	crc = kd_crc32c(crc, h + KD_WIRE_BATCH_HEADER, *plen);
+	if (crc != get_be32(h + 20))
+		return fail(d, -EBADMSG, "checksum mismatch (crc32c %#x, header says %#x)", crc,
+			    get_be32(h + 20));
+	return 0;
+}
+
 KD_API int kd_wire_dest_feed(kd_wire_dest *d, const void *buf, uint64_t len, uint64_t *consumed)
 {
 	const uint8_t *b = buf;
@@ -349,25 +398,13 @@ KD_API int kd_wire_dest_feed(kd_wire_dest *d, const void *buf, uint64_t len, uin
 		return d->failed;
 	while (!d->eos && len - off >= KD_WIRE_BATCH_HEADER) {
 		const uint8_t *h = b + off;
-		uint32_t plen = get_be32(h + 4), crc;
-		uint64_t seq = get_be64(h + 8);
+		uint32_t plen;
 
-		if (get_be32(h) != KD_WIRE_BATCH_MAGIC)
-			return fail(d, -EBADMSG, "bad magic %#x (not a batch header)",
-				    get_be32(h));
-		if (plen > KD_WIRE_MAX_PAYLOAD)
-			return fail(d, -EBADMSG, "payload length %u exceeds %u", plen,
-				    KD_WIRE_MAX_PAYLOAD);
-		if (seq != d->st.batches)
-			return fail(d, -EBADMSG, "sequence number %llu, expected %llu",
-				    (unsigned long long)seq, (unsigned long long)d->st.batches);
-		if (len - off - KD_WIRE_BATCH_HEADER < plen)
+		r = check_batch(d, h, len - off, &plen);
+		if (r > 0)
 			break; /* incomplete: wait for more */
-		crc = kd_crc32c(0, h, 20);
-		crc = kd_crc32c(crc, h + KD_WIRE_BATCH_HEADER, plen);
-		if (crc != get_be32(h + 20))
-			return fail(d, -EBADMSG, "checksum mismatch (crc32c %#x, header says %#x)",
-				    crc, get_be32(h + 20));
+		if (r)
+			return r;
 		r = apply_payload(d, h + KD_WIRE_BATCH_HEADER, plen, get_be32(h + 16));
 		if (r)
 			return r;
@@ -380,6 +417,43 @@ KD_API int kd_wire_dest_feed(kd_wire_dest *d, const void *buf, uint64_t len, uin
 		return fail(d, -EPROTO, "%llu bytes after end of stream",
 			    (unsigned long long)(len - off));
 	return d->eos ? 1 : 0;
+}
+
+KD_API int kd_wire_dest_peek_mem_size(kd_wire_dest *d, const void *buf, uint64_t len,
+				      uint64_t *total, uint32_t *nregions)
+{
+	const uint8_t *b = buf;
+	struct kd_dest_region *regions;
+	uint64_t hdr;
+	uint32_t plen, n;
+	int r;
+
+	if (!d || !total || !nregions || (!buf && len))
+		return -EINVAL;
+	*total = 0;
+	*nregions = 0;
+	if (d->failed)
+		return d->failed;
+	if (d->nregions || d->eos)
+		return 0; /* the claim was applied, or the stream is over */
+	if (len < KD_WIRE_BATCH_HEADER)
+		return -EAGAIN;
+	r = check_batch(d, b, len, &plen);
+	if (r)
+		return r > 0 ? -EAGAIN : r;
+	if (!get_be32(b + 16) || plen < 8)
+		return 0; /* no record to read: feed judges the batch */
+	hdr = get_be64(b + KD_WIRE_BATCH_HEADER);
+	if ((hdr & (PAGE - 1)) != KD_WIRE_MEM_SIZE)
+		return 0; /* not a claim: feed judges the record */
+	r = parse_mem_size(d, b + KD_WIRE_BATCH_HEADER + 8, plen - 8,
+			   hdr & ~(uint64_t)(PAGE - 1), &regions, &n);
+	if (r)
+		return r;
+	free(regions);
+	*total = hdr & ~(uint64_t)(PAGE - 1);
+	*nregions = n;
+	return 1;
 }
 
 KD_API int64_t kd_wire_dest_need(kd_wire_dest *d, const void *buf, uint64_t len)

@@ -53,6 +53,23 @@ class WireDest:
             self.eos = True
         return consumed[0]
 
+    def peek_mem_size(self, batch):
+        """The guest size the stream claims in this batch (the next whole
+        batch, not yet fed), read by the decoder before it maps anything:
+        (total bytes, regions) when the batch opens with a MEM_SIZE record
+        feed would accept, None when it carries no claim. Raises WireError,
+        as feed would, if the batch or the record is corrupt (the error is
+        the stream's, sticky), or if batch is not a whole batch."""
+        total = ffi.new("uint64_t *")
+        nregions = ffi.new("uint32_t *")
+        rc = lib.kd_wire_dest_peek_mem_size(self._h, byte_ptr(batch), len(batch), total,
+                                            nregions)
+        if rc == -errno.EAGAIN:
+            raise WireError("peek_mem_size needs a whole batch, got %d bytes" % len(batch))
+        if rc < 0:
+            raise WireError("destination rejected the stream: %s" % (self.error() or rc))
+        return (total[0], nregions[0]) if rc == 1 else None
+
     def need(self, data):
         """Bytes of the batch starting at data (header + payload). Raises
         WireError if the header is invalid."""

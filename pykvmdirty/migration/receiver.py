@@ -4,8 +4,9 @@ rebuilds guest memory with the wire destination, reports page hashes back.
 Everything a sender sends is untrusted; what it can make the receiver spend
 is bounded:
 
-- memory: a stream's MEM_SIZE record claims the guest size; the claim, with
-  the hashes the report will carry, is reserved from one budget shared by all
+- memory: a stream's MEM_SIZE record claims the guest size, read by the C
+  decoder before it maps anything (kd_wire_dest_peek_mem_size); the claim,
+  with the hashes the report will carry, is reserved from one budget shared by all
   connections (``max_memory``, default from the memory available: see
   pykvmdirty.limits) before any page is applied. A claim above what is left
   is refused at once, with the reason sent back. Batch buffers (up to the
@@ -30,7 +31,7 @@ import threading
 import time
 
 from .. import limits
-from ..bindings.constants import WIRE_BATCH_HEADER, WIRE_MEM_SIZE
+from ..bindings.constants import WIRE_BATCH_HEADER
 from ..bindings.wire import WireDest
 from ..errors import SinkError
 from . import tcp_protocol
@@ -177,40 +178,20 @@ class _Connection:
             if got < need:
                 dest.finish(got)  # raises: truncated
             if not claimed:
-                # the MEM_SIZE record opens the stream: reserve its claim before
-                # the decoder maps or writes anything (C's parse, in the
-                # stats, is the fallback should the record come later)
-                claimed = self._claim(mv[:need])
+                # the MEM_SIZE record opens the stream (no page before it):
+                # the decoder reads its claim, judged as feed will judge it,
+                # and the claim is reserved before anything is mapped
+                claim = dest.peek_mem_size(mv[:need])
+                if claim is not None:
+                    self.reserve_claim(claim[0])
+                    claimed = True
             used = dest.feed(mv[:need])
             if used != need:
                 raise SinkError("batch %d was not applied" % dest.stats()["batches"])
-            if not claimed:
-                claimed = self._claim_after(dest)
             del mv
         self.arm()
         if pending or self.conn.recv(1):
             raise SinkError("data after the end-of-stream record")
-
-    def _claim(self, batch):
-        """Reserve what the batch's MEM_SIZE record claims, read from the
-        record itself before the decoder maps and writes anything; True once
-        reserved. (A corrupt batch is left to the decoder to reject.)"""
-        payload = bytes(batch[WIRE_BATCH_HEADER:WIRE_BATCH_HEADER + 8])
-        if len(payload) < 8:
-            return False
-        hdr = int.from_bytes(payload, "big")
-        if hdr & (PAGE_SIZE - 1) != WIRE_MEM_SIZE:
-            return False
-        total = hdr & ~(PAGE_SIZE - 1)
-        self.reserve_claim(total)
-        return True
-
-    def _claim_after(self, dest):
-        total = dest.stats()["guest_bytes"]
-        if total:
-            self.reserve_claim(total)
-            return True
-        return False
 
     def reserve_claim(self, total):
         est = limits.receiver_claim_estimate(total)

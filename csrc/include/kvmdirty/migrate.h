@@ -113,6 +113,16 @@ KD_API int kd_wire_dest_set_prefault(kd_wire_dest *d, uint64_t ahead_bytes);
  * EOS was applied, 0 if more is needed, -EBADMSG (magic, sequence, CRC),
  * -EPROTO (bad record), -ERANGE (page outside the regions), -ENOMEM. */
 KD_API int kd_wire_dest_feed(kd_wire_dest *d, const void *buf, uint64_t len, uint64_t *consumed);
+/* The guest size a stream claims, before anything is mapped: buf holds
+ * the next whole batch (header + payload) not yet fed. Returns 1 with
+ * *total (bytes) and *nregions when its first record is the MEM_SIZE
+ * record and feed would accept it (the same checks: header, sequence, CRC,
+ * region count, alignment, overlap, sum); 0 when the batch carries no
+ * claim (no record, another record first, or the claim was applied
+ * already); -EAGAIN if buf holds less than the whole batch; else the error
+ * feed would return, sticky, with its sentence (kd_wire_dest_error). */
+KD_API int kd_wire_dest_peek_mem_size(kd_wire_dest *d, const void *buf, uint64_t len,
+				      uint64_t *total, uint32_t *nregions);
 /* Bytes needed for the batch starting at buf (header + payload), or -EINVAL. */
 KD_API int64_t kd_wire_dest_need(kd_wire_dest *d, const void *buf, uint64_t len);
 /* The stream ended with leftover unconsumed bytes: 0 if EOS was seen, else
