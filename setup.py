@@ -1,8 +1,9 @@
 """pykvmdirty: a dirty-page-tracking kernel-interface emulator (C core via cffi).
 
 Besides the cffi extension, the build installs libkvmdirty for C programs:
-pykvmdirty/lib/libkvmdirty.so and .a, pykvmdirty/include/kvmdirty.h (and
-kvmdirty/migrate.h) and pykvmdirty/lib/pkgconfig/kvmdirty.pc, compiled from the
+pykvmdirty/lib/libkvmdirty.so and .a, pykvmdirty/include/kvmdirty.h (and the
+kvmdirty/{vm,migrate,page_draw}.h it and the firmware guest include) and
+pykvmdirty/lib/pkgconfig/kvmdirty.pc, compiled from the
 same source list (csrc/sources.mk) with the same flags (csrc/build.mk) as the
 extension; the .pc comes from csrc/kvmdirty.pc.in, as the Makefile's does. `pykvmdirty-config --cflags --libs` finds them.
 """
@@ -48,7 +49,7 @@ class BuildExtAndLibrary(build_ext):
             os.remove(archive)
         cc.create_static_lib(objs, "kvmdirty", output_dir=libdir)
         os.makedirs(os.path.join(incdir, "kvmdirty"), exist_ok=True)
-        for h in b.INSTALLED_HEADERS:  # kvmdirty.h, kvmdirty/migrate.h, kvmdirty/page_draw.h
+        for h in b.INSTALLED_HEADERS:  # kvmdirty.h, kvmdirty/{vm,migrate,page_draw}.h
             rel = os.path.relpath(h, os.path.join(ROOT, "csrc", "include"))
             shutil.copy(h, os.path.join(incdir, rel))
         with open(os.path.join(libdir, "ldflags.txt"), "w") as f:

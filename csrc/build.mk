@@ -3,7 +3,7 @@
 # Plain `NAME = words` lines only: _build.py parses them.
 KD_OPT = -O2
 # -fvisibility=hidden: every symbol is internal unless declared KD_API
-# (include/kvmdirty.h), so internal declarations carry no annotation
+# (include/kvmdirty/vm.h), so internal declarations carry no annotation
 KD_CFLAGS = -std=gnu11 -pthread -fvisibility=hidden -Wall -Wextra
 # x86-64 only: every x86-64 CPU since 2008 has POPCNT; the scans count bits
 KD_CFLAGS_X86_64 = -mpopcnt

@@ -5,7 +5,7 @@
 #   emu/      the emulated backends (flat, two-level, byte map, ring, hier),
 #             their logs and the write-protect / PML write path
 #   real/     the real-kernel backends: kvm (/dev/kvm) and uffd
-#   vm/       the VM API (kvmdirty.h): argument checks, then vm->ops
+#   vm/       the VM API (kvmdirty/vm.h): argument checks, then vm->ops
 #   migrate/  send path, wire format, workloads; uses the public API only
 #             (and core/cpu_features.h, the CPU's vector features)
 KD_SOURCES = \

@@ -1,8 +1,9 @@
 """cffi build script (API, out-of-line mode) for pykvmdirty._native.
 
-The cdef is derived from the public headers, csrc/include/kvmdirty.h (the VM
-API) and csrc/include/kvmdirty/migrate.h (which kvmdirty.h includes), so the C
-API is declared in exactly one place: preprocessor lines become
+The cdef is derived from the public headers, csrc/include/kvmdirty/vm.h (the
+VM API) and csrc/include/kvmdirty/migrate.h (built on it), in that order: the
+two that csrc/include/kvmdirty.h, the one file C users include, includes. So
+the C API is declared in exactly one place: preprocessor lines become
 ``#define NAME ...`` (values taken from the compiler), export macros drop.
 """
 import os
@@ -14,11 +15,13 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CSRC = os.path.join(ROOT, "csrc")
-HEADERS = [os.path.join(CSRC, "include", "kvmdirty.h"),
+HEADERS = [os.path.join(CSRC, "include", "kvmdirty", "vm.h"),
            os.path.join(CSRC, "include", "kvmdirty", "migrate.h")]
-#: installed beside the library: the API headers, and the page draws the
-#: firmware guest QEMU migrates compiles in (no API: static inline, not in the cdef)
-INSTALLED_HEADERS = HEADERS + [os.path.join(CSRC, "include", "kvmdirty", "page_draw.h")]
+#: installed beside the library: the umbrella, the API headers, and the page
+#: draws the firmware guest QEMU migrates compiles in (no API: static inline,
+#: not in the cdef)
+INSTALLED_HEADERS = ([os.path.join(CSRC, "include", "kvmdirty.h")] + HEADERS
+                     + [os.path.join(CSRC, "include", "kvmdirty", "page_draw.h")])
 
 
 def read_make_vars(path):

@@ -72,6 +72,7 @@ def main(argv=None):
         p.print_help()
         return 2
     missing = [f for f in (os.path.join(include_dir(), "kvmdirty.h"),
+                           os.path.join(include_dir(), "kvmdirty", "vm.h"),
                            os.path.join(lib_dir(), "libkvmdirty.so")) if not os.path.exists(f)]
     if missing:
         print("pykvmdirty-config: not installed with the package: %s" % ", ".join(missing),

@@ -18,7 +18,7 @@
  * once per call or batch, never per page.
  *
  * Adding a backend:
- *  1. add its number to enum kd_backend in include/kvmdirty.h;
+ *  1. add its number to enum kd_backend in include/kvmdirty/vm.h;
  *  2. write one file (emu/NAME.c for an emulated log) defining
  *     `const struct kd_backend_ops kd_NAME_ops = { ... }`: check_config,
  *     log_alloc/log_free, write, get/clear/collect (or the ring hooks), and

@@ -32,7 +32,7 @@
 
 #include "core/bits.h"
 #include "core/ticket_lock.h"
-#include "kvmdirty.h"
+#include "kvmdirty/vm.h"
 
 /* Nothing declared here is exported: the library is built with
  * -fvisibility=hidden (csrc/build.mk) and only KD_API marks the public API. */

@@ -16,7 +16,7 @@
 
 #include <stdint.h>
 
-#include "kvmdirty.h"
+#include "kvmdirty/vm.h"
 
 /* Harvest up to cap entries of ring (size entries, a power of two) into
  * out, advancing *fetch; returns how many. */

@@ -29,7 +29,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "kvmdirty.h"
+#include "kvmdirty/vm.h"
 
 #define KD_HIER_CHUNK_WORDS (KD_CHUNK_PAGES / 64u) /* 8 */
 #define KD_HIER_GROUP_CHUNKS 8u /* 8, not 4: half the index (0.8%), the same collect */

@@ -77,7 +77,7 @@ KD_API void kd_vm_destroy(kd_vm *vm)
 {
 	if (!vm)
 		return;
-	vm->holds = 0; /* destroying a held VM is the caller's error (kvmdirty.h) */
+	vm->holds = 0; /* destroying a held VM is the caller's error (kvmdirty/vm.h) */
 	for (uint32_t a = 0; a < KD_ADDRESS_SPACES; a++) {
 		const struct kd_memslots *t;
 		while ((t = kd_memslots(vm, a)) && t->n) {

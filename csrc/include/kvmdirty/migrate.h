@@ -1,6 +1,6 @@
 /*
  * kvmdirty/migrate.h - the migration side of libkvmdirty, built on the VM
- * API of kvmdirty.h (which includes this file at its end): vCPU thread
+ * API of kvmdirty/vm.h (kvmdirty.h, the umbrella, includes both): vCPU thread
  * pools (writers, real-time workload threads), the wire format and its
  * destination, the scan-and-send loop, workload generators.
  * Sources: csrc/migrate/.
@@ -8,7 +8,7 @@
 #ifndef KVMDIRTY_MIGRATE_H
 #define KVMDIRTY_MIGRATE_H
 
-#include "kvmdirty.h"
+#include "kvmdirty/vm.h"
 
 #ifdef __cplusplus
 extern "C" {

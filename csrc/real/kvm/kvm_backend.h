@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kvmdirty.h"
+#include "kvmdirty/vm.h"
 
 struct kd_kvm;
 

@@ -1,6 +1,6 @@
 /*
  * real/kvm/kvm_ops.c - the kvm backend's operations table: the VM calls of
- * kvmdirty.h on a real /dev/kvm VM (kvm_backend.h). Two tables, chosen by
+ * kvmdirty/vm.h on a real /dev/kvm VM (kvm_backend.h). Two tables, chosen by
  * the config: the dirty bitmap (GET/CLEAR) or, with ring_entries, the
  * per-vCPU dirty rings.
  *

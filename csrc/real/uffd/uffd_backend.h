@@ -36,7 +36,7 @@
  * kd_uffd_collect runs; add/remove/collect/stats serialise on a per-tracker
  * lock. A slot's memory must not be stored to while that slot is being
  * removed, and must stay mapped until it is removed (memslot rule of
- * kvmdirty.h).
+ * kvmdirty/vm.h).
  */
 #ifndef KD_UFFD_BACKEND_H
 #define KD_UFFD_BACKEND_H

@@ -1,6 +1,6 @@
 /*
  * real/uffd/uffd_ops.c - the uffd backend's operations table: the VM calls
- * of kvmdirty.h on memory tracked by the kernel's userfaultfd write
+ * of kvmdirty/vm.h on memory tracked by the kernel's userfaultfd write
  * protection, PAGEMAP_SCAN or mprotect (uffd_backend.h).
  *
  * Memslots are the library's own (core/slots.c, with KVM's checks); each
