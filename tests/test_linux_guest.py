@@ -308,3 +308,106 @@ def _tcg_calibration():
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(here, "docs", "qemu_calibration_tcg.json")) as f:
         return json.load(f)
+
+
+def test_trace_speed_slows_the_replay_and_is_checked():
+    from pykvmdirty.migration.trace import TraceError, TraceWorkload
+
+    class FakeVM:
+        vcpus = 1
+    calls = []
+    w = TraceWorkload(FakeVM(), _model_trace(speed=0.5),
+                      lambda v, g, value, t: calls.append(g.tolist()))
+    assert w.advance(0, 150) == 3            # trace time 75: interval 0 (t 0) only
+    assert w.advance(150, 250) == 1          # trace time 125: interval 1 (t 100)
+    assert w.advance(250, 399) == 0          # trace time 199.5
+    assert w.advance(399, 400) == 2          # trace time 200: interval 2
+    for bad in (0, -1, 5, "1", True):
+        with pytest.raises(TraceError, match="meta speed"):
+            _model_trace(speed=bad)
+
+
+def test_guest_speed_factor_arithmetic():
+    """A hand-made calibration sample: the replay sends 40,000 normal pages
+    plus 20,000 per unit of speed; the run sent 45,000: the factor is 0.25."""
+    from pykvmdirty.qemu.linux.predict import fit_speed
+    s, tried = fit_speed(45_000, lambda x: 40_000 + 20_000 * x)
+    assert s == pytest.approx(0.25, rel=2e-3)
+    assert tried[0][0] == 4.0 and len(tried) == 2 + 12
+    # outside what the replay can send: the bounds, said by the tries
+    assert fit_speed(10**9, lambda x: 40_000 + 20_000 * x)[0] == 4.0
+    assert fit_speed(1, lambda x: 40_000 + 20_000 * x)[0] == 1 / 64
+
+
+def _fake_linux_result(normal, syncs, status="completed"):
+    from pykvmdirty.qemu.runner import QemuResult
+    return QemuResult(status=status, total_time=1.0, setup_time=0.002, downtime=0.01,
+                      dirty_sync_count=syncs, transferred=normal * 4104, normal=normal,
+                      duplicate=29_000, accel="tcg", downtime_bytes=600 * 4104,
+                      guest_rate=4.6, guest_rate_migrating=4.0,
+                      samples=[dict(t=0.1, status="active", dirty_sync_count=1, remaining=1,
+                                    normal=1, duplicate=0, dirty_pages_rate=0, throttle=0,
+                                    mbps=1.0)])
+
+
+def test_guest_speed_is_taken_from_the_calibration_run_only(tmp_path, monkeypatch):
+    """The flow: the speed is fitted once, from the calibration run (its
+    setting, its figures), before any judged run; every prediction replays
+    at it, and the judged runs (whatever they show) do not change it."""
+    import json
+    from pykvmdirty.cli import main
+    from pykvmdirty.commands import _qemu_linux as ql
+    from pykvmdirty.qemu import calibration
+    from pykvmdirty.qemu.linux import predict as lp
+    from pykvmdirty.qemu.linux.model import build_trace
+    try:
+        initramfs.find_kernel(None)
+    except initramfs.LinuxGuestError as e:
+        pytest.skip(str(e))
+    cal = tmp_path / "cal.json"
+    calibration.from_file_dict(_tcg_calibration()).save(str(cal))
+    npages = (256 << 20) // 4096
+    buf = np.arange(1000, 5000, dtype=np.uint64)
+    sets = [buf[(i % 4) * 1000:(i % 4 + 1) * 1000] for i in range(8)]
+    trace = build_trace(npages, np.arange(30_000, dtype=np.uint64), sets, [0.05] * 8,
+                        {"workload": "vm-flip-16M", "dirty_rate_pages_s": 20_000.0})
+    monkeypatch.setattr(ql.wl_model, "measure", lambda *a, **k: trace)
+    events = []
+
+    def fake_run(cfg):
+        events.append(("run", cfg.bandwidth, cfg.downtime_limit, cfg.verify))
+        if (cfg.bandwidth, cfg.downtime_limit) == (lp.UNLIMITED, 0.02):
+            return _fake_linux_result(normal=36_000, syncs=4)
+        return _fake_linux_result(normal=900_000, syncs=99)   # never looked at by the fit
+    monkeypatch.setattr(ql, "run_migration", fake_run)
+    real_speed = lp.guest_speed
+
+    def spy(run, cal_, config, tr):
+        events.append(("speed", run["normal"], config.bandwidth, config.downtime_limit))
+        return real_speed(run, cal_, config, tr)
+    monkeypatch.setattr(lp, "guest_speed", spy)
+    out = tmp_path / "x.json"
+    rc = main(["qemu", "--guest", "linux", "--workload", "vm-flip-16M", "--calibration",
+               str(cal), "--repeat", "1", "--grid", "one", "--bandwidth", "128MiB",
+               "--json", str(out)])
+    assert rc == 0
+    assert events[0] == ("run", lp.UNLIMITED, 0.02, False)       # the calibration, unverified
+    assert events[1] == ("speed", 36_000, lp.UNLIMITED, 0.02)    # fitted from it alone
+    assert [e[0] for e in events[2:]] == ["run"]                 # then the judged run
+    doc = json.loads(out.read_text())
+    fitted = doc["calibrations"]["tcg"]["guest_speed"]
+    assert fitted["run_normal"] == 36_000 and fitted["run"]["normal"] == 36_000
+    pred = doc["cells"][0]["prediction"]
+    assert pred["guest_speed"] == fitted["speed"]
+    assert doc["cells"][0]["predicted_at"] <= doc["cells"][0]["runs"][0]["started_at"]
+
+
+def test_linux_dirty_rate_side_by_side_arithmetic():
+    from pykvmdirty.qemu.linux.dirtyrate import model_rate_mib_s, two_sigma_mib_s
+    meta = {"working_set": [[0.5, 2560.0], [1.0, 3840.0], [2.0, 4096.0]]}
+    assert model_rate_mib_s(meta, 1) == pytest.approx(15.0)         # 3840 pages in 1 s
+    assert model_rate_mib_s(meta, 0.25) == pytest.approx(20.0)      # 1280 pages in 0.25 s
+    assert model_rate_mib_s(meta, 4) is None
+    # 256 MiB, 512 samples per GiB: n = 128; 64 MiB dirty in 1 s: p = 1/4
+    assert two_sigma_mib_s(64, 1, 512, 256 << 20) == pytest.approx(
+        2 * (0.25 * 0.75 / 128) ** 0.5 * 256)

@@ -2,7 +2,8 @@
 7.2's calc-dirty-rate measures it (page sampling, dirty bitmap, dirty ring),
 on the emulator next to the true dirty set of a known workload, or (--qemu)
 by QEMU itself on the firmware guest next to the emulator's estimate of the
-same pages."""
+same pages, or (--linux WORKLOAD) by QEMU's page sampling on the Linux guest
+next to the whole-RAM snapshot diff its workload model is built from."""
 import json
 
 from ..bindings.constants import BACKENDS, RING_BACKENDS, RING_MAX_ENTRIES
@@ -57,6 +58,13 @@ def register(sub):
                    "side by side with the emulator's estimate of the same pages")
     p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"],
                    help="--qemu: the accelerator (auto: KVM, else TCG)")
+    p.add_argument("--linux", default=None, metavar="WORKLOAD",
+                   help="QEMU's page sampling (at --sample-pages and 4096 per GiB) on the "
+                   "Linux guest running WORKLOAD (TCG), next to the snapshot diff of the "
+                   "same window; --calc-time whole seconds, default 1,2")
+    p.add_argument("--model", default=None, metavar="FILE",
+                   help="--linux: a workload model (pykvmdirty qemu --guest linux) of the "
+                   "same workload: its rate for each window beside")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     p.set_defaults(func=run)
 
@@ -78,6 +86,8 @@ def _check_common(args):
 def run(args):
     methods = _check_common(args)
     check_output_paths(args, ["--json"])
+    if args.linux:
+        return run_linux(args)
     if args.qemu:
         return run_qemu(args, methods)
     times = [emu.check_calc_time(t) for t in _times(args.calc_time or "0.25,0.5,1,2,4")]
@@ -117,6 +127,39 @@ def run(args):
             workload=spec.as_dict(), guest_size=args.guest_size, methods=methods,
             sample_pages=args.sample_pages, ring_entries=args.ring_entries, vcpus=args.vcpus,
             windows=[w.as_dict() for w in windows]), indent=1) + "\n")
+    return 0
+
+
+def run_linux(args):
+    from ..migration.trace import load as load_trace
+    from ..qemu import dirtyrate as qd
+    from ..qemu.config import QemuConfig
+    from ..qemu.linux import dirtyrate as ld
+    from ..qemu.linux.workloads import check
+    check(args.linux)
+    times = _times(args.calc_time or "1,2")
+    for t in times:
+        qd.check_qmp_args("page-sampling", t, args.sample_pages)
+    meta = load_trace(args.model).meta if args.model else None
+    cfg = QemuConfig(guest="linux", workload=args.linux, guest_size=args.guest_size,
+                     accel="tcg")
+    samples = sorted({args.sample_pages, 4096})
+    rows = ld.side_by_side(cfg, [int(t) for t in times], samples, model_meta=meta)
+    print("Linux guest (%s, %s, TCG): QEMU's calc-dirty-rate page-sampling (MiB/s, +- its "
+          "2 sigma) against the snapshot diff of the same window length (MiB/s)%s"
+          % (args.linux, _gib(args.guest_size), "; the model's working set over the window"
+             if meta else ""))
+    for r in rows:
+        q = "  ".join("%d/GiB %d +-%.0f" % (int(n), v["mib_s"], v["two_sigma_mib_s"])
+                      for n, v in sorted(r["qemu"].items(), key=lambda kv: int(kv[0])))
+        print("round %d  %d s  QEMU %s  snapshot %.1f (%d pages in %.3f s)%s  load %.2f"
+              % (r["round"], r["calc_time"], q, r["snapshot_mib_s"], r["snapshot_pages"],
+                 r["snapshot_window_s"], "" if r.get("model_mib_s") is None else
+                 "  model %.1f" % r["model_mib_s"], r["loadavg"]))
+    if args.json:
+        write_output("--json", args.json, json.dumps(dict(
+            workload=args.linux, guest_size=args.guest_size, model=args.model, rows=rows),
+            indent=1) + "\n")
     return 0
 
 

@@ -43,8 +43,8 @@ def register(sub):
     p.add_argument("--model", metavar="FILE",
                    help="--guest linux: the workload model (a trace from an earlier run); "
                    "default: measure it now and save it next to --json")
-    p.add_argument("--windows", type=positive_int, default=20,
-                   help="--guest linux: windows of 200 ms the model measures (default 20)")
+    p.add_argument("--windows", type=positive_int, default=40,
+                   help="--guest linux: windows of 50 ms the model measures (default 40)")
     p.add_argument("--warmup", type=finite_float, default=None,
                    help="seconds the guest runs before a migration (default 1; Linux 3)")
     p.add_argument("--guest-size", type=size_arg("--guest-size"), default=None,

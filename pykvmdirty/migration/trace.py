@@ -40,7 +40,11 @@ qemu/linux/model.py):
 - ``"throttle": "slows"``: auto-converge's CPU throttle slows the replay
   (at p % the trace's time runs at 1 - p/100 of the clock's), as it slows
   the measured guest; without it a trace replays what was recorded,
-  unthrottled.
+  unthrottled;
+- ``"speed": S`` (a number, 0 < S <= 4; default 1): the trace's time runs at
+  S x the clock's (before any throttle): a guest measured alone that runs
+  slower while it is migrated (its vCPU shares the host with the sender and
+  the destination) replays at the speed a calibration found.
 """
 import io
 import json
@@ -154,6 +158,9 @@ def validate(tr, where):
         bad("meta prefill must be an integer in [0, %d] (intervals), got %r" % (k, prefill))
     if tr.meta.get("throttle", "none") not in ("none", "slows"):
         bad("meta throttle must be \"none\" or \"slows\", got %r" % (tr.meta["throttle"],))
+    speed = tr.meta.get("speed", 1)
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0 < speed <= 4:
+        bad("meta speed must be a number in (0, 4], got %r" % (speed,))
     rep = tr.meta.get("repeat")
     if rep is not None:
         f = rep.get("from") if isinstance(rep, dict) else None
@@ -341,6 +348,7 @@ class TraceWorkload:
         self._repeat = (int(rep["from"]), int(rep["period_ns"])) if rep else None
         self.prefilled = 0
         self._slows = trace.meta.get("throttle") == "slows"
+        self._speed = float(trace.meta.get("speed", 1))
         self._clock = None      # the trace's own time when the throttle slows it
         prefill = int(trace.meta.get("prefill", 0))
         if prefill:             # the guest's memory before the migration starts
@@ -354,11 +362,12 @@ class TraceWorkload:
         the vCPUs, never the number of intervals (empty ones cost nothing)."""
         tr = self.trace
         done = 0
-        if self._slows:
+        if self._slows or self._speed != 1:
             # the throttle the loop set on the writer (VirtualWorkload.set_throttle)
-            pct = getattr(getattr(self.writer, "__self__", None), "_throttle", 0) or 0
+            pct = (getattr(getattr(self.writer, "__self__", None), "_throttle", 0) or 0
+                   if self._slows else 0)
             self._clock = (t0 if self._clock is None else self._clock) + \
-                (t1 - t0) * (100 - pct) / 100
+                (t1 - t0) * self._speed * (100 - pct) / 100
             t1 = int(self._clock)
         while True:
             due = t1 - self._base

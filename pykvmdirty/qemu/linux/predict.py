@@ -6,11 +6,12 @@ Inputs, and nothing of a judged run:
 
 - the model: the trace of the guest's memory at the start and its
   windows' pages (prefill, repeat, throttle: see model.py);
-- the calibration (:func:`calibrate`): ONE migration of the same guest and
-  workload at a setting no judged cell uses (``CALIBRATION_CELL``:
-  unlimited bandwidth, downtime-limit 300 ms), over a base calibration of
-  this machine's TCG QEMU (``pykvmdirty calibrate --qemu --accel tcg``)
-  that gives the ratios the one run cannot separate:
+- the calibration: ONE migration of the same guest and workload at a
+  setting no judged cell uses (``CALIBRATION_CELL``: unlimited bandwidth,
+  downtime-limit 20 ms: QEMU syncs again after its bulk pass, so the run
+  shows how much the guest dirties while it is migrated), over a base
+  calibration of this machine's TCG QEMU (``pykvmdirty calibrate --qemu
+  --accel tcg``) that gives the ratios the one run cannot separate:
 
   * send_normal_s: the run's running time (total - setup - downtime) over
     its pre-copy pages, a zero page priced at the base's zero/normal
@@ -22,7 +23,16 @@ Inputs, and nothing of a judged run:
   * setup_s: the run's setup-time;
   * fault_contention_s 0: the replayed writes are the guest's measured
     pages, the cost of its faults is already in the rates measured;
-  * the rest (guest write and fault costs, sync, ring) from the base.
+  * the rest (guest write and fault costs, sync, ring) from the base;
+  * the guest's speed while it is migrated (:func:`guest_speed`): the model
+    was measured with the guest alone; the loop replays the calibration
+    cell with the model at speed S (the trace's meta ``"speed"``: its time
+    runs at S x the clock's) and S is the one whose replay sends as many
+    normal pages as the run did (bisection). Every judged cell replays the
+    model at that S. (QEMU's dirty-pages-rate does not measure it: in a
+    migration that keeps iterating every sync finds about what the sender
+    sent, so the rate is the send rate; the guest's heartbeat is a sleep
+    loop, its rate barely moves.)
 
 The loop: one memslot of guest_size, TCG's dirty bitmap without manual
 protect (strategy global), the sender prices as in qemu/predict.py, the
@@ -42,8 +52,10 @@ from ..predict import NS, STEP_S, cost_model, sender_prices
 
 UNLIMITED = 64 << 30
 #: the calibration run's setting (never a judged cell's)
-CALIBRATION_CELL: Dict[str, Any] = dict(bandwidth=UNLIMITED, downtime_limit=0.3,
+CALIBRATION_CELL: Dict[str, Any] = dict(bandwidth=UNLIMITED, downtime_limit=0.02,
                                         auto_converge=False)
+#: the range the guest's speed is searched in (a factor on the model's time)
+SPEED_RANGE = (1 / 64, 4.0)
 PAGE_RECORD = 4096 + 8
 MIN_STOPPED_PAGES = 500
 
@@ -73,8 +85,8 @@ def costs_from_run(run, base: Calibration, config: QemuConfig) -> Calibration:
     pre_normal = max(0, int(run["normal"]) - stopped_pages)
     zeros = int(run["duplicate"])
     ratio = base.send_zero_s / base.send_normal_s
-    where = "the Linux calibration run (%s, %d MiB, unlimited, 300 ms)" % (
-        config.workload, config.guest_size >> 20)
+    where = ("the Linux calibration run (%s, %d MiB, unlimited, %g ms)"
+             % (config.workload, config.guest_size >> 20, config.downtime_limit * 1000))
     if running <= 0 or pre_normal + ratio * zeros <= 0:
         raise ValueError("the calibration run sent nothing while running (total %.3f s, "
                          "setup %.3f s, downtime %.3f s): cannot price a page"
@@ -111,6 +123,67 @@ def costs_from_run(run, base: Calibration, config: QemuConfig) -> Calibration:
         cells={"linux calibration": {k: run[k] for k in run if k != "samples"}}, **f)
 
 
+def with_speed(trace, speed):
+    """The same model replayed at `speed` (trace meta ``"speed"``)."""
+    from ...migration.trace import Trace
+    return Trace(trace.npages, trace.t_ns, trace.offsets, trace.gfns, trace.vcpus,
+                 dict(trace.meta, speed=float(speed)))
+
+
+def fit_speed(target, pages_at, lo=SPEED_RANGE[0], hi=SPEED_RANGE[1], steps=12):
+    """The speed S in [lo, hi] whose replay sends `target` normal pages
+    (pages_at(S), which grows with S), by bisection on log S:
+    (S, [(S tried, pages)]). A target outside [pages_at(lo), pages_at(hi)]
+    gives that bound."""
+    tried = []
+
+    def at(s):
+        n = pages_at(s)
+        tried.append((s, n))
+        return n
+    if at(hi) <= target:
+        return hi, tried
+    if at(lo) >= target:
+        return lo, tried
+    for _ in range(steps):
+        mid = (lo * hi) ** 0.5
+        if at(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo * hi) ** 0.5, tried
+
+
+def guest_speed(run, cal: Calibration, config: QemuConfig, trace) -> dict:
+    """The guest's speed while it is migrated, from the calibration run
+    alone (a dict of its QemuResult fields; `config` its settings) and the
+    model: the S at which the loop, replaying the calibration cell with the
+    model at speed S and the costs `cal` (priced from the same run), sends
+    as many normal pages as the run did. A dict: ``speed``, the run's and the
+    replay's figures, how it was found."""
+    target = int(run["normal"])
+
+    def replay(s):
+        return migrate(loop_config(config, cal, with_speed(trace, s)), sink="null")
+
+    def pages_at(s):
+        r = replay(s)
+        return r.total("pages_sent") - r.total("zero_pages")
+    speed, tried = fit_speed(target, pages_at)
+    r = replay(speed)
+    alone = trace.meta.get("dirty_rate_pages_s", 0)
+    return dict(
+        speed=speed, run_normal=target, run_syncs=int(run["dirty_sync_count"]),
+        run_status=run["status"], replay_normal=r.total("pages_sent") - r.total("zero_pages"),
+        replay_syncs=r.dirty_sync_count, replay_status=r.status,
+        tried=[[s, int(n)] for s, n in tried],
+        source=("the Linux calibration run (%s): %d normal pages in %d syncs; the loop replays "
+                "that cell with the model (measured alone: %.0f pages/s) at speed %.3f for the "
+                "same pages (%d in %d syncs)"
+                % (run["status"], target, int(run["dirty_sync_count"]), alone, speed,
+                   r.total("pages_sent") - r.total("zero_pages"), r.dirty_sync_count)))
+
+
 def loop_config(config: QemuConfig, cal: Calibration, trace) -> MigrationConfig:
     if (config.throttle_initial, config.throttle_increment) != (20, 10):
         raise ValueError("the qemu-7.2 policy models QEMU's default throttle steps (20 %, +10 %)")
@@ -130,9 +203,10 @@ def loop_config(config: QemuConfig, cal: Calibration, trace) -> MigrationConfig:
         duration_limit=config.timeout, policy="qemu-7.2", warmup=0)
 
 
-def predict(config: QemuConfig, cal: Calibration, trace) -> dict:
-    """The loop's figures for this cell under QEMU's names (as qemu/predict.py)."""
-    cfg = loop_config(config, cal, trace)
+def predict(config: QemuConfig, cal: Calibration, trace, speed: float = 1.0) -> dict:
+    """The loop's figures for this cell under QEMU's names (as qemu/predict.py),
+    the model replayed at the guest's `speed` (:func:`guest_speed`)."""
+    cfg = loop_config(config, cal, with_speed(trace, speed) if speed != 1 else trace)
     r = migrate(cfg, sink="null")
     zero = r.total("zero_pages")
     out = dict(status=r.status, total_time=r.total_ns / NS, setup_time=r.setup_ns / NS,
@@ -146,6 +220,8 @@ def predict(config: QemuConfig, cal: Calibration, trace) -> dict:
                           throttle=p.throttle_pct, guest_writes=p.guest_writes)
                      for p in r.passes]
     out["inputs"] = cal.inputs()
+    out["guest_speed"] = speed
+    out["dirty_pages_rate"] = r.dirty_pages_rate
     out["loop"] = dict(backend=cfg.backend, strategy=cfg.strategy, workload="trace",
                        link_bandwidth=cfg.link_bandwidth, page_ns=cfg.costs.page_ns)
     return out
