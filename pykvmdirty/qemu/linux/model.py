@@ -195,7 +195,7 @@ def measure(config, windows=20, window_s=0.2, on_progress: Optional[Callable[[st
 
 def summary(trace) -> str:
     m = trace.meta
-    ws = ", ".join("%.1f s %d" % (s, p) for s, p in m.get("working_set", []))
+    ws = ", ".join("%g s %d" % (s, p) for s, p in m.get("working_set", []))
     return ("%s: %d of %d pages not zero at the start; %d windows of %.0f ms: %.0f pages/s "
             "changed (median %d per window, %d hot pages in nearly every window), %d pages "
             "touched in all; working set (pages): %s" % (
