@@ -23,6 +23,7 @@ import os
 from typing import Dict, Mapping
 
 from .bindings.constants import PAGE_SIZE
+from .bindings.vm import WRITE_EVENTS
 
 FORMAT = "pykvmdirty-cost-model"
 VERSION = 1
@@ -30,7 +31,8 @@ MAX_FILE_BYTES = 1 << 20   # a cost-model file is read whole, at most this much
 DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "cost_model.json")
 GIB_WORDS = (1 << 30) // PAGE_SIZE // 64  # 64-bit log words per GiB of slot
 #: counters paid while the guest writes; the rest are paid by collection
-WRITE_SIDE = ("write_faults", "pml_entries", "pml_flushes", "ring_pushes", "ring_full_exits")
+#: the guest's side of dirty tracking: the events a write reports for itself
+WRITE_SIDE = WRITE_EVENTS
 
 
 def _read_default_file(path=DATA_FILE):

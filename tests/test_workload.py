@@ -191,3 +191,42 @@ def test_fault_time_is_guest_slowdown():
     assert g["progress"] == pytest.approx(1.0, abs=0.01)
     assert g["tracking_share"] == pytest.approx(0.5, abs=0.02)
     assert "dirty tracking took 5" in busy.summary()
+
+
+@pytest.mark.parametrize("backend,tracking", [("flat", "write_protect"), ("flat", "pml"),
+                                              ("ring", "write_protect"), ("hier", "write_protect")])
+def test_one_guest_entry_generates_writes_and_reports_its_own_events(backend, tracking):
+    """kd_workload_enter: the same gfns a generator gives, written in the same
+    call, with the events kd_stats counts for it (and nothing of another
+    vCPU's)."""
+    npages = 1 << 16
+    vm = kd.VM(backend, vcpus=2, dirty_tracking=tracking,
+               ring_entries=1 << 16 if backend == "ring" else None)
+    vm.set_user_memory_region(0, 0, npages * 4096, kd.MEM_LOG_DIRTY_PAGES)
+    gen = Generator("uniform", 0, npages, seed=5)
+    twin = Generator("uniform", 0, npages, seed=5)
+    buf = np.empty(4096, dtype=np.uint64)
+    vm.write(np.arange(100, dtype=np.uint64), 1, 1)       # another vCPU's events
+    before = vm.stats
+    gfns, res, value, events = gen.enter(vm, 0, 3000, 77, buf)
+    after = vm.stats
+    want, _ = twin.generate(3000)
+    assert np.array_equal(gfns, want) and res.applied == 3000 and value == 77
+    for k, n in events.items():
+        assert n == after[k] - before[k], k
+    assert events["write_faults" if tracking == "write_protect" else "pml_entries"] > 0
+    with pytest.raises(ValueError, match="vcpu must be below 2"):
+        gen.enter(vm, 2, 10, 1, buf)
+    acc = {}
+    vm.write(want[:10], 1, 9, events=acc)
+    assert set(acc) == set(events) and all(v >= 0 for v in acc.values())
+
+
+def test_a_migration_test_entry_stores_the_sweep_number():
+    vm = kd.VM("flat", guest_memory=True)
+    vm.set_user_memory_region(0, 0, 64 * 4096, kd.MEM_LOG_DIRTY_PAGES)
+    gen = Generator("migration-test", 0, 64)
+    buf = np.empty(64, dtype=np.uint64)
+    gfns, res, value, _ = gen.enter(vm, 0, 64, 12345, buf)
+    assert gfns.size == 64 and value == 1                 # the sweep's number, not 12345
+    assert int(vm.slot_memory(0).view(np.uint64)[0]) == 1

@@ -262,6 +262,27 @@ KD_API int64_t kd_workload_generate(kd_workload *w, uint64_t *gfns, uint64_t n,
 	return (int64_t)i;
 }
 
+KD_API int64_t kd_workload_enter(kd_workload *w, kd_vm *vm, uint32_t vcpu, uint64_t *gfns,
+				 uint64_t n, uint64_t value, uint64_t *value_used,
+				 struct kd_write_result *res)
+{
+	uint64_t hint = 0;
+	int64_t k;
+	int r;
+
+	if (!w || !vm || !res)
+		return -EINVAL;
+	k = kd_workload_generate(w, gfns, n, &hint);
+	if (k < 0)
+		return k;
+	if (hint)
+		value = hint;
+	if (value_used)
+		*value_used = value;
+	r = kd_write(vm, vcpu, gfns, (uint64_t)k, value, res);
+	return r ? r : k;
+}
+
 /* ---- threads ---- */
 
 struct wl_thread {

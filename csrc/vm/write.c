@@ -73,6 +73,11 @@ KD_API int kd_write(kd_vm *vm, uint32_t vcpu, const uint64_t *gfns, uint64_t n,
 	counters_add(&v->c, &c);
 	res->applied = applied;
 	res->exit_reason = exit_reason;
+	res->write_faults = c.write_faults;
+	res->pml_entries = c.pml_entries;
+	res->pml_flushes = c.pml_flushes;
+	res->ring_pushes = c.ring_pushes;
+	res->ring_full_exits = c.ring_full_exits;
 out:
 	kd_memslots_exit(v);
 	__atomic_store_n(&v->busy, 0, __ATOMIC_RELEASE);

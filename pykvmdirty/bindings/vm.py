@@ -51,6 +51,15 @@ class WriteResult(collections.namedtuple("WriteResult", "applied exit_reason")):
         return self.exit_reason == EXIT_DIRTY_RING_FULL
 
 
+#: the write-side events a kd_write reports for its own call (struct kd_write_result)
+WRITE_EVENTS = ("write_faults", "pml_entries", "pml_flushes", "ring_pushes", "ring_full_exits")
+
+
+def write_events(res):
+    """{event: count} of a struct kd_write_result (this call, this vCPU)."""
+    return {k: getattr(res, k) for k in WRITE_EVENTS}
+
+
 SlotInfo = collections.namedtuple("SlotInfo", "slot flags base_gfn npages")
 # Bytes a slot's dirty log holds in this process: address space reserved and
 # pages resident (kd_log_memory).
@@ -296,11 +305,13 @@ class VM(RingMethods):
               "enable_manual_protect(flags=%#x)" % flags)
 
     # -- guest side -------------------------------------------------------
-    def write(self, gfns, vcpu=0, value=0):
+    def write(self, gfns, vcpu=0, value=0, events=None):
         """vCPU `vcpu` writes `value` to each gfn in order (one C call).
 
         Returns WriteResult(applied, exit_reason); a ring VM stops after the
-        write that fills a vCPU's ring to its soft limit.
+        write that fills a vCPU's ring to its soft limit. events: a dict the
+        call's write-side events (WRITE_EVENTS: faults, PML, ring pushes and
+        exits, this call only) are added to.
         """
         arr = as_gfn_array(gfns)
         vcpu = uint_arg(vcpu, "vcpu", 32)
@@ -310,6 +321,9 @@ class VM(RingMethods):
         res = ffi.new("struct kd_write_result *")
         check(lib.kd_write(self.handle, vcpu, u64_ptr(arr), arr.size, value, res),
               "write(%d gfns, vcpu=%d)", (arr.size, vcpu))
+        if events is not None:
+            for k in WRITE_EVENTS:
+                events[k] = events.get(k, 0) + getattr(res, k)
         return WriteResult(res.applied, res.exit_reason)
 
     # -- KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG ----------------------------

@@ -11,6 +11,7 @@ from .._native import ffi, lib
 from ..errors import check
 from .boundary import u64_ptr, uint_arg
 from .constants import WORKLOAD_KINDS as KINDS
+from .vm import WriteResult, write_events
 
 
 def check_kind(kind):
@@ -71,6 +72,23 @@ class Generator:
         k = check(lib.kd_workload_generate(self._h, u64_ptr(out, True), int(n), self._hint),
                   "workload.generate")
         return out[:k], self._hint[0]
+
+
+    def enter(self, vm, vcpu, n, value, out):
+        """One guest entry (kd_workload_enter): up to n next gfns into out (a
+        uint64 array the caller keeps), written as vCPU vcpu with the
+        generator's value hint or `value`. Returns (the gfns, WriteResult,
+        the value stored, the entry's write-side events {name: count})."""
+        vcpu = uint_arg(vcpu, "vcpu", 32)
+        if vcpu >= vm.vcpus:
+            raise ValueError("vcpu must be below %d, got %d" % (vm.vcpus, vcpu))
+        n = min(int(n), out.size)
+        res = ffi.new("struct kd_write_result *")
+        used = ffi.new("uint64_t *")
+        k = check(lib.kd_workload_enter(self._h, vm.handle, vcpu, u64_ptr(out, True), n,
+                                        uint_arg(value, "value"), used, res),
+                  "workload(%s).enter(%d gfns, vcpu=%d)" % (self.kind, n, vcpu))
+        return out[:k], WriteResult(res.applied, res.exit_reason), used[0], write_events(res)
 
 
 def _stop_threads(handle, n, keep_alive):

@@ -144,14 +144,12 @@ class VirtualWorkload:
         ring-full exits and their waits)."""
         return float(sum(self.event_ns.values())) + self.stall_ns
 
-    def _event_ns(self, before, after):
-        """vCPU ns of the write-side events between two VM.stats (cost model)."""
+    def _event_ns(self, events):
+        """vCPU ns of a guest entry's write-side events (cost model)."""
         if self.costs is None:
             return {}
-        from ..costmodel import WRITE_SIDE
-        d = {k: after.get(k, 0) - before.get(k, 0) for k in WRITE_SIDE}
-        b = self.costs.breakdown(d, self.backend)
-        return {k: b[k] for k in WRITE_SIDE if b.get(k)}
+        b = self.costs.breakdown(events, self.backend)
+        return {k: b[k] for k in events if b.get(k)}
 
     def run_unpriced(self, ns, max_writes):
         """The guest runs `ns` before the migration (no dirty logging yet, so
@@ -231,17 +229,17 @@ class VirtualWorkload:
             est = self._ns_per_write[vcpu]
             if est > 0:
                 room = min(room, max(1, int((budget - spent) / est)))
-            gfns, hint = gen.generate(min(room, self.CHUNK), self._buf)
+            # one C call generates and writes; it reports its own events
+            gfns, res, value, events = gen.enter(self.vm, vcpu, min(room, self.CHUNK),
+                                                 self._value, self._buf)
             if gfns.size == 0:
                 break
-            before = self.vm.stats if self.costs is not None else None
-            stall = self.write_gfns(vcpu, gfns, hint or self._value, t)
+            stall = self.finish_entry(vcpu, gfns, res, value, t, events)
             cost = gfns.size * per_write + stall
             self.write_ns += gfns.size * per_write
-            if before is not None:
-                after = self.vm.stats
-                self.faults += after.get("write_faults", 0) - before.get("write_faults", 0)
-                for name, ns in self._event_ns(before, after).items():
+            if self.costs is not None:
+                self.faults += events["write_faults"]
+                for name, ns in self._event_ns(events).items():
                     self.event_ns[name] = self.event_ns.get(name, 0.0) + ns
                     cost += ns
             done += gfns.size
@@ -250,15 +248,23 @@ class VirtualWorkload:
                 self._ns_per_write[vcpu] = cost / gfns.size
         return done, spent
 
-    def write_gfns(self, vcpu, gfns, value, t):
+    def write_gfns(self, vcpu, gfns, value, t, events=None):
         """Write gfns as vCPU vcpu; on a ring-full exit call on_ring_full and go
-        on. Returns the ns the vCPU waited for room (on `clock`)."""
+        on. Returns the ns the vCPU waited for room (on `clock`); events: a
+        dict the writes' events are added to."""
+        return self.finish_entry(vcpu, gfns, None, value, t, events)
+
+    def finish_entry(self, vcpu, gfns, res, value, t, events=None):
+        """After a guest entry that wrote res.applied of gfns (res None:
+        nothing yet), write the rest as write_gfns does."""
         start = 0
         stall = 0
-        while start < gfns.size:
-            res = self.vm.write(gfns[start:], vcpu, value)
-            start += res.applied
-            if res.exit_reason == EXIT_DIRTY_RING_FULL:
+        while res is not None or start < gfns.size:
+            if res is None:
+                res = self.vm.write(gfns[start:], vcpu, value, events)
+            applied, reason, res = res.applied, res.exit_reason, None
+            start += applied
+            if reason == EXIT_DIRTY_RING_FULL:
                 self.ring_full += 1
                 if self.on_ring_full is None:
                     raise RingFullError(vcpu, start)
@@ -266,7 +272,7 @@ class VirtualWorkload:
                 self.on_ring_full(vcpu)
                 if self.clock is not None:
                     stall += self.clock() - c0
-            elif res.applied == 0:
+            elif applied == 0 and start < gfns.size:
                 raise RuntimeError("write of %d gfns on vCPU %d made no progress"
                                    % (gfns.size - start, vcpu))
         self.stall_ns += stall

@@ -288,6 +288,21 @@ KD_API void kd_workload_destroy(kd_workload *w);
 KD_API int64_t kd_workload_generate(kd_workload *w, uint64_t *gfns, uint64_t n,
 				    uint64_t *value_hint);
 
+/*
+ * One guest entry of a generated workload, in one call: up to n next gfns of
+ * w into gfns[] (the caller's buffer: it keeps them, for a recorder or to
+ * retry after a ring-full exit), then kd_write of them as vCPU vcpu, storing
+ * the generator's value hint or, where it has none, value. res is kd_write's
+ * (what was applied, the exit, the write-side events the entry caused).
+ * Returns the number of gfns generated (>= 0; res->applied of them written,
+ * in order) or -errno: kd_workload_generate's or kd_write's (then nothing
+ * was written, though the generator has moved on). *value_used (may be
+ * NULL) gets the value stored.
+ */
+KD_API int64_t kd_workload_enter(kd_workload *w, kd_vm *vm, uint32_t vcpu, uint64_t *gfns,
+				 uint64_t n, uint64_t value, uint64_t *value_used,
+				 struct kd_write_result *res);
+
 /* Real-time workload: thread i runs wls[i] as vCPU i at rate/nthreads pages/s
  * (rate 0: as fast as it can), storing unique values from value_base up; on a
  * ring-full exit it waits for the reset. The workloads must outlive it.

@@ -127,6 +127,9 @@ struct kd_write_result {
 	uint64_t applied;     /* gfns written, in order, before any exit */
 	uint32_t exit_reason; /* KD_EXIT_NONE or KD_EXIT_DIRTY_RING_FULL */
 	uint32_t pad;
+	/* what this call cost the guest: the write-side events it caused (the
+	 * same events kd_stats counts, for this call and this vCPU only) */
+	uint64_t write_faults, pml_entries, pml_flushes, ring_pushes, ring_full_exits;
 };
 
 struct kd_collect_result {
