@@ -495,7 +495,10 @@ def migration_estimate(npages, nslots, backend, vcpus=2, populate=0.25, rate=0,
         # every page the sender or a hash reads maps a page-table entry
         est.add("page tables", npages * PTE_BYTES * (2 if sink == "local" else 1),
                 resident=False)
-    est.add("dirty logs", log_memory(backend, slot_pages, vcpus, ring_entries, tracking))
+    if backend == "hier":   # lazily backed: what the written pages make it commit
+        est.add("dirty logs", hier_written(slot_pages, classes))
+    else:
+        est.add("dirty logs", log_memory(backend, slot_pages, vcpus, ring_entries, tracking))
     if backend == "kvm":
         est.add("kernel slot metadata (rmap)", kvm_slot_metadata(slot_pages), resident=False)
     est.add("sender's last-sent versions", committed_bytes(classes, 8, entry))
@@ -559,6 +562,21 @@ def hier_committed(slot_pages, dirty):
         pool = min(groups, 3 * dirty + HIER_RETIRE_SLACK) * HIER_BLOCK_BYTES
         total += -(-pool // HUGE_BYTES) * HUGE_BYTES
     return total
+
+
+def hier_written(slot_pages, classes):
+    """Bytes the hier log commits over a migration whose written pages are
+    `classes` (written_classes): every slot's block index and summary
+    levels (hier_committed's), plus a pool block for each 4096-page group a
+    write ever touched, in 2 MiB pages (a slot's pool may start a page of its
+    own)."""
+    total = 0
+    for n in slot_pages:
+        groups = -(-n // HIER_GROUP_PAGES)
+        total += _pages(groups * HIER_INDEX_PER_GROUP) + 2 * _bitmap(-(-n // CHUNK_PAGES))
+    touched = committed_bytes(classes, 1, HIER_GROUP_PAGES) // HIER_GROUP_PAGES
+    pool = touched * HIER_BLOCK_BYTES
+    return total + -(-pool // HUGE_BYTES) * HUGE_BYTES + len(slot_pages) * HUGE_BYTES
 
 
 def receiver_claim_estimate(guest_bytes):
