@@ -114,11 +114,9 @@ def loop_config(config, cal, interface="bitmap", accel=None):
         workload_end=config.end)
 
 
-def predict(config, calibration, interface="bitmap", accel=None):
-    """The loop's figures for this cell, under QEMU's names (seconds, bytes,
-    pages), plus "passes" (per sync) and "inputs" (each with its source)."""
-    cfg = loop_config(config, calibration, interface, accel)
-    r = migrate(cfg, sink="null")
+def report_figures(r):
+    """A loop run's report under QEMU's names (seconds, bytes, pages: KEYS),
+    plus its dirty rate, the guest's figures and "passes" (per sync)."""
     zero = r.total("zero_pages")
     out = dict(status=r.status, total_time=r.total_ns / NS, setup_time=r.setup_ns / NS,
                downtime=r.downtime_ns / NS, expected_downtime=r.expected_downtime_ns / NS,
@@ -132,6 +130,14 @@ def predict(config, calibration, interface="bitmap", accel=None):
                           zero=p.zero_pages, duration=p.duration_ns / NS,
                           throttle=p.throttle_pct, guest_writes=p.guest_writes)
                      for p in r.passes]
+    return out
+
+
+def predict(config, calibration, interface="bitmap", accel=None):
+    """The loop's figures for this cell, under QEMU's names (seconds, bytes,
+    pages), plus "passes" (per sync) and "inputs" (each with its source)."""
+    cfg = loop_config(config, calibration, interface, accel)
+    out = report_figures(migrate(cfg, sink="null"))
     out["inputs"] = calibration.inputs()
     out["loop"] = dict(backend=cfg.backend, strategy=cfg.strategy, rate=cfg.spec.rate,
                        link_bandwidth=cfg.link_bandwidth, page_ns=cfg.costs.page_ns)

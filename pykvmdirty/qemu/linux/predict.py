@@ -47,8 +47,7 @@ from ...migration.run import migrate
 from ...costmodel import CostModel
 from ..calibration import Calibration
 from ..config import QemuConfig
-from ..figures import KEYS
-from ..predict import NS, STEP_S, cost_model, sender_prices
+from ..predict import STEP_S, cost_model, report_figures, sender_prices
 
 UNLIMITED = 64 << 30
 #: the calibration run's setting (never a judged cell's)
@@ -207,21 +206,9 @@ def predict(config: QemuConfig, cal: Calibration, trace, speed: float = 1.0) -> 
     """The loop's figures for this cell under QEMU's names (as qemu/predict.py),
     the model replayed at the guest's `speed` (:func:`guest_speed`)."""
     cfg = loop_config(config, cal, with_speed(trace, speed) if speed != 1 else trace)
-    r = migrate(cfg, sink="null")
-    zero = r.total("zero_pages")
-    out = dict(status=r.status, total_time=r.total_ns / NS, setup_time=r.setup_ns / NS,
-               downtime=r.downtime_ns / NS, expected_downtime=r.expected_downtime_ns / NS,
-               dirty_sync_count=r.dirty_sync_count, transferred=r.bytes,
-               normal=r.total("pages_sent") - zero, duplicate=zero,
-               throttle_max=r.final_throttle_pct)
-    assert set(KEYS) <= set(out)
-    out["passes"] = [dict(kind=p.kind, dirty_found=p.dirty_found, sent=p.pages_sent,
-                          zero=p.zero_pages, duration=p.duration_ns / NS,
-                          throttle=p.throttle_pct, guest_writes=p.guest_writes)
-                     for p in r.passes]
+    out = report_figures(migrate(cfg, sink="null"))
     out["inputs"] = cal.inputs()
     out["guest_speed"] = speed
-    out["dirty_pages_rate"] = r.dirty_pages_rate
     out["loop"] = dict(backend=cfg.backend, strategy=cfg.strategy, workload="trace",
                        link_bandwidth=cfg.link_bandwidth, page_ns=cfg.costs.page_ns)
     return out
