@@ -28,6 +28,7 @@ import pytest
 
 import pykvmdirty as kd
 from pykvmdirty.analysis import guest_stalls as gs
+from pykvmdirty.bindings.constants import WIRE_PAGE_RECORD
 
 from pykvmdirty.analysis.compare import RING_ENTRIES, dirty_pages, gib_to_pages, ring_vcpus
 
@@ -61,7 +62,7 @@ def test_sync_and_exit_waits(benchmark, size, interface):
                            rounds=rounds(5), iterations=1)
     sync = int(benchmark.stats.stats.median * 1e9)
     for bw in (128 << 20, 0):
-        send = gs.send_ns(min(2000, bw // 10 // gs.PAGE_REC)) if bw else 50_000_000
+        send = gs.send_ns(min(2000, bw // 10 // WIRE_PAGE_RECORD)) if bw else 50_000_000
         for lt in gs.LOOP_THREADS:
             r = gs.placement_model(sync, send, lt, interface == "ring", 2, 1000, 10e-6, 0.05,
                                    1.0, period=100_000_000 if bw else 0)
