@@ -103,3 +103,18 @@ def test_runs_of_pending_pages_go_out_as_ranges_and_lose_nothing():
     pd._clear_range(q.words[0], 700, 701)
     i, g = q.next_batch(lambda i: None)
     assert isinstance(g, np.ndarray) and 700 not in set(g.tolist())
+
+
+def test_pages_carried_between_syncs_are_a_set_per_slot():
+    """What a ring reaper takes early is kept as bits (QEMU's dirty bitmap),
+    not as a list that grows with every reap: the same hot page reaped a
+    thousand times is one bit, and taking them gives each page once."""
+    slots = [Slot(0, 1000), Slot(5000, 100)]
+    carry = pd.Pending(slots)
+    bases = np.array([0, 5000], dtype=np.uint64)
+    for _ in range(1000):
+        carry.add_gfns(gfns(7, 5001, 7, 999), bases)
+    assert carry.count == 3
+    assert list(carry.take_every()) == [7, 999, 5001]
+    assert carry.count == 0 and carry.take_every() is None
+    assert not any(w.any() for w in carry.words)

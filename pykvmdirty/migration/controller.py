@@ -64,7 +64,10 @@ class Controller:
         self.wl_time = 0            # the virtual workload has written up to here
         self._in_workload = False   # run_workload is running (a ring-full reap re-enters)
         self.contention = 0.0       # share of the host the guest's faults take from the sender
-        self.carry = []             # gfns reaped early (ring full), for the next sync
+        # pages reaped early (a ring filled, an iothread resync) for the next
+        # sync: a bitmap per slot, as QEMU's dirty memory bitmap the ring
+        # reaper sets (bounded by the guest's size, however often it reaps)
+        self.carry = Pending(slots)
         self.ring_full_events = 0   # reaps (real time)
         self.resyncs = 0            # iothread: syncs at iterations inside a pass
         self.bases = np.array([sl.base_gfn for sl in slots], dtype=np.uint64)
@@ -194,9 +197,7 @@ class Controller:
     def reap(self, vcpu=None):
         """A ring filled (or is filling): take its pages now, send them next pass."""
         self.ring_full_events += 1
-        gfns = self.strategy.reap(self)
-        if gfns.size:
-            self.carry.append(gfns)
+        self.carry.add_gfns(self.strategy.reap(self), self.bases)
 
     def maybe_reap_realtime(self):
         if self.virtual or not self.vm.ring_entries:
@@ -208,11 +209,8 @@ class Controller:
                 return
 
     def take_carry(self):
-        if not self.carry:
-            return None
-        g = np.concatenate(self.carry)
-        self.carry = []
-        return g
+        """Every page carried (sorted, unique), cleared; None if none."""
+        return self.carry.take_every()
 
     def take_carry_per_slot(self):
         carry = self.take_carry()
@@ -220,13 +218,8 @@ class Controller:
 
     def take_carry_for(self, sl):
         """The carried gfns inside slot sl (the rest stay carried)."""
-        cg = self.take_carry()
-        if cg is None:
-            return None
-        inside = (cg >= sl.base_gfn) & (cg < sl.base_gfn + sl.npages)
-        if (~inside).any():
-            self.carry.append(cg[~inside])
-        return cg[inside]
+        i = self.slots.index(sl)
+        return self.carry.take_all(i) if self.carry.count else None
 
     def split_by_slot(self, gfns):
         """gfns -> sorted unique per-slot arrays."""
@@ -444,10 +437,8 @@ class Controller:
         first iteration of a pass syncs through the strategy itself."""
         if not self.placement.iothread:
             return
-        gfns = self.strategy.reap(self)
+        self.carry.add_gfns(self.strategy.reap(self), self.bases)
         self.resyncs += 1
-        if gfns.size:
-            self.carry.append(gfns)
 
     def stopped_prices(self):
         """Virtual clock: the sender's prices once the VM stops, from the cost

@@ -224,7 +224,25 @@ class Pending:
                 break
             parts.append(g)
             lo = int(g[-1]) - sl.base_gfn + 1
-        self.words[i][:] = 0
         g = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        # only the words that held bits are written: a map that was never
+        # filled (a lazily backed one) stays uncommitted
+        self.words[i][(g - np.uint64(sl.base_gfn)) >> np.uint64(6)] = 0
         self.count -= g.size
         return g
+
+    def add_gfns(self, gfns, bases, sample_ns=0):
+        """Set the bits of gfns anywhere in the slots (bases: the slots'
+        base gfns, ascending, as a uint64 array); returns how many were new."""
+        if gfns.size == 0:
+            return 0
+        gfns = np.unique(gfns)
+        cuts = np.append(np.searchsorted(gfns, bases), gfns.size)
+        return sum(self.add(i, gfns[cuts[i]:cuts[i + 1]], sample_ns)
+                   for i in range(len(self.slots)) if cuts[i + 1] > cuts[i])
+
+    def take_every(self):
+        """Every set gfn of every slot, cleared (ascending), or None if none."""
+        if not self.count:
+            return None
+        return np.concatenate([self.take_all(i) for i in range(len(self.slots))])
