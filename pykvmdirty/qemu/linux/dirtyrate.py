@@ -18,7 +18,6 @@ page-sampling is asked.
 import asyncio
 import math
 import os
-import time
 from typing import List, Optional, Sequence
 
 from ..dirtyrate import calc_dirty_rate
@@ -54,14 +53,7 @@ def model_rate_mib_s(trace_meta, window_s):
 async def _snapshot_window(vm, size, window_s, paths):
     await vm.cmd("stop")
     await memory.save(vm, size, paths[0])
-    a = time.monotonic()
-    await vm.cmd("cont")
-    b = time.monotonic()
-    await asyncio.sleep(window_s)
-    c = time.monotonic()
-    await vm.cmd("stop")
-    e = time.monotonic()
-    ran = ((c + e) - (a + b)) / 2
+    ran = await memory.run_window(vm, window_s)
     await memory.save(vm, size, paths[1])
     changed = memory.changed_pages(memory.pages(paths[0]), memory.pages(paths[1]))
     await vm.cmd("cont")

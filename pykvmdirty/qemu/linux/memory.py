@@ -5,8 +5,10 @@ A snapshot is guest physical memory [0, size) written by QEMU to a file
 :func:`changed_pages` compares two of them page by page in chunks, so a
 1 GiB guest is compared without holding both in Python memory.
 """
+import asyncio
 import os
 import tempfile
+import time
 
 import numpy as np
 
@@ -29,6 +31,19 @@ async def save(vm, size, path):
     if got != size:
         from ..errors import QemuError
         raise QemuError("%s QEMU: pmemsave wrote %d bytes, expected %d" % (vm.role, got, size))
+
+
+async def run_window(vm, window_s):
+    """Let the stopped guest run for window_s, stop it again; returns how long
+    it ran (s): the middle of the cont call to the middle of the stop call."""
+    a = time.monotonic()
+    await vm.cmd("cont")
+    b = time.monotonic()
+    await asyncio.sleep(window_s)
+    c = time.monotonic()
+    await vm.cmd("stop")
+    e = time.monotonic()
+    return ((c + e) - (a + b)) / 2
 
 
 def pages(path):

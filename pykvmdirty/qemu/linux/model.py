@@ -130,14 +130,7 @@ async def _measure(config, windows, window_s, on_progress):
         start_nonzero = memory.nonzero_pages(prev)
         sets, durations, to_zero = [], [], []
         for i in range(windows):
-            a = time.monotonic()
-            await vm.cmd("cont")
-            b = time.monotonic()
-            await asyncio.sleep(window_s)
-            c = time.monotonic()
-            await vm.cmd("stop")
-            e = time.monotonic()
-            durations.append(((c + e) - (a + b)) / 2)
+            durations.append(await memory.run_window(vm, window_s))
             cur_path = paths[(i + 1) % 2]
             await memory.save(vm, size, cur_path)
             cur = memory.pages(cur_path)
