@@ -75,7 +75,7 @@ setup(
     setup_requires=["cffi>=1.15"],
     cffi_modules=["pykvmdirty/_build.py:ffibuilder"],
     cmdclass={"build_ext": BuildExtAndLibrary},
-    install_requires=["cffi>=1.15", "numpy>=1.22", "tqdm>=4.60"],
+    install_requires=["cffi>=1.15", "numpy>=2.0", "tqdm>=4.60"],
     extras_require={
         # `pykvmdirty compare/sweep --plot`
         "plot": ["matplotlib>=3.5"],

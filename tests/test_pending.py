@@ -118,3 +118,17 @@ def test_pages_carried_between_syncs_are_a_set_per_slot():
     assert list(carry.take_every()) == [7, 999, 5001]
     assert carry.count == 0 and carry.take_every() is None
     assert not any(w.any() for w in carry.words)
+
+
+def test_a_dirty_bitmap_is_ored_in_whole():
+    """Chunked clear's GET bitmap goes into the migration bitmap word by
+    word: the bits newly set and the bits found, no gfn list."""
+    slots = [Slot(100, 130)]
+    p = pd.Pending(slots)
+    p.add(0, gfns(100 + 3, 100 + 70), 1)
+    bm = np.zeros(3, dtype=np.uint64)
+    for rel in (3, 4, 64, 129):
+        bm[rel // 64] |= np.uint64(1 << (rel % 64))
+    assert p.or_bitmap(0, bm, 2) == (3, 4)       # 3 was pending already
+    assert p.count == 5 and p.sample_ns[0] == 2
+    assert list(p.take_all(0) - np.uint64(100)) == [3, 4, 64, 70, 129]

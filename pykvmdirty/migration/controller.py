@@ -64,6 +64,7 @@ class Controller:
         self.wl_time = 0            # the virtual workload has written up to here
         self._in_workload = False   # run_workload is running (a ring-full reap re-enters)
         self.contention = 0.0       # share of the host the guest's faults take from the sender
+        self.idle_ns = 0            # virtual: time the sender waited for its rate limit
         # pages reaped early (a ring filled, an iothread resync) for the next
         # sync: a bitmap per slot, as QEMU's dirty memory bitmap the ring
         # reaper sets (bounded by the guest's size, however often it reaps)
@@ -98,7 +99,8 @@ class Controller:
                                                   costs=cfg.costs, backend=cfg.backend,
                                                   clock=self.now)
             self.workload = (self.virtual_writer if cfg.trace is None else
-                             TraceWorkload(vm, cfg.trace, self.virtual_writer.write_gfns))
+                             TraceWorkload(vm, cfg.trace, self.virtual_writer.write_gfns,
+                                           idle_ns=lambda: self.idle_ns))
         else:
             self.threads = ThreadWorkload(vm, cfg.spec, first, count,
                                           global_lock=self.global_lock)
@@ -317,6 +319,18 @@ class Controller:
         for i, it in enumerate(items):
             if it.bitmap is not None:
                 it.slot.set_clear(self.cfg.clear_shift, it.bitmap)
+                t0 = time.perf_counter_ns()
+                fresh, found = self.pending.or_bitmap(i, it.bitmap, it.sample_ns)
+                if not self.virtual:
+                    pm.scan_ns += time.perf_counter_ns() - t0
+                new += fresh
+                if it.gfns is not None:   # carried pages the bitmap did not hold
+                    extra = self.pending.add(i, it.gfns, it.sample_ns)
+                    new += extra
+                    found += int(it.gfns.size) - _in_bitmap(it.bitmap, it.gfns - np.uint64(
+                        it.slot.base_gfn))
+                pm.dirty_found += found
+                continue
             new += self.pending.add(i, it.gfns, it.sample_ns)
             pm.dirty_found += 0 if it.gfns is None else int(it.gfns.size)
         return new
@@ -410,7 +424,10 @@ class Controller:
         migration_rate_limit), the guest running meanwhile (unless stopped)."""
         while True:
             deadline = self.deadline if (self.virtual and not final) else 0
-            if self.sender.wait_budget(deadline) == SEND_DONE:
+            t0 = self.now()
+            rc = self.sender.wait_budget(deadline)
+            self.idle_ns += self.now() - t0
+            if rc == SEND_DONE:
                 break
             self.deadline = self.now() + self.step
             self.run_workload()
@@ -456,6 +473,12 @@ class Controller:
             return int(c.stopped_page_ns), 0
         link2 = (WIRE_PAGE_RECORD - WIRE_ZERO_RECORD) * NS / extra
         return max(0, int(round(zero - WIRE_ZERO_RECORD * NS / link2))), int(round(link2))
+
+
+def _in_bitmap(bitmap, rel):
+    """How many of the slot-relative pages rel are set in bitmap."""
+    bits = bitmap[(rel >> np.uint64(6)).astype(np.intp)] >> (rel & np.uint64(63))
+    return int((bits & np.uint64(1)).sum())
 
 
 def populate_guest(vm, slots, npages, fraction, fill, seed):

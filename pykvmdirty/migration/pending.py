@@ -130,6 +130,19 @@ class Pending:
             self.count += nnew
         return nnew
 
+    def or_bitmap(self, i, bitmap, sample_ns):
+        """OR a dirty bitmap of slot i (KVM layout, the slot's words) into
+        its bits, as QEMU's sync ORs the dirty log into ``bmap`` word by word:
+        no gfn list is made. Returns (bits newly set, bits set in bitmap)."""
+        self.sample_ns[i] = sample_ns
+        w = self.words[i]
+        b = np.asarray(bitmap, dtype=np.uint64)[:w.size]
+        new = b & ~w
+        nnew = int(np.bitwise_count(new).sum())
+        np.bitwise_or(w, b, out=w)
+        self.count += nnew
+        return nnew, int(np.bitwise_count(b).sum())
+
     def slot_count(self, i):
         return int(np.unpackbits(self.words[i].view(np.uint8)).sum())
 

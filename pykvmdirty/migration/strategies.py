@@ -19,11 +19,14 @@ import time
 
 import numpy as np
 
-from ..bindings.scan import bitmap_to_gfns
 
 #: one slot's work in a pass: the SendRegion, its gfns (None: every page),
 #: when their dirty information was sampled (sender clock), and the GET
 #: bitmap for chunked clear (else None)
+#: What a sync found in one slot: gfns (sorted, unique) and/or, for
+#: chunked clear, the GET bitmap (ORed into the migration bitmap whole, and
+#: the mask the slot's chunks are CLEARed with); gfns then holds only the
+#: pages carried from early reaps.
 SyncItem = collections.namedtuple("SyncItem", "slot gfns sample_ns bitmap")
 
 
@@ -108,14 +111,13 @@ class ChunkedClearSync(SyncStrategy):
         for i, sl in enumerate(ctl.slots):
             bm, c = ctl.timed(ctl.vm.get_dirty_log, sl.slot)
             collect_ns += c
-            t0 = time.perf_counter_ns()
-            g = bitmap_to_gfns(bm, sl.npages, sl.base_gfn)
-            if g.size < sl.npages // 4:
-                g = g.copy()  # do not keep a slot-sized buffer for a few gfns
-            scan_ns += ctl.scan_cost(bm.size, t0, per_word=True)
-            if per_carry is not None and per_carry[i].size:
-                g = np.union1d(g, per_carry[i])
-            items.append(SyncItem(sl, g, ctl.now(), bm))
+            # the GET bitmap is ORed into the migration bitmap where it lies
+            # (no gfn list); it stays the CLEAR mask of the slot's chunks
+            # virtual clock: the OR's modelled walk of the words, charged here
+            # (real time: the controller times the OR itself)
+            scan_ns += ctl.scan_cost(bm.size, time.perf_counter_ns(), per_word=True)
+            carry = per_carry[i] if per_carry is not None and per_carry[i].size else None
+            items.append(SyncItem(sl, carry, ctl.now(), bm))
         return items, collect_ns, scan_ns
 
 
