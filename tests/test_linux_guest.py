@@ -339,6 +339,82 @@ def test_guest_speed_factor_arithmetic():
     assert fit_speed(1, lambda x: 40_000 + 20_000 * x)[0] == 1 / 64
 
 
+def test_trace_speed_follows_the_senders_waiting_share():
+    """speed while the sender works, speed_idle while it waits: an interval
+    the sender spent half waiting runs at their mean."""
+    from pykvmdirty.migration.trace import TraceError, TraceWorkload
+
+    class FakeVM:
+        vcpus = 1
+    idle = [0]
+    w = TraceWorkload(FakeVM(), _model_trace(speed=0.5, speed_idle=1.0),
+                      lambda v, g, value, t: None, idle_ns=lambda: idle[0])
+    assert w.advance(0, 80) == 3             # never waited: trace time 40
+    idle[0] = 40
+    w.advance(80, 160)                       # half waited: speed 0.75, trace time 40 + 60
+    assert w._clock == pytest.approx(100)
+    idle[0] = 140
+    w.advance(160, 260)                      # all waited: speed 1, trace time 200
+    assert w._clock == pytest.approx(200)
+    # without the loop's clock the replay runs at speed
+    w2 = TraceWorkload(FakeVM(), _model_trace(speed=0.5, speed_idle=1.0),
+                       lambda v, g, value, t: None)
+    w2.advance(0, 100)
+    assert w2._clock == pytest.approx(50)
+    for bad in (0, 5, True):
+        with pytest.raises(TraceError, match="meta speed_idle"):
+            _model_trace(speed=0.5, speed_idle=bad)
+
+
+def test_two_point_speed_fit_arithmetic(monkeypatch):
+    """A hand-made loop: unlimited, it sends 40,000 normal pages + 20,000
+    per unit of S_busy (its sender never waits); at the second calibration
+    cell 40,000 + 10,000 S_busy + 30,000 S_idle. Runs that sent 45,000 and
+    73,500: S_busy 0.25, then S_idle the idle speed tried nearest 1.0."""
+    from pykvmdirty.qemu.config import QemuConfig
+    from pykvmdirty.qemu.linux import predict as lp
+
+    class Report:
+        status, dirty_sync_count = "completed", 5
+
+        def __init__(self, n):
+            self.n = n
+
+        def total(self, key):
+            return self.n if key == "pages_sent" else 0
+    seen = []
+
+    def fake_loop(config, cal, trace):
+        return config, trace.meta["speed"], trace.meta["speed_idle"]
+
+    def fake_migrate(cfg, sink):
+        config, s, s_idle = cfg
+        seen.append((config.bandwidth, s, s_idle))
+        if config.bandwidth == lp.UNLIMITED:
+            return Report(40_000 + 20_000 * s)
+        return Report(40_000 + 10_000 * s + 30_000 * s_idle)
+    monkeypatch.setattr(lp, "loop_config", fake_loop)
+    monkeypatch.setattr(lp, "migrate", fake_migrate)
+    base = QemuConfig(guest="linux", workload="vm-flip-16M", guest_size=256 << 20)
+    busy_cfg, idle_cfg = lp.calibration_config(base), lp.idle_calibration_config(base)
+    trace = _model_trace()
+    run = dict(normal=45_000, dirty_sync_count=4, status="completed")
+    idle_run = dict(normal=73_500, dirty_sync_count=9, status="completed")
+    g = lp.guest_speed(run, None, busy_cfg, trace, idle_run, idle_cfg)
+    assert g["speed"] == pytest.approx(0.25, rel=2e-3)
+    assert g["speed_idle"] == 1.0                       # 40,000 + 2,500 + 30,000 x 1.0 = 72,500
+    assert len(g["idle_tried"]) == len(lp.IDLE_SPEEDS)
+    # the idle scan replays only the second cell, at the fitted S_busy
+    assert {b for b, s, si in seen if si != s} == {idle_cfg.bandwidth}
+    assert all(s == g["speed"] for b, s, si in seen if b == idle_cfg.bandwidth)
+    # one run only: S_idle = S_busy
+    g1 = lp.guest_speed(run, None, busy_cfg, trace)
+    assert g1["speed_idle"] == g1["speed"]
+    # the nearest in log ratio, the first of equals, whatever the shape
+    assert lp.fit_nearest(100, lambda x: {1: 50, 2: 200, 3: 90}[x], (1, 2, 3))[0] == 3
+    assert lp.fit_nearest(100, lambda x: {1: 50, 2: 200}[x], (1, 2))[0] == 1
+
+
 def _fake_linux_result(normal, syncs, status="completed"):
     from pykvmdirty.qemu.runner import QemuResult
     return QemuResult(status=status, total_time=1.0, setup_time=0.002, downtime=0.01,
@@ -350,10 +426,11 @@ def _fake_linux_result(normal, syncs, status="completed"):
                                     mbps=1.0)])
 
 
-def test_guest_speed_is_taken_from_the_calibration_run_only(tmp_path, monkeypatch):
-    """The flow: the speed is fitted once, from the calibration run (its
-    setting, its figures), before any judged run; every prediction replays
-    at it, and the judged runs (whatever they show) do not change it."""
+def test_guest_speed_is_taken_from_the_calibration_runs_only(tmp_path, monkeypatch):
+    """The flow: both speeds are fitted once, from the two calibration runs
+    (their settings, their figures), before any judged run; every prediction
+    replays at them, and the judged runs (whatever they show) do not change
+    them."""
     import json
     from pykvmdirty.cli import main
     from pykvmdirty.commands import _qemu_linux as ql
@@ -373,32 +450,47 @@ def test_guest_speed_is_taken_from_the_calibration_run_only(tmp_path, monkeypatc
                         {"workload": "vm-flip-16M", "dirty_rate_pages_s": 20_000.0})
     monkeypatch.setattr(ql.wl_model, "measure", lambda *a, **k: trace)
     events = []
+    idle = lp.CALIBRATION_IDLE_CELL
 
     def fake_run(cfg):
-        events.append(("run", cfg.bandwidth, cfg.downtime_limit, cfg.verify))
+        events.append(("run", cfg.bandwidth, cfg.downtime_limit, cfg.auto_converge, cfg.verify))
         if (cfg.bandwidth, cfg.downtime_limit) == (lp.UNLIMITED, 0.02):
             return _fake_linux_result(normal=36_000, syncs=4)
+        if (cfg.bandwidth, cfg.downtime_limit, cfg.auto_converge) == (
+                idle["bandwidth"], idle["downtime_limit"], idle["auto_converge"]):
+            return _fake_linux_result(normal=41_000, syncs=6)
         return _fake_linux_result(normal=900_000, syncs=99)   # never looked at by the fit
     monkeypatch.setattr(ql, "run_migration", fake_run)
     real_speed = lp.guest_speed
 
-    def spy(run, cal_, config, tr):
-        events.append(("speed", run["normal"], config.bandwidth, config.downtime_limit))
-        return real_speed(run, cal_, config, tr)
+    def spy(run, cal_, config, tr, idle_run=None, idle_config=None):
+        events.append(("speed", run["normal"], config.bandwidth, idle_run["normal"],
+                       idle_config.bandwidth, idle_config.auto_converge))
+        return real_speed(run, cal_, config, tr, idle_run, idle_config)
     monkeypatch.setattr(lp, "guest_speed", spy)
     out = tmp_path / "x.json"
     rc = main(["qemu", "--guest", "linux", "--workload", "vm-flip-16M", "--calibration",
                str(cal), "--repeat", "1", "--grid", "one", "--bandwidth", "128MiB",
                "--json", str(out)])
     assert rc == 0
-    assert events[0] == ("run", lp.UNLIMITED, 0.02, False)       # the calibration, unverified
-    assert events[1] == ("speed", 36_000, lp.UNLIMITED, 0.02)    # fitted from it alone
-    assert [e[0] for e in events[2:]] == ["run"]                 # then the judged run
+    # the two calibrations, unverified, at settings no judged cell uses
+    assert events[0] == ("run", lp.UNLIMITED, 0.02, False, False)
+    assert events[1] == ("run", idle["bandwidth"], 0.02, True, False)
+    for c in ql.LINUX_CELLS:
+        setting = (c["bandwidth"], c.get("downtime_limit", 0.3), c.get("auto_converge", False))
+        assert setting not in [tuple(cell[k] for k in ("bandwidth", "downtime_limit",
+                                                       "auto_converge"))
+                               for cell in lp.CALIBRATION_CELLS]
+    # fitted from them alone, then the judged run
+    assert events[2] == ("speed", 36_000, lp.UNLIMITED, 41_000, idle["bandwidth"], True)
+    assert [e[0] for e in events[3:]] == ["run"]
     doc = json.loads(out.read_text())
     fitted = doc["calibrations"]["tcg"]["guest_speed"]
     assert fitted["run_normal"] == 36_000 and fitted["run"]["normal"] == 36_000
+    assert fitted["idle_run_normal"] == 41_000 and fitted["idle_run"]["normal"] == 41_000
     pred = doc["cells"][0]["prediction"]
     assert pred["guest_speed"] == fitted["speed"]
+    assert pred["guest_speed_idle"] == fitted["speed_idle"]
     assert doc["cells"][0]["predicted_at"] <= doc["cells"][0]["runs"][0]["started_at"]
 
 

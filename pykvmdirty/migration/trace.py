@@ -44,7 +44,13 @@ qemu/linux/model.py):
 - ``"speed": S`` (a number, 0 < S <= 4; default 1): the trace's time runs at
   S x the clock's (before any throttle): a guest measured alone that runs
   slower while it is migrated (its vCPU shares the host with the sender and
-  the destination) replays at the speed a calibration found.
+  the destination) replays at the speed a calibration found;
+- ``"speed_idle": S0`` (a number, 0 < S0 <= 4; default ``speed``): the
+  speed while the migration's sender waits for its rate limit (a guest
+  that shares the host's cores with the sender runs faster while the
+  sender sleeps). The replay then runs each interval at
+  ``speed x (1 - w) + speed_idle x w``, w the share of the interval the
+  sender spent waiting (the loop's ``idle_ns`` clock; without one w = 0).
 """
 import io
 import json
@@ -158,9 +164,10 @@ def validate(tr, where):
         bad("meta prefill must be an integer in [0, %d] (intervals), got %r" % (k, prefill))
     if tr.meta.get("throttle", "none") not in ("none", "slows"):
         bad("meta throttle must be \"none\" or \"slows\", got %r" % (tr.meta["throttle"],))
-    speed = tr.meta.get("speed", 1)
-    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0 < speed <= 4:
-        bad("meta speed must be a number in (0, 4], got %r" % (speed,))
+    for key in ("speed", "speed_idle"):
+        speed = tr.meta.get(key, 1)
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0 < speed <= 4:
+            bad("meta %s must be a number in (0, 4], got %r" % (key, speed))
     rep = tr.meta.get("repeat")
     if rep is not None:
         f = rep.get("from") if isinstance(rep, dict) else None
@@ -332,7 +339,7 @@ class TraceWorkload:
     workloads.VirtualWorkload): interval i was recorded at the end of the
     interval that wrote it, so it is written when t_ns[i] <= t1."""
 
-    def __init__(self, vm, trace, writer):
+    def __init__(self, vm, trace, writer, idle_ns=None):
         if vm.vcpus <= int(trace.vcpus.max(initial=0)):
             raise ValueError("the trace uses vCPU %d but the VM has %d vCPUs"
                              % (int(trace.vcpus.max()), vm.vcpus))
@@ -349,7 +356,11 @@ class TraceWorkload:
         self.prefilled = 0
         self._slows = trace.meta.get("throttle") == "slows"
         self._speed = float(trace.meta.get("speed", 1))
-        self._clock = None      # the trace's own time when the throttle slows it
+        self._speed_idle = float(trace.meta.get("speed_idle", self._speed))
+        self._idle_ns = idle_ns     # the sender's waiting time so far (callable), or None
+        self._idle_seen = idle_ns() if idle_ns is not None else 0
+        self._clock = None      # the trace's own time when the throttle or a speed moves it
+        self._own_clock = (self._slows or self._speed != 1 or self._speed_idle != self._speed)
         prefill = int(trace.meta.get("prefill", 0))
         if prefill:             # the guest's memory before the migration starts
             self.prefilled = self._write(0, prefill, 0)
@@ -362,12 +373,19 @@ class TraceWorkload:
         the vCPUs, never the number of intervals (empty ones cost nothing)."""
         tr = self.trace
         done = 0
-        if self._slows or self._speed != 1:
+        speed = self._speed
+        if self._speed_idle != self._speed and self._idle_ns is not None:
+            # the share of [t0, t1] the sender spent waiting for its rate limit
+            idle = self._idle_ns()
+            waited, self._idle_seen = idle - self._idle_seen, idle
+            w = min(1.0, max(0.0, waited / (t1 - t0))) if t1 > t0 else 0.0
+            speed = self._speed * (1 - w) + self._speed_idle * w
+        if self._own_clock:
             # the throttle the loop set on the writer (VirtualWorkload.set_throttle)
             pct = (getattr(getattr(self.writer, "__self__", None), "_throttle", 0) or 0
                    if self._slows else 0)
             self._clock = (t0 if self._clock is None else self._clock) + \
-                (t1 - t0) * self._speed * (100 - pct) / 100
+                (t1 - t0) * speed * (100 - pct) / 100
             t1 = int(self._clock)
         while True:
             due = t1 - self._base

@@ -1,12 +1,13 @@
 """Blind predictions of the Linux guest's migrations: the one loop
 (migration/controller.py, ``qemu-7.2`` policy) replaying the guest's measured
-workload model (model.py) and priced from one calibration.
+workload model (model.py), priced from one calibration run and its guest's
+speed fitted from two.
 
 Inputs, and nothing of a judged run:
 
 - the model: the trace of the guest's memory at the start and its
   windows' pages (prefill, repeat, throttle: see model.py);
-- the calibration: ONE migration of the same guest and workload at a
+- the calibration: a migration of the same guest and workload at a
   setting no judged cell uses (``CALIBRATION_CELL``: unlimited bandwidth,
   downtime-limit 20 ms: QEMU syncs again after its bulk pass, so the run
   shows how much the guest dirties while it is migrated), over a base
@@ -24,15 +25,43 @@ Inputs, and nothing of a judged run:
   * fault_contention_s 0: the replayed writes are the guest's measured
     pages, the cost of its faults is already in the rates measured;
   * the rest (guest write and fault costs, sync, ring) from the base;
-  * the guest's speed while it is migrated (:func:`guest_speed`): the model
-    was measured with the guest alone; the loop replays the calibration
-    cell with the model at speed S (the trace's meta ``"speed"``: its time
-    runs at S x the clock's) and S is the one whose replay sends as many
-    normal pages as the run did (bisection). Every judged cell replays the
-    model at that S. (QEMU's dirty-pages-rate does not measure it: in a
-    migration that keeps iterating every sync finds about what the sender
-    sent, so the rate is the send rate; the guest's heartbeat is a sleep
-    loop, its rate barely moves.)
+  * the guest's speed while it is migrated (:func:`guest_speed`), from
+    that run and a second one (below), which
+    depends on what the sender is doing. The model was measured with the
+    guest alone. While it is migrated its vCPU shares the host's two cores
+    with QEMU's sender and the destination QEMU: while the sender works
+    (sending, syncing) the guest gets less of the host than while the sender
+    sleeps on its rate limit. One speed fitted with the sender flat out
+    makes a rate-limited guest (busy a third of the time at 48 MiB/s) far
+    too slow. The rule: in each interval of the replay the trace's time runs
+    at ``S(w) = S_busy x (1 - w) + S_idle x w``, w the share of the interval
+    the loop's sender spent waiting for its rate limit (trace meta
+    ``"speed"`` and ``"speed_idle"``; migration/trace.py). Linear in w:
+    the two ends are what the host gives the guest with the sender always
+    working or always asleep, and in between the shares mix.
+
+    Two calibration runs, both at settings no judged cell uses, give the
+    two ends (:data:`CALIBRATION_CELLS`):
+
+    1. unlimited bandwidth, downtime-limit 20 ms: the loop's sender never
+       waits (w = 0), so this run alone fixes S_busy: the S whose replay
+       sends as many normal pages as the run did (bisection on log S, the
+       replay's pages grow with S);
+    2. 32 MiB/s, downtime-limit 20 ms, auto-converge: the sender waits most
+       of the time. Auto-converge, because without it neither measured
+       workload converges at 32 MiB/s and a run cancelled at its timeout
+       sends bandwidth x time whatever the guest's speed; with it the run
+       completes and its normal pages tell how fast the guest dirtied.
+       With S_busy fixed, S_idle is the candidate (log-spaced, a factor
+       sqrt 2 apart in [1/16, 4]) whose replay's normal pages are nearest
+       the run's (in log ratio; a scan, not a bisection: with the throttle
+       in play the replay's pages need not grow with the speed).
+
+    Every judged cell replays the model with both. Nothing of a judged run
+    enters either fit. (QEMU's dirty-pages-rate does not measure the speed:
+    in a migration that keeps iterating every sync finds about what the
+    sender sent, so the rate is the send rate; the guest's heartbeat is a
+    sleep loop, its rate barely moves.)
 
 The loop: one memslot of guest_size, TCG's dirty bitmap without manual
 protect (strategy global), the sender prices as in qemu/predict.py, the
@@ -40,6 +69,7 @@ workload the trace (the generator idle), no warm-up (the trace's prefill is
 the guest's memory when the migration starts).
 """
 import dataclasses
+import math
 from typing import Any, Dict
 
 from ...migration.config import MigrationConfig
@@ -50,9 +80,17 @@ from ..config import QemuConfig
 from ..predict import STEP_S, cost_model, report_figures, sender_prices
 
 UNLIMITED = 64 << 30
-#: the calibration run's setting (never a judged cell's)
+#: the calibration run's setting (never a judged cell's): its sender never
+#: waits, so it gives S_busy (and the send prices)
 CALIBRATION_CELL: Dict[str, Any] = dict(bandwidth=UNLIMITED, downtime_limit=0.02,
                                         auto_converge=False)
+#: the second calibration run (never a judged cell's): the sender mostly
+#: waits on its rate limit, so it gives S_idle
+CALIBRATION_IDLE_CELL: Dict[str, Any] = dict(bandwidth=32 << 20, downtime_limit=0.02,
+                                             auto_converge=True)
+CALIBRATION_CELLS = (CALIBRATION_CELL, CALIBRATION_IDLE_CELL)
+#: the idle speeds tried (a factor sqrt 2 apart)
+IDLE_SPEEDS = tuple(2.0 ** (k / 2) for k in range(-8, 5))
 #: the range the guest's speed is searched in (a factor on the model's time)
 SPEED_RANGE = (1 / 64, 4.0)
 PAGE_RECORD = 4096 + 8
@@ -72,6 +110,10 @@ def sync_cost(guest_size):
 
 def calibration_config(config: QemuConfig) -> QemuConfig:
     return dataclasses.replace(config, **CALIBRATION_CELL)
+
+
+def idle_calibration_config(config: QemuConfig) -> QemuConfig:
+    return dataclasses.replace(config, **CALIBRATION_IDLE_CELL)
 
 
 def costs_from_run(run, base: Calibration, config: QemuConfig) -> Calibration:
@@ -122,11 +164,24 @@ def costs_from_run(run, base: Calibration, config: QemuConfig) -> Calibration:
         cells={"linux calibration": {k: run[k] for k in run if k != "samples"}}, **f)
 
 
-def with_speed(trace, speed):
-    """The same model replayed at `speed` (trace meta ``"speed"``)."""
+def with_speed(trace, speed, speed_idle=None):
+    """The same model replayed at `speed` while the sender works and
+    `speed_idle` (default: the same) while it waits (trace meta ``"speed"``,
+    ``"speed_idle"``)."""
     from ...migration.trace import Trace
-    return Trace(trace.npages, trace.t_ns, trace.offsets, trace.gfns, trace.vcpus,
-                 dict(trace.meta, speed=float(speed)))
+    meta = dict(trace.meta, speed=float(speed))
+    meta["speed_idle"] = float(speed if speed_idle is None else speed_idle)
+    return Trace(trace.npages, trace.t_ns, trace.offsets, trace.gfns, trace.vcpus, meta)
+
+
+def fit_nearest(target, pages_at, candidates=IDLE_SPEEDS):
+    """The candidate whose pages_at(candidate) is nearest `target` in log
+    ratio (the first of equals): (S, [(S tried, pages)])."""
+    tried = [(s, pages_at(s)) for s in candidates]
+
+    def miss(item):
+        return abs(math.log(max(item[1], 1) / max(target, 1)))
+    return min(tried, key=miss)[0], tried
 
 
 def fit_speed(target, pages_at, lo=SPEED_RANGE[0], hi=SPEED_RANGE[1], steps=12):
@@ -153,34 +208,64 @@ def fit_speed(target, pages_at, lo=SPEED_RANGE[0], hi=SPEED_RANGE[1], steps=12):
     return (lo * hi) ** 0.5, tried
 
 
-def guest_speed(run, cal: Calibration, config: QemuConfig, trace) -> dict:
-    """The guest's speed while it is migrated, from the calibration run
-    alone (a dict of its QemuResult fields; `config` its settings) and the
-    model: the S at which the loop, replaying the calibration cell with the
-    model at speed S and the costs `cal` (priced from the same run), sends
-    as many normal pages as the run did. A dict: ``speed``, the run's and the
-    replay's figures, how it was found."""
+def _normal(r):
+    return r.total("pages_sent") - r.total("zero_pages")
+
+
+def guest_speed(run, cal: Calibration, config: QemuConfig, trace, idle_run=None,
+                idle_config=None) -> dict:
+    """The guest's speed while it is migrated, from the calibration runs
+    alone (dicts of their QemuResult fields; `config`, `idle_config` their
+    settings) and the model. S_busy: the S at which the loop, replaying the
+    first calibration cell (its sender never waits) with the model at speed
+    S and the costs `cal`, sends as many normal pages as the run did. S_idle
+    (with `idle_run`; else S_idle = S_busy): with S_busy fixed, the
+    candidate whose replay of the second cell sends nearest the normal
+    pages that run sent. A dict: ``speed`` (S_busy), ``speed_idle``, the
+    runs' and the replays' figures, how they were found."""
     target = int(run["normal"])
 
-    def replay(s):
-        return migrate(loop_config(config, cal, with_speed(trace, s)), sink="null")
+    def replay(s, s_idle=None, cfg=config):
+        return migrate(loop_config(cfg, cal, with_speed(trace, s, s_idle)), sink="null")
 
     def pages_at(s):
-        r = replay(s)
-        return r.total("pages_sent") - r.total("zero_pages")
+        return _normal(replay(s))
     speed, tried = fit_speed(target, pages_at)
     r = replay(speed)
     alone = trace.meta.get("dirty_rate_pages_s", 0)
-    return dict(
-        speed=speed, run_normal=target, run_syncs=int(run["dirty_sync_count"]),
-        run_status=run["status"], replay_normal=r.total("pages_sent") - r.total("zero_pages"),
-        replay_syncs=r.dirty_sync_count, replay_status=r.status,
+    out = dict(
+        speed=speed, speed_idle=speed, run_normal=target,
+        run_syncs=int(run["dirty_sync_count"]), run_status=run["status"],
+        replay_normal=_normal(r), replay_syncs=r.dirty_sync_count, replay_status=r.status,
         tried=[[s, int(n)] for s, n in tried],
         source=("the Linux calibration run (%s): %d normal pages in %d syncs; the loop replays "
                 "that cell with the model (measured alone: %.0f pages/s) at speed %.3f for the "
                 "same pages (%d in %d syncs)"
                 % (run["status"], target, int(run["dirty_sync_count"]), alone, speed,
-                   r.total("pages_sent") - r.total("zero_pages"), r.dirty_sync_count)))
+                   _normal(r), r.dirty_sync_count)))
+    if idle_run is None:
+        return out
+    if idle_config is None:
+        raise ValueError("the second calibration run needs its settings (idle_config)")
+    idle_target = int(idle_run["normal"])
+
+    def idle_pages_at(s_idle):
+        return _normal(replay(speed, s_idle, idle_config))
+    s_idle, tried_idle = fit_nearest(idle_target, idle_pages_at)
+    ri = replay(speed, s_idle, idle_config)
+    out.update(
+        speed_idle=s_idle, idle_run_normal=idle_target,
+        idle_run_syncs=int(idle_run["dirty_sync_count"]), idle_run_status=idle_run["status"],
+        idle_replay_normal=_normal(ri), idle_replay_syncs=ri.dirty_sync_count,
+        idle_replay_status=ri.status, idle_tried=[[s, int(n)] for s, n in tried_idle],
+        idle_source=("the second Linux calibration run (%.0f MiB/s, %g ms%s; %s): %d normal "
+                     "pages in %d syncs; with S_busy %.3f the loop's replay at S_idle %.3f sends "
+                     "%d in %d syncs (the nearest of %d idle speeds tried)"
+                     % (idle_config.bandwidth / (1 << 20), idle_config.downtime_limit * 1000,
+                        ", auto-converge" if idle_config.auto_converge else "",
+                        idle_run["status"], idle_target, int(idle_run["dirty_sync_count"]),
+                        speed, s_idle, _normal(ri), ri.dirty_sync_count, len(tried_idle))))
+    return out
 
 
 def loop_config(config: QemuConfig, cal: Calibration, trace) -> MigrationConfig:
@@ -202,13 +287,18 @@ def loop_config(config: QemuConfig, cal: Calibration, trace) -> MigrationConfig:
         duration_limit=config.timeout, policy="qemu-7.2", warmup=0)
 
 
-def predict(config: QemuConfig, cal: Calibration, trace, speed: float = 1.0) -> dict:
+def predict(config: QemuConfig, cal: Calibration, trace, speed: float = 1.0,
+            speed_idle=None) -> dict:
     """The loop's figures for this cell under QEMU's names (as qemu/predict.py),
-    the model replayed at the guest's `speed` (:func:`guest_speed`)."""
-    cfg = loop_config(config, cal, with_speed(trace, speed) if speed != 1 else trace)
+    the model replayed at the guest's `speed` while the sender works and
+    `speed_idle` (default: `speed`) while it waits (:func:`guest_speed`)."""
+    s_idle = speed if speed_idle is None else speed_idle
+    cfg = loop_config(config, cal, with_speed(trace, speed, s_idle)
+                      if (speed, s_idle) != (1, 1) else trace)
     out = report_figures(migrate(cfg, sink="null"))
     out["inputs"] = cal.inputs()
     out["guest_speed"] = speed
+    out["guest_speed_idle"] = s_idle
     out["loop"] = dict(backend=cfg.backend, strategy=cfg.strategy, workload="trace",
                        link_bandwidth=cfg.link_bandwidth, page_ns=cfg.costs.page_ns)
     return out
