@@ -177,7 +177,24 @@ void kd_count_reprotect(kd_vm *vm, uint64_t pages, bool o1_capable);
 
 /* core/slots.c: the slot table of each address space */
 struct kd_slot *kd_slot_by_id(kd_vm *vm, uint32_t slot);
-struct kd_slot *kd_slot_by_gfn(const struct kd_memslots *t, uint64_t gfn);
+/* The slot of table t holding gfn, or NULL: a binary search over the
+ * sorted, non-overlapping slots (inline, as KVM's search_memslots). */
+static inline struct kd_slot *kd_slot_by_gfn(const struct kd_memslots *t, uint64_t gfn)
+{
+	uint32_t lo = 0, hi = t ? t->n : 0;
+
+	while (lo < hi) {
+		uint32_t mid = (lo + hi) / 2;
+		struct kd_slot *s = t->s[mid];
+		if (gfn < s->base_gfn)
+			hi = mid;
+		else if (gfn - s->base_gfn >= s->npages)
+			lo = mid + 1;
+		else
+			return s;
+	}
+	return NULL;
+}
 /* The published table of an address space (under vm->lock: the current one). */
 static inline const struct kd_memslots *kd_memslots(kd_vm *vm, uint32_t as_id)
 {

@@ -65,23 +65,6 @@ int kd_slot_find(kd_vm *vm, uint32_t slot, bool need_log, struct kd_slot **out)
 	return 0;
 }
 
-struct kd_slot *kd_slot_by_gfn(const struct kd_memslots *t, uint64_t gfn)
-{
-	uint32_t lo = 0, hi = t ? t->n : 0;
-
-	while (lo < hi) {
-		uint32_t mid = (lo + hi) / 2;
-		struct kd_slot *s = t->s[mid];
-		if (gfn < s->base_gfn)
-			hi = mid;
-		else if (gfn - s->base_gfn >= s->npages)
-			lo = mid + 1;
-		else
-			return s;
-	}
-	return NULL;
-}
-
 bool kd_slot_overlaps(kd_vm *vm, uint32_t id, uint64_t base, uint64_t npages)
 {
 	const struct kd_memslots *t = kd_memslots(vm, id >> 16);
