@@ -21,6 +21,7 @@ from ..migration.config import MigrationConfig
 from ..migration.errors import MigrationError
 from ..migration.run import memory_estimate, migrate
 from ..migration.strategies import STRATEGIES, strategy_class
+from ..qemu.process import die_with_parent
 from ..units import format_bytes, parse_size
 from ._args import add_max_memory, check_output_paths, finite_float, positive_int, write_output
 
@@ -99,7 +100,10 @@ def in_child(cfg, max_memory):
     """one_run in a fresh process: its peak resident memory is the run's
     own, not what earlier runs left in this one."""
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+    # the run dies with this process (killed, not just interrupted): no
+    # orphan keeps gigabytes resident
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx,
+                                                initializer=die_with_parent) as pool:
         return pool.submit(one_run, cfg, max_memory).result()
 
 

@@ -71,8 +71,9 @@ def _qmp_client_class():
     return QMPClient
 
 
-def _die_with_parent():
-    """preexec_fn: the kernel SIGKILLs QEMU if this process dies first."""
+def die_with_parent():
+    """The kernel SIGKILLs the calling process (QEMU, as a preexec_fn; a
+    worker, as a pool initializer) if its parent dies first."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -147,7 +148,7 @@ class QemuProcess:
         with open(self._stderr_path, "wb") as err:
             self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err,
-                                         preexec_fn=_die_with_parent, close_fds=True)
+                                         preexec_fn=die_with_parent, close_fds=True)
         await self.guarded(self.qmp.accept(), "startup", timeout)
 
     async def guarded(self, coro, during, timeout=10.0):
