@@ -6,14 +6,22 @@ import os
 from .. import limits, units
 
 
-def positive_int(text):
+def _int_at_least(text, lo):
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError("not an integer: %r" % text) from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be >= 1, got %d" % v)
+    if v < lo:
+        raise argparse.ArgumentTypeError("must be >= %d, got %d" % (lo, v))
     return v
+
+
+def positive_int(text):
+    return _int_at_least(text, 1)
+
+
+def nonneg_int(text):
+    return _int_at_least(text, 0)
 
 
 def finite_float(text):

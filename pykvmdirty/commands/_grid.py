@@ -7,7 +7,7 @@ import sys
 from .. import units
 from ..analysis import compare as cmp
 from ..costmodel import CostModel
-from ._args import add_max_memory, positive_int
+from ._args import add_max_memory, nonneg_int, positive_int
 
 
 def _list(conv, what):
@@ -74,16 +74,6 @@ def _nonneg_int(t):
     return v
 
 
-def _seed(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not an integer: %r" % text) from None
-    if v < 0:
-        raise argparse.ArgumentTypeError("must be >= 0, got %d" % v)
-    return v
-
-
 def _backend(t):
     if t == "all":
         return t
@@ -118,7 +108,7 @@ def add_scenario_options(p, layouts_plural=False):
                        help="one big slot, or many slots of --slot-gib GiB (default one)")
     p.add_argument("--slot-gib", type=gib_size("--slot-gib"), default=1, metavar="SIZE",
                    help="slot size for layout 'many': GiB, or a size like 512MiB (default 1)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the dirty pages (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the dirty pages (default 0)")
     p.add_argument("--deterministic", action="store_true",
                    help="no clocks: report counters and modelled kernel time only, "
                    "identical on every machine and executor")
