@@ -21,14 +21,22 @@ csrc/vm/memslot.c, csrc/core/bitmap.c, csrc/migrate/wire_dest.c):
   two-level summary, the byte map (a byte per page) and its scratch bitmap,
   the pending maps and scan targets, hier's lazily backed arrays, KVM's own
   two bitmaps, and the vCPUs' rings (16 bytes an entry);
-- guest memory: mapped MAP_NORESERVE, committed only where written: the
-  populated fraction plus what the workload writes; every page the sender or
-  a hash reads costs one page-table entry (8 bytes) even when never written;
-- sender bookkeeping: 8 bytes per page (last version sent) + a bit per page;
-- destination: the pages written to it — in 2 MiB pages where transparent
-  huge pages allow, so one page written commits its 2 MiB — a bit per page,
-  8 bytes of hash per page (and the page-table entries of hashing it);
-- verification: the source's hashes (8 bytes per page, twice while joined).
+- a migration's written pages (written_classes): per range — the hot set of
+  each vCPU, the cold rest, the populated pages — the fraction written by
+  the end of the run; every lazily backed array commits, for those pages,
+  its own unit (committed_bytes): the guest's 4 KiB pages (contents) or
+  4 KiB blocks of 512 versions (the content-free model), the sender's
+  last-sent versions (8 bytes per page, stored only where they change), the
+  destination's pages (2 MiB where transparent huge pages allow) or
+  versions; hier's pool, a block per 4096-page group written
+  (hier_written);
+- what the loop writes whole: the sent map and the migration bitmap (a bit
+  per page each), the largest sync's dirty-page list, the batch arrays;
+- verification with contents: page hashes (8 bytes per page, three arrays
+  while joined); versions are compared in place;
+- this process as it stands (process_resident), so that the total is the
+  run's peak RSS; page tables and KVM's slot metadata are counted apart
+  (Estimate.resident leaves them out: they are not the process's pages).
 """
 import math
 import os
