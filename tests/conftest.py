@@ -41,3 +41,48 @@ def emulated_vm(request):
     vm = make_vm(backend, tracking, vcpus=2)
     yield vm
     vm.close()
+
+
+def strongly_connected(adjacency):
+    """The circles of a directed graph {node: iterable of nodes}: its
+    strongly connected components of more than one node, and the nodes with
+    an edge to themselves, each as a sorted list (Tarjan, iterative: the
+    import and call graphs are deeper than the recursion limit allows)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def succ(v):
+        return iter(sorted(adjacency.get(v, ())))
+
+    for root in sorted(adjacency):
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        work = [(root, succ(root))]
+        while work:
+            node, it = work[-1]
+            for w in it:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, succ(w)))
+                    break
+                if w in on:
+                    low[node] = min(low[node], index[w])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    comp = []
+                    while True:
+                        w = stack.pop()
+                        on.discard(w)
+                        comp.append(w)
+                        if w == node:
+                            break
+                    if len(comp) > 1 or node in adjacency.get(node, ()):
+                        out.append(sorted(comp))
+    return out

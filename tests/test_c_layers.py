@@ -18,6 +18,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import strongly_connected
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -36,38 +37,6 @@ def c_files(top, exts=(".c", ".h")):
 
 def rel(path):
     return os.path.relpath(path, CSRC)
-
-
-def cycles(graph):
-    """The strongly connected components of more than one node, and the
-    nodes with an edge to themselves (Tarjan)."""
-    index, low, stack, on, out = {}, {}, [], set(), []
-
-    def visit(v):
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on.add(v)
-        for w in sorted(graph.get(v, ())):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1 or v in graph.get(v, ()):
-                out.append(sorted(comp))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return out
 
 
 def describe(graph, comps):
@@ -110,7 +79,7 @@ def test_include_graph_has_no_circle():
                                            "include/kvmdirty/migrate.h"}
     assert graph["include/kvmdirty/migrate.h"] == {"include/kvmdirty/vm.h"}
     assert "core/internal.h" in graph and graph["core/backend.h"]
-    comps = cycles(graph)
+    comps = strongly_connected(graph)
     assert not comps, "include circles:\n" + describe(graph, comps)
 
 
@@ -183,7 +152,7 @@ def call_graph(tmp_path_factory):
 
 def test_call_graph_has_no_circle(call_graph):
     assert call_graph["vm/vm.c"], "no reference found: is nm reading the objects?"
-    comps = cycles(call_graph)
+    comps = strongly_connected(call_graph)
     assert not comps, "file-level call circles:\n" + describe(call_graph, comps)
 
 

@@ -22,6 +22,7 @@ import ast
 import os
 
 import pytest
+from conftest import strongly_connected
 
 PKG = "pykvmdirty"
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, PKG)
@@ -141,51 +142,9 @@ def test_commands_do_not_import_each_other():
 
 def cycles(g):
     """The import circles of g: strongly connected components of more than
-    one module (Tarjan), each as a sorted list."""
-    index, low, stack, on, out = {}, {}, [], set(), []
-    counter = [0]
-
-    def visit(v):
-        # iterative DFS: the import graph is deep enough for recursion limits
-        work = [(v, iter(sorted({d for d, _ in g.get(v, ()) if d in g})))]
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on.add(v)
-        while work:
-            node, it = work[-1]
-            advanced = False
-            for w in it:
-                if w not in index:
-                    index[w] = low[w] = counter[0]
-                    counter[0] += 1
-                    stack.append(w)
-                    on.add(w)
-                    work.append((w, iter(sorted({d for d, _ in g.get(w, ()) if d in g}))))
-                    advanced = True
-                    break
-                if w in on:
-                    low[node] = min(low[node], index[w])
-            if advanced:
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                comp = []
-                while True:
-                    w = stack.pop()
-                    on.discard(w)
-                    comp.append(w)
-                    if w == node:
-                        break
-                if len(comp) > 1:
-                    out.append(sorted(comp))
-
-    for v in sorted(g):
-        if v not in index:
-            visit(v)
-    return out
+    one module, each as a sorted list."""
+    return strongly_connected({v: {d for d, _ in deps if d in g and d != v}
+                               for v, deps in g.items()})
 
 
 def test_no_import_circles():
