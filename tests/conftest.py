@@ -86,3 +86,12 @@ def strongly_connected(adjacency):
                     if len(comp) > 1 or node in adjacency.get(node, ()):
                         out.append(sorted(comp))
     return out
+
+
+def is_qemu(pid):
+    """Whether process pid is a QEMU (the QEMU tests check none is left)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return b"qemu-system" in f.read()
+    except OSError:
+        return False

@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import is_qemu
 
 from pykvmdirty.qemu.linux import initramfs, workloads
 from pykvmdirty.qemu.linux.guest import Console
@@ -131,14 +132,6 @@ def test_console_reads_complete_lines_only(tmp_path):
 
 
 # -- QEMU ----------------------------------------------------------------------------------
-
-def is_qemu(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"qemu-system" in f.read()
-    except OSError:
-        return False
-
 
 @needs_guest
 def test_linux_guest_boots_to_its_workload_under_tcg():

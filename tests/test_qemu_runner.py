@@ -10,6 +10,7 @@ import signal
 import socket
 
 import pytest
+from conftest import is_qemu
 
 pytest.importorskip("qemu.qmp", reason="the qemu.qmp library is not installed")
 if shutil.which("qemu-system-x86_64") is None:
@@ -40,14 +41,6 @@ def listening_ports():
         except OSError:
             pass
     return ports
-
-
-def is_qemu(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"qemu-system" in f.read()
-    except OSError:
-        return False
 
 
 def assert_clean(run):
