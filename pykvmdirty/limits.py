@@ -565,11 +565,17 @@ def hier_committed(slot_pages, dirty):
     total = 0
     for n in slot_pages:
         groups = -(-n // HIER_GROUP_PAGES)
-        chunks = -(-n // CHUNK_PAGES)
-        total += _pages(groups * HIER_INDEX_PER_GROUP) + 2 * _bitmap(chunks)
+        total += _hier_index(n)
         pool = min(groups, 3 * dirty + HIER_RETIRE_SLACK) * HIER_BLOCK_BYTES
         total += -(-pool // HUGE_BYTES) * HUGE_BYTES
     return total
+
+
+def _hier_index(npages):
+    """A slot's hier block index (4 bytes per 4096-page group) and its two
+    summary levels over the 2 MiB chunks: what every slot commits at most."""
+    groups = -(-npages // HIER_GROUP_PAGES)
+    return _pages(groups * HIER_INDEX_PER_GROUP) + 2 * _bitmap(-(-npages // CHUNK_PAGES))
 
 
 def hier_written(slot_pages, classes):
@@ -578,10 +584,7 @@ def hier_written(slot_pages, classes):
     levels (hier_committed's), plus a pool block for each 4096-page group a
     write ever touched, in 2 MiB pages (a slot's pool may start a page of its
     own)."""
-    total = 0
-    for n in slot_pages:
-        groups = -(-n // HIER_GROUP_PAGES)
-        total += _pages(groups * HIER_INDEX_PER_GROUP) + 2 * _bitmap(-(-n // CHUNK_PAGES))
+    total = sum(_hier_index(n) for n in slot_pages)
     touched = committed_bytes(classes, 1, HIER_GROUP_PAGES) // HIER_GROUP_PAGES
     pool = touched * HIER_BLOCK_BYTES
     return total + -(-pool // HUGE_BYTES) * HUGE_BYTES + len(slot_pages) * HUGE_BYTES
