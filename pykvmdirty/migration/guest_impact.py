@@ -58,6 +58,8 @@ def summarize(gl, t0_ns, t1_ns, loop_thread, max_wait_s, baseline=None, progress
         out["baseline_pages_per_s"] = baseline["rate"] * base_fraction
         out["pages_per_s"] = baseline["rate"] * run_fraction
         out["progress_measured"] = False
+    elif baseline is not None:  # the guest wrote nothing alone: nothing to compare with
+        out["progress_measured"] = False
     if out.get("baseline_pages_per_s"):
         out["slowdown_pct"] = 100.0 * (1 - out["pages_per_s"] / out["baseline_pages_per_s"])
     return out
